@@ -1,0 +1,34 @@
+# make run   - the server on the embedded defaults (SQLite + a local FerretDB), GraphiQL at :8000/graphql
+# make test  - the whole suite on real SQLite, PostgreSQL and FerretDB
+# Both set everything up first: the virtualenv, the packages and the FerretDB build.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup run test lint bench clean
+
+setup: $(STAMP)
+	@$(BIN)/cqrs-shop install-read-store
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+run: setup
+	$(BIN)/cqrs-shop serve $(ARGS)
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

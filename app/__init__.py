@@ -1,0 +1,1 @@
+"""Wiring: settings, the Starlette app, process roles, the embedded read store, CLI."""

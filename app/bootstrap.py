@@ -1,0 +1,123 @@
+"""The one wiring point: builds the stores, the command bus and the relay once per process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.ferretdb import EmbeddedFerretDB, ReadStoreUnavailable, ensure_binary
+from app.settings import Role, Settings
+from domain.bus import CommandBus
+from domain.store import create_engine, create_schema
+from projections.progress import CheckpointFollower, Progress
+from projections.registry import all_projections
+from projections.relay import Relay
+
+log = logging.getLogger(__name__)
+
+# See projections.relay.Relay: FerretDB 1.24 deadlocks on 100 updates in one command,
+# and its connection pool is shared with concurrent readers.
+EMBEDDED_WRITE_CHUNK = 32
+EMBEDDED_MAX_POOL = 32
+
+
+@dataclass
+class Services:
+    """What requests need, built once at start and handed on as lifespan state."""
+
+    settings: Settings
+    role: Role
+    engine: AsyncEngine
+    mongo: AsyncMongoClient[dict[str, Any]]
+    db: AsyncDatabase[dict[str, Any]]
+    bus: CommandBus
+    progress: Progress
+    relay: Relay | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def background_failed(self) -> bool:
+        return any(task.done() for task in self.tasks)
+
+
+@contextlib.asynccontextmanager
+async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[Services]:
+    """Starts everything this process's role needs and stops it all on exit, also on error."""
+    async with contextlib.AsyncExitStack() as stack:
+        settings.shop_data_dir.mkdir(parents=True, exist_ok=True)
+        mongo_url, embedded = settings.mongodb_url, settings.mongodb_url is None
+        if mongo_url is None:
+            if role is not Role.ALL:
+                raise ReadStoreUnavailable(
+                    f"role {role} shares the read store with other processes: set MONGODB_URL"
+                )
+            binary = await asyncio.to_thread(ensure_binary, settings.cache_dir)
+            ferretdb = EmbeddedFerretDB(binary, settings.shop_data_dir / "ferretdb")
+            stack.callback(ferretdb.stop)
+            mongo_url = await asyncio.to_thread(ferretdb.start)
+
+        engine = create_engine(settings.write_store_url)
+        stack.push_async_callback(engine.dispose)
+        await create_schema(engine)
+
+        mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            mongo_url, tz_aware=True, maxPoolSize=EMBEDDED_MAX_POOL if embedded else 100
+        )
+        stack.push_async_callback(mongo.close)
+        await mongo.admin.command("ping")
+        db = mongo[settings.mongodb_database]
+
+        services = Services(
+            settings=settings,
+            role=role,
+            engine=engine,
+            mongo=mongo,
+            db=db,
+            bus=CommandBus(engine),
+            progress=Progress(),
+        )
+        stack.push_async_callback(_cancel, services.tasks)
+        if role in (Role.ALL, Role.RELAY):
+            relay = Relay(
+                engine,
+                db,
+                all_projections(),
+                services.progress,
+                batch_size=settings.shop_relay_batch_size,
+                poll_interval=settings.shop_relay_poll_interval,
+                write_chunk=EMBEDDED_WRITE_CHUNK if embedded else 1000,
+            )
+            await relay.setup()
+            services.relay = relay
+            services.bus.on_commit(relay.wake)
+            _spawn(services.tasks, relay.run(), "relay")
+        else:
+            follower = CheckpointFollower(db, services.progress)
+            await follower.poll_once()
+            _spawn(services.tasks, follower.run(), "checkpoint follower")
+        log.info("shop server ready", extra={"role": str(role)})
+        yield services
+
+
+def _spawn(tasks: list[asyncio.Task[None]], coro: Coroutine[Any, Any, None], name: str) -> None:
+    task = asyncio.create_task(coro, name=name)
+    task.add_done_callback(_log_crash)
+    tasks.append(task)
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s stopped", task.get_name(), exc_info=task.exception())
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

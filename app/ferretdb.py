@@ -1,0 +1,227 @@
+"""The embedded read store: a FerretDB 1.24 (SQLite backend) built once and supervised.
+
+Building. ``go install github.com/FerretDB/FerretDB/cmd/ferretdb@v1.24.2`` cannot be
+used as is: that form asks the module proxy for FerretDB's version list (refused
+by some proxies), and the module's published source lacks the generated
+``build/version/version.txt`` that FerretDB embeds, so the binary panics at start.
+So a small module in the cache requires FerretDB v1.24.2, vendors it, adds
+``version.txt``, and runs ``go install`` on the vendored tree with ``GOBIN`` set to
+the cache's ``bin``. ``-checklinkname=0`` lets FerretDB's dependencies link on
+newer Go releases.
+
+Running. FerretDB listens on a free 127.0.0.1 port, telemetry off, no debug
+listener, its files under the data directory. It is told to die with its parent
+(``PR_SET_PDEATHSIG``), so a crashed server never leaves one behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
+
+log = logging.getLogger(__name__)
+
+VERSION = "v1.24.2"
+MODULE = "github.com/FerretDB/FerretDB"
+PACKAGE = f"{MODULE}/cmd/ferretdb"
+START_TIMEOUT = 30.0
+
+GO_MOD = f"""module cqrs-shop/ferretdb-build
+
+go 1.22
+
+require {MODULE} {VERSION}
+"""
+TOOLS_GO = f"""//go:build tools
+
+package tools
+
+import _ "{PACKAGE}"
+"""
+
+
+class ReadStoreUnavailable(RuntimeError):
+    """The embedded read store could not be built or started."""
+
+
+def binary_path(cache_dir: Path) -> Path:
+    return cache_dir / "bin" / "ferretdb"
+
+
+def _is_wanted_build(binary: Path) -> bool:
+    if not binary.is_file():
+        return False
+    try:
+        out = subprocess.run(
+            [str(binary), "--version"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
+    except OSError:
+        return False
+    return f"version: {VERSION}" in out
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_binary(cache_dir: Path, report: Callable[[str], None] = log.info) -> Path:
+    """The FerretDB binary in ``cache_dir``, built first if missing (about a minute)."""
+    binary = binary_path(cache_dir)
+    if _is_wanted_build(binary):
+        return binary
+    go = shutil.which("go")
+    if go is None:
+        raise ReadStoreUnavailable(
+            "Go is needed to build the embedded read store (FerretDB) but is not installed. "
+            "Install Go 1.22 or newer (https://go.dev/doc/install, or `apt-get install golang`), "
+            "or set MONGODB_URL to a MongoDB server."
+        )
+    with _file_lock(cache_dir / "ferretdb-build.lock"):
+        if _is_wanted_build(binary):
+            return binary
+        _build(go, cache_dir, binary, report)
+    if not _is_wanted_build(binary):
+        raise ReadStoreUnavailable(f"the FerretDB build at {binary} does not report {VERSION}")
+    return binary
+
+
+def _build(go: str, cache_dir: Path, binary: Path, report: Callable[[str], None]) -> None:
+    work = cache_dir / "ferretdb-build"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "go.mod").write_text(GO_MOD)
+    (work / "tools.go").write_text(TOOLS_GO)
+    env = {**os.environ, "GOBIN": str(binary.parent), "GOFLAGS": "-mod=mod"}
+    steps = [
+        ("resolving FerretDB's module graph", [go, "mod", "tidy"]),
+        ("vendoring FerretDB's sources", [go, "mod", "vendor"]),
+    ]
+    for n, (what, command) in enumerate(steps, 1):
+        report(f"building FerretDB {VERSION} [{n}/3]: {what}")
+        _run(command, work, env)
+    version_dir = work / "vendor" / Path(MODULE) / "build" / "version"
+    (version_dir / "version.txt").write_text(VERSION)
+    report(f"building FerretDB {VERSION} [3/3]: compiling (about a minute)")
+    env["GOFLAGS"] = "-mod=vendor"
+    _run([go, "install", "-ldflags=-checklinkname=0", PACKAGE], work, env)
+    shutil.rmtree(work / "vendor", ignore_errors=True)
+    report(f"FerretDB {VERSION} installed at {binary}")
+
+
+def _run(command: list[str], cwd: Path, env: dict[str, str]) -> None:
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise ReadStoreUnavailable(
+            f"`{' '.join(command)}` failed with exit code {result.returncode}:\n"
+            f"{result.stderr[-4000:]}"
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+class EmbeddedFerretDB:
+    """One FerretDB process with its SQLite files in ``data_dir``."""
+
+    def __init__(self, binary: Path, data_dir: Path) -> None:
+        self.binary = binary
+        self.data_dir = data_dir
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self, timeout: float = START_TIMEOUT) -> str:
+        """Starts FerretDB and waits until it answers ``ping``; its MongoDB URL."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        log_path = self.data_dir / "ferretdb.log"
+        args = [
+            str(self.binary),
+            "--handler=sqlite",
+            # WAL keeps a prefix of commits on power loss, and the relay writes documents
+            # before their checkpoint, so NORMAL never leaves a checkpoint ahead of its data.
+            f"--sqlite-url=file:{self.data_dir.resolve()}/?_pragma=synchronous(normal)",
+            f"--listen-addr=127.0.0.1:{port}",
+            f"--state-dir={self.data_dir.resolve()}",
+            "--telemetry=disable",
+            "--debug-addr=-",
+            "--log-level=warn",
+        ]
+        env = {**os.environ, "DO_NOT_TRACK": "1"}
+        with log_path.open("ab") as log_file:
+            self.process = subprocess.Popen(
+                args,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+                preexec_fn=_die_with_parent,
+            )
+        self.url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+        try:
+            self._wait_until_ready(timeout, log_path)
+        except BaseException:
+            self.stop()
+            raise
+        log.info("embedded FerretDB %s listening on 127.0.0.1:%d", VERSION, port)
+        return self.url
+
+    def _wait_until_ready(self, timeout: float, log_path: Path) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        client: MongoClient[dict[str, object]] = MongoClient(
+            self.url, serverSelectionTimeoutMS=250, connectTimeoutMS=250
+        )
+        try:
+            while True:
+                if self.process.poll() is not None:
+                    tail = log_path.read_text(errors="replace")[-2000:]
+                    raise ReadStoreUnavailable(
+                        f"FerretDB exited with code {self.process.returncode}:\n{tail}"
+                    )
+                with contextlib.suppress(PyMongoError):
+                    client.admin.command("ping")
+                    return
+                if time.monotonic() > deadline:
+                    raise ReadStoreUnavailable(f"FerretDB did not answer ping within {timeout}s")
+                time.sleep(0.05)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,172 @@
+"""The Product aggregate: catalogue details, price, stock and status."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from domain import events, validation
+from domain.aggregate import Aggregate
+from domain.errors import InvalidState, Problems, ValidationFailed
+
+SKU = re.compile(r"[A-Z0-9_-]{1,64}")
+MAX_PRICE_CENTS = 100_000_000
+MAX_INITIAL_STOCK = 1_000_000
+MAX_RESTOCK = 1_000_000
+
+
+class ProductStatus(StrEnum):
+    ACTIVE = "ACTIVE"
+    DISCONTINUED = "DISCONTINUED"
+
+
+def normalise_sku(sku: str) -> str:
+    """SKUs are case-insensitive: stored and looked up upper-cased."""
+    return sku.strip().upper()
+
+
+def _check_details(
+    problems: Problems, name: str | None, description: str | None, category: str | None
+) -> None:
+    if name is not None:
+        problems.add(validation.text_length(name, "name", 1, 200))
+    if description is not None:
+        problems.add(validation.max_length(description, "description", 5000))
+    if category is not None:
+        problems.add(validation.text_length(category, "category", 1, 100))
+
+
+def _check_price(problems: Problems, price_cents: int, field: str = "priceCents") -> None:
+    problems.add(validation.int_range(price_cents, field, 0, MAX_PRICE_CENTS))
+
+
+@dataclass(kw_only=True)
+class Product(Aggregate):
+    aggregate_type = "Product"
+
+    sku: str
+    name: str
+    description: str
+    category: str
+    price_cents: int
+    status: ProductStatus = ProductStatus.ACTIVE
+    stock_on_hand: int = 0
+    stock_reserved: int = 0
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def stock_available(self) -> int:
+        return self.stock_on_hand - self.stock_reserved
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        id: str,
+        sku: str,
+        name: str,
+        description: str,
+        category: str,
+        price_cents: int,
+        initial_stock: int,
+        now: datetime,
+    ) -> Product:
+        """Checks every input together; uniqueness of the SKU is the handler's job."""
+        problems = Problems()
+        problems.add(validation.pattern(sku, "sku", SKU, "1-64 characters of A-Z, 0-9, - and _"))
+        _check_details(problems, name, description, category)
+        _check_price(problems, price_cents)
+        problems.add(validation.int_range(initial_stock, "initialStock", 0, MAX_INITIAL_STOCK))
+        problems.raise_if_any()
+        product = cls(
+            id=id,
+            sku=sku,
+            name=name.strip(),
+            description=description,
+            category=category.strip(),
+            price_cents=price_cents,
+            stock_on_hand=initial_stock,
+            created_at=now,
+            updated_at=now,
+        )
+        product.raise_event(
+            events.PRODUCT_CREATED,
+            sku=product.sku,
+            name=product.name,
+            description=product.description,
+            category=product.category,
+            priceCents=price_cents,
+            initialStock=initial_stock,
+        )
+        return product
+
+    def update_details(
+        self,
+        *,
+        name: str | None,
+        description: str | None,
+        category: str | None,
+        expected_version: int | None,
+        now: datetime,
+    ) -> None:
+        """Changes the given fields; giving only the current values is a no-op."""
+        problems = Problems()
+        problems.add(self.version_conflict(expected_version))
+        if name is None and description is None and category is None:
+            problems.add(ValidationFailed("give at least one of name, description and category"))
+        _check_details(problems, name, description, category)
+        problems.raise_if_any()
+        wanted = {
+            "name": None if name is None else name.strip(),
+            "description": description,
+            "category": None if category is None else category.strip(),
+        }
+        changes = {k: v for k, v in wanted.items() if v is not None and getattr(self, k) != v}
+        if not changes:
+            return
+        for key, value in changes.items():
+            setattr(self, key, value)
+        self.updated_at = now
+        self.raise_event(events.PRODUCT_DETAILS_UPDATED, **changes)
+
+    def change_price(
+        self, price_cents: int, *, expected_version: int | None, now: datetime
+    ) -> None:
+        """A price equal to the current one is a no-op: no event."""
+        problems = Problems()
+        problems.add(self.version_conflict(expected_version))
+        _check_price(problems, price_cents)
+        problems.raise_if_any()
+        if price_cents == self.price_cents:
+            return
+        previous, self.price_cents, self.updated_at = self.price_cents, price_cents, now
+        self.raise_event(
+            events.PRODUCT_PRICE_CHANGED, priceCents=price_cents, previousPriceCents=previous
+        )
+
+    def restock(self, quantity: int, *, now: datetime) -> None:
+        problems = Problems()
+        problems.add(validation.int_range(quantity, "quantity", 1, MAX_RESTOCK))
+        problems.raise_if_any()
+        self.check_active("restocked")
+        self.stock_on_hand += quantity
+        self.updated_at = now
+        self.raise_event(
+            events.PRODUCT_RESTOCKED, quantity=quantity, stockOnHand=self.stock_on_hand
+        )
+
+    def discontinue(self, *, expected_version: int | None, now: datetime) -> None:
+        problems = Problems()
+        problems.add(self.version_conflict(expected_version))
+        problems.raise_if_any()
+        self.check_active("discontinued again")
+        self.status = ProductStatus.DISCONTINUED
+        self.updated_at = now
+        self.raise_event(events.PRODUCT_DISCONTINUED)
+
+    def check_active(self, action: str) -> None:
+        if self.status is not ProductStatus.ACTIVE:
+            raise InvalidState(f"product {self.sku} is discontinued and cannot be {action}")

@@ -1,0 +1,53 @@
+"""Opening the write store: engine settings per dialect and idempotent schema creation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from domain.model import metadata
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    """An engine for ``url``; on SQLite, WAL with ``synchronous=NORMAL`` and a busy timeout.
+
+    SQLite write transactions start with ``BEGIN IMMEDIATE`` (see :func:`_begin`): a
+    deferred transaction that reads and then writes can fail with SQLITE_BUSY
+    instead of waiting when another connection wrote in between.
+    """
+    engine = create_async_engine(url, **kwargs)
+    if engine.dialect.name == "sqlite":
+        sa.event.listen(engine.sync_engine, "connect", _configure_sqlite)
+        sa.event.listen(engine.sync_engine, "begin", _begin)
+    return engine
+
+
+def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" event, not the driver, open transactions.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    for pragma in (
+        "journal_mode=WAL",
+        "synchronous=NORMAL",
+        f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+        "foreign_keys=ON",
+    ):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+def _begin(conn: sa.Connection) -> None:
+    mode = "IMMEDIATE" if conn.get_execution_options().get("write", False) else "DEFERRED"
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+async def create_schema(engine: AsyncEngine) -> None:
+    """Creates the missing tables; safe to run at every start and from several processes."""
+    async with engine.connect() as conn:
+        await conn.execution_options(write=True)
+        async with conn.begin():
+            await conn.run_sync(metadata.create_all, checkfirst=True)

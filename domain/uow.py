@@ -1,0 +1,81 @@
+"""The unit of work: one write transaction holding state rows, outbox events and idempotency."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Self
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from domain import outbox
+from domain.repositories import ProductRepository, Repository
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UnitOfWork:
+    """``async with uow:`` opens a write transaction that rolls back unless committed.
+
+    :meth:`flush` saves every aggregate that raised events and appends those events
+    to the outbox, inside the same transaction.
+    """
+
+    conn: AsyncConnection
+    products: ProductRepository
+
+    def __init__(self, engine: AsyncEngine, clock: Callable[[], datetime] = utcnow) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.metadata: dict[str, Any] = {}
+
+    async def __aenter__(self) -> Self:
+        self.conn = await self.engine.connect()
+        try:
+            await self.conn.execution_options(write=True)
+            await self.conn.begin()
+        except BaseException:
+            await self.conn.close()
+            raise
+        self.now = self.clock()
+        self.products = ProductRepository(self.conn)
+        self._committed = False
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if not self._committed:
+                await self.conn.rollback()
+        finally:
+            await self.conn.close()
+
+    @property
+    def repositories(self) -> tuple[Repository, ...]:
+        return (self.products,)
+
+    async def flush(self) -> int | None:
+        """Saves changed aggregates, appends their events; the last position or ``None``."""
+        pending = []
+        for repository in self.repositories:
+            for aggregate in repository.seen.values():
+                if aggregate.events:
+                    await repository.save(aggregate)
+                    pending.extend(aggregate.events)
+                    aggregate.events.clear()
+        positions = await outbox.append(self.conn, pending, now=self.now, metadata=self.metadata)
+        return positions[-1] if positions else None
+
+    async def head(self) -> int:
+        return await outbox.head(self.conn)
+
+    async def commit(self) -> None:
+        await self.conn.commit()
+        self._committed = True

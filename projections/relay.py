@@ -1,0 +1,153 @@
+"""The outbox relay: reads events in commit order and applies them to every projection.
+
+Delivery is at least once: a batch is written to Mongo first and the checkpoint
+moved after, so a crash in between replays the batch, and the projections'
+version guards turn the replay into no-ops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from domain import outbox
+from domain.events import RecordedEvent
+from projections import checkpoints
+from projections.lease import Lease
+from projections.progress import Progress
+from projections.projection import MongoWrite, Projection, Write
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 5.0
+
+
+class Relay:
+    """Applies outbox events to projections; :meth:`wake` it when a command commits.
+
+    ``write_chunk`` bounds the operations sent in one bulk write. FerretDB 1.24
+    keeps one pooled SQLite connection per update of a command open until the
+    command ends and deadlocks at 100, so the embedded read store needs small chunks.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        db: AsyncDatabase[dict[str, Any]],
+        projections: Sequence[Projection],
+        progress: Progress,
+        *,
+        batch_size: int = 500,
+        poll_interval: float = 0.5,
+        write_chunk: int = 1000,
+        lease: Lease | None = None,
+    ) -> None:
+        self.engine = engine
+        self.db = db
+        self.projections = list(projections)
+        self.progress = progress
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.write_chunk = write_chunk
+        self.lease = lease or Lease(db)
+        self.positions: dict[str, int] = {}
+        self.head = 0
+        self.running = False
+        self._wake = asyncio.Event()
+
+    def wake(self, position: int | None = None) -> None:
+        """Asks the relay to look at the outbox now (called after each commit)."""
+        if position is not None:
+            self.head = max(self.head, position)
+        self._wake.set()
+
+    async def setup(self) -> None:
+        """Creates the projections' indexes and loads their checkpoints."""
+        for projection in self.projections:
+            for collection, indexes in projection.indexes.items():
+                if indexes:
+                    await self.db[collection].create_indexes(list(indexes))
+        stored = await checkpoints.load_all(self.db)
+        for projection in self.projections:
+            position = stored[projection.name].position if projection.name in stored else 0
+            self.positions[projection.name] = position
+            self.progress.advance(projection.name, position)
+
+    async def run(self) -> None:
+        """Runs until cancelled, applying events whenever it holds the lease."""
+        if not self.positions:
+            await self.setup()
+        backoff = 0.1
+        try:
+            while True:
+                self._wake.clear()
+                try:
+                    if not await self.lease.acquire():
+                        self.running = False
+                        await self._idle(self.lease.ttl.total_seconds() / 3)
+                        continue
+                    self.running = True
+                    applied = await self.run_once()
+                    backoff = 0.1
+                except (PyMongoError, SQLAlchemyError) as error:
+                    log.exception("relay batch failed; retrying in %.1fs", backoff)
+                    await self._record_error(error)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF)
+                    continue
+                if applied < self.batch_size:
+                    await self._idle(min(self.poll_interval, self.lease.ttl.total_seconds() / 3))
+        finally:
+            self.running = False
+            with contextlib.suppress(PyMongoError, asyncio.CancelledError):
+                await asyncio.shield(self.lease.release())
+
+    async def run_once(self) -> int:
+        """Applies one batch of events to every projection behind; how many events it read."""
+        start = min(self.positions.values(), default=0)
+        async with self.engine.connect() as conn:
+            events = await outbox.read_after(conn, start, self.batch_size)
+            self.head = max(self.head, await outbox.head(conn))
+        for projection in self.projections:
+            behind = [e for e in events if e.position > self.positions[projection.name]]
+            if behind:
+                await self.apply(projection, behind)
+        return len(events)
+
+    async def apply(self, projection: Projection, events: list[RecordedEvent]) -> None:
+        writes = [write for event in events for write in projection.project(event)]
+        await self._write(writes)
+        position = events[-1].position
+        await self.save_checkpoint(projection.name, position)
+        self.positions[projection.name] = position
+        keys = None if any(w.key is None for w in writes) else {w.key for w in writes}
+        self.progress.advance(projection.name, position, keys)
+
+    async def save_checkpoint(self, name: str, position: int) -> None:
+        await checkpoints.save(self.db, name, position, max(self.head, position))
+
+    async def _write(self, writes: list[Write]) -> None:
+        by_collection: dict[str, list[MongoWrite]] = {}
+        for write in writes:
+            by_collection.setdefault(write.collection, []).append(write.operation)
+        for collection, operations in by_collection.items():
+            for start in range(0, len(operations), self.write_chunk):
+                chunk = operations[start : start + self.write_chunk]
+                await self.db[collection].bulk_write(chunk, ordered=True)
+
+    async def _idle(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    async def _record_error(self, error: Exception) -> None:
+        for projection in self.projections:
+            with contextlib.suppress(PyMongoError):
+                await checkpoints.record_error(self.db, projection.name, repr(error))

@@ -1,0 +1,34 @@
+"""The minVersion wait: a field answers only once its projection has caught up."""
+
+from __future__ import annotations
+
+from graphql import GraphQLError
+
+from projections.progress import NotYetConsistent
+from schema.context import Info, bad_input
+
+
+async def wait_for(info: Info, projection: str, min_version: int | None) -> None:
+    """Waits until ``projection`` has applied ``min_version`` (or the X-Min-Version header).
+
+    Raises the contract's NOT_YET_CONSISTENT error if the server's bounded wait ends first.
+    """
+    context = info.context
+    if min_version is None:
+        if context.header_error is not None:
+            raise bad_input(context.header_error)
+        min_version = context.header_min_version
+    if not min_version:
+        return
+    try:
+        await context.progress.wait_for(projection, min_version, context.consistency_timeout)
+    except NotYetConsistent as error:
+        raise GraphQLError(
+            str(error),
+            extensions={
+                "code": "NOT_YET_CONSISTENT",
+                "minVersion": error.min_version,
+                "currentVersion": error.current_version,
+                "projection": error.projection,
+            },
+        ) from error

@@ -1,0 +1,45 @@
+"""What every resolver gets: the process's services and the request's consistency wish."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from graphql import GraphQLError
+from strawberry.types import Info as StrawberryInfo
+
+from domain.bus import CommandBus
+from projections.progress import Progress
+
+MIN_VERSION_HEADER = "x-min-version"
+
+
+@dataclass
+class Context:
+    bus: CommandBus
+    db: Any
+    progress: Progress
+    consistency_timeout: float
+    max_page_size: int
+    header_min_version: int | None = None
+    header_error: str | None = None
+
+
+Info = StrawberryInfo[Context, None]
+
+
+def parse_min_version_header(value: str | None) -> tuple[int | None, str | None]:
+    """The header's version, or the reason it is unusable."""
+    if value is None or value.strip() == "":
+        return None, None
+    try:
+        version = int(value.strip())
+    except ValueError:
+        return None, f"X-Min-Version must be a whole number, got {value!r}"
+    if version < 0:
+        return None, "X-Min-Version must not be negative"
+    return version, None
+
+
+def bad_input(message: str, **extensions: Any) -> GraphQLError:
+    return GraphQLError(message, extensions={"code": "BAD_USER_INPUT", **extensions})
