@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from pymongo import IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 from sqlalchemy.exc import SQLAlchemyError
@@ -28,6 +29,21 @@ from projections.projection import MongoWrite, Projection, Write
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 5.0
+
+
+async def ensure_indexes(
+    db: AsyncDatabase[dict[str, Any]], collection: str, indexes: Sequence[IndexModel]
+) -> None:
+    """Creates the missing indexes, one per command.
+
+    FerretDB 1.24 drops the connection (a panic in its handler) when one
+    ``createIndexes`` command names two or more indexes that exist already, which
+    two processes starting together could otherwise provoke.
+    """
+    existing = await db[collection].index_information()
+    for index in indexes:
+        if index.document["name"] not in existing:
+            await db[collection].create_indexes([index])
 
 
 class Relay:
@@ -73,8 +89,7 @@ class Relay:
         """Creates the projections' indexes and loads their checkpoints."""
         for projection in self.projections:
             for collection, indexes in projection.indexes.items():
-                if indexes:
-                    await self.db[collection].create_indexes(list(indexes))
+                await ensure_indexes(self.db, collection, indexes)
         stored = await checkpoints.load_all(self.db)
         for projection in self.projections:
             position = stored[projection.name].position if projection.name in stored else 0

@@ -1,0 +1,192 @@
+"""The relay on real stores: SQLite outbox in, FerretDB (or MongoDB) documents out."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from pymongo.asynchronous.database import AsyncDatabase
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from domain.bus import CommandBus
+from domain.commands import (
+    ChangeProductPrice,
+    CreateProduct,
+    DiscontinueProduct,
+    RestockProduct,
+    UpdateProduct,
+)
+from domain.events import RecordedEvent
+from projections import checkpoints
+from projections.lease import Lease
+from projections.products import ProductsProjection
+from projections.progress import Progress
+from projections.relay import Relay
+
+Db = AsyncDatabase[dict[str, Any]]
+
+
+def make_relay(engine: AsyncEngine, db: Db, **options: Any) -> Relay:
+    options.setdefault("write_chunk", 32)
+    return Relay(engine, db, [ProductsProjection()], Progress(), **options)
+
+
+async def create(bus: CommandBus, sku: str = "MUG-1", stock: int = 5) -> str:
+    outcome = await bus.execute(
+        CreateProduct(
+            sku=sku, name="Mug", category="kitchen", price_cents=1299, initial_stock=stock
+        )
+    )
+    assert outcome.id is not None
+    return outcome.id
+
+
+async def documents(db: Db) -> list[dict[str, Any]]:
+    return await db.products.find({}).sort("_id").to_list()
+
+
+async def test_every_product_event_reaches_the_document(
+    bus: CommandBus, engine: AsyncEngine, db: Db
+) -> None:
+    pid = await create(bus)
+    await bus.execute(UpdateProduct(pid, name="Red Mug", description="glazed"))
+    await bus.execute(ChangeProductPrice(pid, 1500))
+    await bus.execute(RestockProduct(pid, 4))
+    await bus.execute(DiscontinueProduct(pid))
+    relay = make_relay(engine, db)
+    await relay.setup()
+    assert await relay.run_once() == 5
+    [doc] = await documents(db)
+    assert {k: doc[k] for k in ("name", "nameKey", "description", "priceCents", "status")} == {
+        "name": "Red Mug",
+        "nameKey": "red mug",
+        "description": "glazed",
+        "priceCents": 1500,
+        "status": "DISCONTINUED",
+    }
+    assert (doc["stockOnHand"], doc["stockAvailable"], doc["version"]) == (9, 9, 5)
+    assert (await checkpoints.load_all(db))["products"].position == 5
+    assert relay.progress.position("products") == 5
+
+
+async def test_replaying_a_batch_changes_nothing(
+    bus: CommandBus, engine: AsyncEngine, db: Db
+) -> None:
+    pid = await create(bus)
+    await bus.execute(RestockProduct(pid, 3))
+    await bus.execute(ChangeProductPrice(pid, 999))
+    relay = make_relay(engine, db)
+    await relay.setup()
+    await relay.run_once()
+    before = await documents(db)
+    relay.positions["products"] = 0  # as if the checkpoint had been lost
+    assert await relay.run_once() == 3
+    assert await documents(db) == before
+
+
+async def test_an_older_event_after_a_newer_one_changes_nothing(
+    bus: CommandBus, engine: AsyncEngine, db: Db
+) -> None:
+    pid = await create(bus)
+    await bus.execute(ChangeProductPrice(pid, 1000))
+    await bus.execute(ChangeProductPrice(pid, 2000))
+    relay = make_relay(engine, db)
+    await relay.setup()
+    await relay.run_once()
+    from domain import outbox
+
+    async with engine.connect() as conn:
+        events = await outbox.read_after(conn, 0, 10)
+    older: list[RecordedEvent] = [events[1]]  # the price change to 1000
+    await relay.apply(ProductsProjection(), older)
+    [doc] = await documents(db)
+    assert (doc["priceCents"], doc["version"]) == (2000, 3)
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashingRelay(Relay):
+    """Dies after its Mongo writes and before its checkpoint, like a killed process."""
+
+    async def save_checkpoint(self, name: str, position: int) -> None:
+        raise Crash
+
+
+async def test_relay_killed_before_its_checkpoint_leaves_no_double_effect(
+    bus: CommandBus, engine: AsyncEngine, db: Db
+) -> None:
+    pid = await create(bus, stock=0)
+    for _ in range(3):
+        await bus.execute(RestockProduct(pid, 2))
+    crashing = CrashingRelay(engine, db, [ProductsProjection()], Progress(), write_chunk=32)
+    await crashing.setup()
+    with pytest.raises(Crash):
+        await crashing.run_once()
+    [written] = await documents(db)
+    assert written["stockOnHand"] == 6  # the writes landed, the checkpoint did not
+    assert "products" not in await checkpoints.load_all(db)
+
+    restarted = make_relay(engine, db)
+    await restarted.setup()
+    assert await restarted.run_once() == 4
+    [doc] = await documents(db)
+    assert (doc["stockOnHand"], doc["stockAvailable"], doc["version"]) == (6, 6, 4)
+
+
+async def test_a_restarted_relay_resumes_from_its_checkpoint(
+    bus: CommandBus, engine: AsyncEngine, db: Db
+) -> None:
+    pid = await create(bus)
+    first = make_relay(engine, db)
+    await first.setup()
+    assert await first.run_once() == 1
+    await bus.execute(RestockProduct(pid, 1))
+    await bus.execute(RestockProduct(pid, 1))
+    second = make_relay(engine, db)
+    await second.setup()
+    assert second.positions == {"products": 1}
+    assert await second.run_once() == 2
+    [doc] = await documents(db)
+    assert doc["stockOnHand"] == 7
+
+
+async def test_a_batch_larger_than_one_bulk_write_is_applied_whole(
+    bus: CommandBus, engine: AsyncEngine, db: Db
+) -> None:
+    pid = await create(bus, stock=0)
+    for _ in range(150):
+        await bus.execute(RestockProduct(pid, 1))
+    relay = make_relay(engine, db, batch_size=500)
+    await relay.setup()
+    assert await relay.run_once() == 151
+    [doc] = await documents(db)
+    assert (doc["stockOnHand"], doc["version"]) == (150, 151)
+
+
+async def test_a_commit_wakes_the_running_relay_at_once(
+    bus: CommandBus, engine: AsyncEngine, db: Db
+) -> None:
+    # With an hour between polls, only the commit's wake-up can bring the event over.
+    relay = make_relay(engine, db, poll_interval=3600)
+    bus.on_commit(relay.wake)
+    task = asyncio.create_task(relay.run())
+    try:
+        await relay.progress.wait_for("products", 0, within=10)
+        outcome = await bus.execute(CreateProduct(sku="A", name="A", category="c", price_cents=1))
+        assert outcome.version is not None
+        assert await relay.progress.wait_for("products", outcome.version, within=10) >= 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_only_one_relay_holds_the_lease(db: Db) -> None:
+    first, second = Lease(db, ttl=30), Lease(db, ttl=30)
+    assert await first.acquire()
+    assert not await second.acquire()
+    assert await first.acquire()  # renewal
+    await first.release()
+    assert await second.acquire()

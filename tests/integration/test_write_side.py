@@ -1,0 +1,174 @@
+"""The command bus on real SQLite: state, outbox and idempotency key in one transaction."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from domain import outbox
+from domain.bus import CommandBus
+from domain.commands import (
+    ChangeProductPrice,
+    CreateProduct,
+    DiscontinueProduct,
+    RestockProduct,
+    UpdateProduct,
+)
+from domain.errors import DomainError, Duplicate, IdempotencyKeyReused, NotFound, VersionConflict
+from domain.model import idempotency_keys, products
+from domain.model import outbox as outbox_table
+
+
+def new_product(sku: str = "mug-1", **overrides: Any) -> CreateProduct:
+    fields: dict[str, Any] = {
+        "sku": sku,
+        "name": "Mug",
+        "category": "kitchen",
+        "price_cents": 1299,
+        "initial_stock": 5,
+    }
+    return CreateProduct(**{**fields, **overrides})
+
+
+async def counts(engine: AsyncEngine) -> tuple[int, int, int]:
+    async with engine.connect() as conn:
+        return tuple(  # type: ignore[return-value]
+            [
+                await conn.scalar(sa.select(sa.func.count()).select_from(t))
+                for t in (products, outbox_table, idempotency_keys)
+            ]
+        )
+
+
+async def test_create_writes_the_row_and_its_event_in_one_go(
+    bus: CommandBus, engine: AsyncEngine
+) -> None:
+    outcome = await bus.execute(new_product())
+    assert (outcome.version, outcome.aggregate_version) == (1, 1)
+    async with engine.connect() as conn:
+        row = (await conn.execute(sa.select(products))).mappings().one()
+        [event] = await outbox.read_after(conn, 0, 10)
+    assert (row["id"], row["sku"], row["stock_on_hand"]) == (outcome.id, "MUG-1", 5)
+    assert (event.position, event.type, event.aggregate_id) == (1, "ProductCreated", outcome.id)
+    assert event.metadata["command"] == "CreateProduct"
+
+
+async def test_refused_command_writes_nothing(bus: CommandBus, engine: AsyncEngine) -> None:
+    with pytest.raises(DomainError):
+        await bus.execute(new_product(name="", price_cents=-1), idempotency_key="k")
+    assert await counts(engine) == (0, 0, 0)
+
+
+async def test_sku_is_unique_case_insensitively(bus: CommandBus, engine: AsyncEngine) -> None:
+    await bus.execute(new_product("mug-1"))
+    with pytest.raises(Duplicate) as raised:
+        await bus.execute(new_product("MUG-1"))
+    assert raised.value.field == "sku"
+    assert await counts(engine) == (1, 1, 0)
+
+
+async def test_repeat_with_the_same_key_returns_the_first_result_and_writes_nothing(
+    bus: CommandBus, engine: AsyncEngine
+) -> None:
+    first = await bus.execute(new_product(), idempotency_key="create-mug")
+    again = await bus.execute(new_product(), idempotency_key="create-mug")
+    assert again == first
+    assert await counts(engine) == (1, 1, 1)
+
+
+async def test_same_key_with_other_arguments_is_refused(
+    bus: CommandBus, engine: AsyncEngine
+) -> None:
+    await bus.execute(new_product(), idempotency_key="k1")
+    with pytest.raises(IdempotencyKeyReused):
+        await bus.execute(new_product("other"), idempotency_key="k1")
+    assert await counts(engine) == (1, 1, 1)
+
+
+async def test_idempotency_survives_a_new_engine(database_url: str, engine: AsyncEngine) -> None:
+    from domain.store import create_engine
+
+    first = await CommandBus(engine).execute(new_product(), idempotency_key="k1")
+    other_process = create_engine(database_url)
+    try:
+        again = await CommandBus(other_process).execute(new_product(), idempotency_key="k1")
+    finally:
+        await other_process.dispose()
+    assert again == first
+
+
+@pytest.mark.parametrize("key", ["", "k" * 201])
+async def test_idempotency_key_length_is_checked(bus: CommandBus, key: str) -> None:
+    with pytest.raises(DomainError) as raised:
+        await bus.execute(new_product(), idempotency_key=key)
+    assert (raised.value.code, raised.value.field) == ("VALIDATION_FAILED", "idempotencyKey")
+
+
+async def test_expected_version_mismatch_writes_nothing(
+    bus: CommandBus, engine: AsyncEngine
+) -> None:
+    created = await bus.execute(new_product())
+    assert created.id is not None
+    with pytest.raises(VersionConflict):
+        await bus.execute(ChangeProductPrice(created.id, 999, expected_version=2))
+    assert await counts(engine) == (1, 1, 0)
+
+
+async def test_commands_on_a_missing_product_answer_not_found(bus: CommandBus) -> None:
+    for command in (
+        UpdateProduct("nope", name="x"),
+        ChangeProductPrice("nope", 1),
+        RestockProduct("nope", 1),
+        DiscontinueProduct("nope"),
+    ):
+        with pytest.raises(NotFound) as raised:
+            await bus.execute(command)
+        assert raised.value.field == "id"
+
+
+async def test_no_op_answers_the_position_that_already_reflects_it(bus: CommandBus) -> None:
+    created = await bus.execute(new_product())
+    assert created.id is not None
+    await bus.execute(new_product("other"))
+    same_price = await bus.execute(ChangeProductPrice(created.id, 1299))
+    assert (same_price.version, same_price.aggregate_version) == (2, 1)
+
+
+async def test_each_change_bumps_aggregate_version_and_position(bus: CommandBus) -> None:
+    created = await bus.execute(new_product())
+    assert created.id is not None
+    pid = created.id
+    results = [
+        await bus.execute(UpdateProduct(pid, name="Big Mug", expected_version=1)),
+        await bus.execute(ChangeProductPrice(pid, 1500, expected_version=2)),
+        await bus.execute(RestockProduct(pid, 3)),
+        await bus.execute(DiscontinueProduct(pid, expected_version=4)),
+    ]
+    assert [(r.version, r.aggregate_version) for r in results] == [(2, 2), (3, 3), (4, 4), (5, 5)]
+
+
+async def test_commit_listeners_hear_the_last_position(bus: CommandBus) -> None:
+    heard: list[int] = []
+    bus.on_commit(heard.append)
+    created = await bus.execute(new_product())
+    assert created.id is not None
+    await bus.execute(ChangeProductPrice(created.id, 1299))  # a no-op: nothing to hear
+    assert heard == [1]
+
+
+async def test_concurrent_restocks_are_serialised_without_losing_any(
+    bus: CommandBus, engine: AsyncEngine
+) -> None:
+    created = await bus.execute(new_product(initial_stock=0))
+    assert created.id is not None
+    pid = created.id
+    outcomes = await asyncio.gather(*(bus.execute(RestockProduct(pid, 1)) for _ in range(40)))
+    assert sorted(o.aggregate_version for o in outcomes) == list(range(2, 42))
+    async with engine.connect() as conn:
+        assert await conn.scalar(sa.select(products.c.stock_on_hand)) == 40
+        positions = [e.position for e in await outbox.read_after(conn, 0, 100)]
+    assert positions == list(range(1, 42))

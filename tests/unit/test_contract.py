@@ -1,0 +1,107 @@
+"""The served schema honours the public contract, and schema.graphql is current."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from graphql import (
+    GraphQLEnumType,
+    GraphQLInputObjectType,
+    GraphQLObjectType,
+    GraphQLSchema,
+    build_schema,
+)
+
+from schema.build import print_schema
+
+ROOT = Path(__file__).resolve().parents[2]
+CONTRACT = Path(
+    os.environ.get("SHOP_CONTRACT", ROOT.parent / "shared" / "contract" / "schema.graphql")
+)
+
+# The part of the contract served so far: whole types, and fields of the root types.
+COVERED_TYPES = {
+    "Version", "DateTime", "ErrorCode", "UserError", "CommandResult",
+    "CreateProductInput", "UpdateProductInput", "ProductStatus", "Product", "PageInfo",
+    "ProductEdge", "ProductConnection", "ProductFilter", "ProductSort", "ProjectionStatus",
+}  # fmt: skip
+COVERED_ROOT_FIELDS = {
+    "Query": {"product", "productBySku", "products", "projections"},
+    "Mutation": {
+        "createProduct", "updateProduct", "changeProductPrice", "restockProduct",
+        "discontinueProduct",
+    },
+    "Subscription": {"productUpdated"},
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def contract() -> GraphQLSchema:
+    assert CONTRACT.is_file(), f"contract not found at {CONTRACT}; set SHOP_CONTRACT"
+    return build_schema(CONTRACT.read_text())
+
+
+@pytest.fixture(scope="module")
+def served() -> GraphQLSchema:
+    return build_schema(print_schema())
+
+
+def _fields(t: GraphQLObjectType | GraphQLInputObjectType, names: set[str] | None) -> list[str]:
+    return [n for n in t.fields if names is None or n in names]
+
+
+def _compare_type(contract: GraphQLSchema, served: GraphQLSchema, name: str) -> list[str]:
+    wanted, got = contract.type_map[name], served.type_map.get(name)
+    if got is None:
+        return [f"type {name} is missing"]
+    if type(wanted) is not type(got):
+        return [f"{name} is a {type(got).__name__}, not a {type(wanted).__name__}"]
+    problems = []
+    if isinstance(wanted, GraphQLEnumType):
+        assert isinstance(got, GraphQLEnumType)
+        problems += [f"{name}.{v} is missing" for v in set(wanted.values) - set(got.values)]
+    if isinstance(wanted, GraphQLObjectType | GraphQLInputObjectType):
+        assert isinstance(got, GraphQLObjectType | GraphQLInputObjectType)
+        only = COVERED_ROOT_FIELDS.get(name)
+        for field in _fields(wanted, only):
+            problems += _compare_field(name, field, wanted.fields[field], got.fields.get(field))
+    return problems
+
+
+def _compare_field(owner: str, name: str, wanted: object, got: object) -> list[str]:
+    path = f"{owner}.{name}"
+    if got is None:
+        return [f"{path} is missing"]
+    problems = []
+    if str(wanted.type) != str(got.type):  # type: ignore[attr-defined]
+        problems.append(f"{path} is {got.type}, not {wanted.type}")  # type: ignore[attr-defined]
+    if hasattr(wanted, "default_value") and wanted.default_value != got.default_value:  # type: ignore[attr-defined]
+        problems.append(f"{path} defaults to {got.default_value!r}")  # type: ignore[attr-defined]
+    for arg, spec in getattr(wanted, "args", {}).items():
+        problems += _compare_field(path, arg, spec, got.args.get(arg))  # type: ignore[attr-defined]
+    return problems
+
+
+def test_served_schema_has_every_covered_part_of_the_contract(
+    contract: GraphQLSchema, served: GraphQLSchema
+) -> None:
+    problems = []
+    for name in sorted(COVERED_TYPES | set(COVERED_ROOT_FIELDS)):
+        problems += _compare_type(contract, served, name)
+    assert problems == []
+
+
+def test_covered_names_exist_in_the_contract(contract: GraphQLSchema) -> None:
+    assert set(contract.type_map) >= COVERED_TYPES
+    for root, fields in COVERED_ROOT_FIELDS.items():
+        root_type = contract.type_map[root]
+        assert isinstance(root_type, GraphQLObjectType)
+        assert fields <= set(root_type.fields)
+
+
+def test_schema_file_is_current() -> None:
+    assert (ROOT / "schema.graphql").read_text() == print_schema(), (
+        "schema.graphql is stale: run `cqrs-shop print-schema --output schema.graphql`"
+    )
