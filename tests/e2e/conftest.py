@@ -1,0 +1,175 @@
+"""Real servers for end-to-end tests: ``python -m app serve`` subprocesses, over HTTP and WS."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from app.ferretdb import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT = 60.0
+
+
+def wait_until(
+    condition: Callable[[], bool], within: float, explain: Callable[[], str] = lambda: ""
+) -> None:
+    """Polls ``condition`` until it holds; fails after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within}s\n{explain()}")
+        time.sleep(0.05)
+
+
+class Server:
+    """One ``cqrs-shop serve`` process; ``start`` waits until /readyz answers 200."""
+
+    def __init__(self, env: dict[str, str], log: Path, role: str = "all") -> None:
+        self.env = env
+        self.log = log
+        self.role = role
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/graphql"
+
+    def start(self, wait_ready: bool = True) -> Server:
+        self.port = free_port()
+        command = [sys.executable, "-m", "app", "serve", "--port", str(self.port)]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [*command, "--role", self.role], env=self.env, cwd=ROOT, stdout=log, stderr=log
+            )
+        if wait_ready:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        def ready() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, START_TIMEOUT, lambda: self.log.read_text()[-3000:])
+
+    def stop(self) -> int:
+        process, self.process = self.process, None
+        if process is None:
+            return 0
+        process.terminate()
+        try:
+            return process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait()
+
+
+@pytest.fixture
+def server_env(mongo_url: str, tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "MONGODB_URL": mongo_url,
+        "MONGODB_DATABASE": f"e2e_{uuid.uuid4().hex[:12]}",
+        "SHOP_DATA_DIR": str(tmp_path / "var"),
+        "LOG_LEVEL": "WARNING",
+    }
+
+
+@pytest.fixture
+def start_server(server_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
+    servers: list[Server] = []
+
+    def start(role: str = "all", **env: str) -> Server:
+        server = Server({**server_env, **env}, tmp_path / f"server{len(servers)}.log", role)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def server(start_server: Any) -> Server:
+    server: Server = start_server()
+    return server
+
+
+class Client:
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+
+    async def post(
+        self, query: str, variables: dict[str, Any] | None = None, **headers: str
+    ) -> dict[str, Any]:
+        response = await self.http.post(
+            "/graphql", json={"query": query, "variables": variables or {}}, headers=headers
+        )
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def data(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = await self.post(query, variables)
+        assert "errors" not in body, body
+        data: dict[str, Any] = body["data"]
+        return data
+
+
+@pytest.fixture
+async def client(server: Server) -> AsyncIterator[Client]:
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        yield Client(http)
+
+
+@asynccontextmanager
+async def subscription(
+    server: Server, query: str, variables: dict[str, Any], protocol: str = "graphql-transport-ws"
+) -> AsyncIterator[Any]:
+    """Opens one subscription; yields an async function that returns the next payload."""
+    async with connect(server.ws_url, subprotocols=[protocol], open_timeout=10) as ws:  # type: ignore[list-item]
+        await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+        assert (await _receive(ws))["type"] == "connection_ack"
+        start = "subscribe" if protocol == "graphql-transport-ws" else "start"
+        payload = {"query": query, "variables": variables}
+        await ws.send(json.dumps({"id": "1", "type": start, "payload": payload}))
+
+        async def next_payload() -> dict[str, Any]:
+            message = await _receive(ws)
+            assert message["type"] in ("next", "data"), message
+            result: dict[str, Any] = message["payload"]
+            return result
+
+        yield next_payload
+
+
+async def _receive(ws: ClientConnection, within: float = 15.0) -> dict[str, Any]:
+    import asyncio
+
+    while True:
+        message: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), within))
+        if message["type"] != "ka":  # graphql-ws keep-alives
+            return message

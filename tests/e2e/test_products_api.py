@@ -1,0 +1,217 @@
+"""The product slice of the contract, black-box over HTTP and WebSocket against real servers."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+import httpx
+
+from tests.e2e.conftest import Client, Server, subscription
+
+CREATE = """
+mutation($input: CreateProductInput!, $key: String) {
+  createProduct(input: $input, idempotencyKey: $key) {
+    success id version aggregateVersion errors { code message field }
+  }
+}"""
+RESTOCK = """
+mutation($id: ID!, $quantity: Int!) {
+  restockProduct(id: $id, quantity: $quantity) { success version errors { code field } }
+}"""
+PRODUCT = """
+query($id: ID!, $v: Version) {
+  product(id: $id, minVersion: $v) {
+    id sku name priceCents stockOnHand stockAvailable status version
+  }
+}"""
+PRODUCT_UPDATED = """
+subscription($id: ID!, $v: Version) {
+  productUpdated(id: $id, minVersion: $v) { id stockOnHand version }
+}"""
+
+
+def mug(sku: str = "mug-1", **overrides: Any) -> dict[str, Any]:
+    return {"sku": sku, "name": "Blue Mug", "category": "kitchen", "priceCents": 1299,
+            "initialStock": 5, **overrides}  # fmt: skip
+
+
+async def create(client: Client, **fields: Any) -> dict[str, Any]:
+    result: dict[str, Any] = (await client.data(CREATE, {"input": mug(**fields)}))["createProduct"]
+    assert result["success"], result
+    return result
+
+
+async def test_a_write_is_readable_at_its_version_at_once(client: Client) -> None:
+    created = await create(client)
+    product = await client.data(PRODUCT, {"id": created["id"], "v": created["version"]})
+    assert product["product"] == {
+        "id": created["id"],
+        "sku": "MUG-1",
+        "name": "Blue Mug",
+        "priceCents": 1299,
+        "stockOnHand": 5,
+        "stockAvailable": 5,
+        "status": "ACTIVE",
+        "version": created["version"],
+    }
+    listed = await client.data(
+        "query($v: Version) { products(minVersion: $v) { totalCount edges { node { id } } } }",
+        {"v": created["version"]},
+    )
+    assert listed["products"]["totalCount"] == 1
+
+
+async def test_the_min_version_header_applies_to_every_field(client: Client) -> None:
+    created = await create(client)
+    body = await client.post(
+        "query($sku: String!) { productBySku(sku: $sku) { id } products { totalCount } }",
+        {"sku": "mug-1"},
+        **{"X-Min-Version": str(created["version"])},
+    )
+    assert body["data"]["productBySku"]["id"] == created["id"]
+    assert body["data"]["products"]["totalCount"] == 1
+
+
+async def test_a_version_never_reached_answers_not_yet_consistent(start_server: Any) -> None:
+    server: Server = start_server(SHOP_CONSISTENCY_TIMEOUT="0.2")
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        body = await Client(http).post(PRODUCT, {"id": "any", "v": 10**12})
+    [error] = body["errors"]
+    assert error["path"] == ["product"]
+    assert error["extensions"] == {
+        "code": "NOT_YET_CONSISTENT",
+        "minVersion": 10**12,
+        "currentVersion": 0,
+        "projection": "products",
+    }
+
+
+async def test_repeating_a_mutation_with_its_key_returns_the_first_result(client: Client) -> None:
+    variables = {"input": mug(), "key": "create-mug-1"}
+    first = (await client.data(CREATE, variables))["createProduct"]
+    again = (await client.data(CREATE, variables))["createProduct"]
+    assert again == first
+    reused = await client.data(CREATE, {"input": mug("other"), "key": "create-mug-1"})
+    [error] = reused["createProduct"]["errors"]
+    assert (error["code"], error["field"]) == ("IDEMPOTENCY_KEY_REUSED", "idempotencyKey")
+    second = await create(client, sku="mug-2")
+    assert second["version"] == first["version"] + 1  # the repeats wrote nothing
+
+
+async def test_invalid_input_reports_every_problem_and_writes_nothing(client: Client) -> None:
+    refused = await client.data(CREATE, {"input": mug(sku="no spaces", name="", priceCents=-1)})
+    result = refused["createProduct"]
+    assert result["success"] is False
+    assert (result["id"], result["version"]) == (None, None)
+    assert {(e["code"], e["field"]) for e in result["errors"]} == {
+        ("VALIDATION_FAILED", "sku"),
+        ("VALIDATION_FAILED", "name"),
+        ("VALIDATION_FAILED", "priceCents"),
+    }
+    created = await create(client)
+    assert created["version"] == 1  # the refused command left nothing in the outbox
+
+
+async def test_contract_error_codes_over_http(client: Client) -> None:
+    created = await create(client)
+    duplicate = (await client.data(CREATE, {"input": mug("MUG-1")}))["createProduct"]
+    assert [(e["code"], e["field"]) for e in duplicate["errors"]] == [("DUPLICATE", "sku")]
+    conflict = await client.data(
+        "mutation($id: ID!) { changeProductPrice(id: $id, priceCents: 5, expectedVersion: 9) "
+        "{ success errors { code field } } }",
+        {"id": created["id"]},
+    )
+    assert conflict["changeProductPrice"]["errors"] == [
+        {"code": "VERSION_CONFLICT", "field": "expectedVersion"}
+    ]
+    missing = await client.data(RESTOCK, {"id": "no-such-id", "quantity": 1})
+    assert missing["restockProduct"]["errors"] == [{"code": "NOT_FOUND", "field": "id"}]
+    await client.data("mutation($id: ID!) { discontinueProduct(id: $id) { success } }",
+                      {"id": created["id"]})  # fmt: skip
+    discontinued = await client.data(RESTOCK, {"id": created["id"], "quantity": 1})
+    assert discontinued["restockProduct"]["errors"] == [{"code": "INVALID_STATE", "field": None}]
+
+
+async def test_bad_list_arguments_get_a_coded_graphql_error(client: Client) -> None:
+    for query in ("{ products(first: 1000) { totalCount } }",
+                  '{ products(after: "garbage") { totalCount } }'):  # fmt: skip
+        body = await client.post(query)
+        assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+
+
+async def test_subscription_sends_the_product_then_each_change(
+    server: Server, client: Client
+) -> None:
+    created = await create(client)
+    variables = {"id": created["id"], "v": created["version"]}
+    async with subscription(server, PRODUCT_UPDATED, variables) as next_payload:
+        first = await next_payload()
+        assert first["data"]["productUpdated"] == {
+            "id": created["id"], "stockOnHand": 5, "version": created["version"]
+        }  # fmt: skip
+        restocked = await client.data(RESTOCK, {"id": created["id"], "quantity": 3})
+        second = await next_payload()
+        assert second["data"]["productUpdated"] == {
+            "id": created["id"],
+            "stockOnHand": 8,
+            "version": restocked["restockProduct"]["version"],
+        }
+
+
+async def test_subscription_over_the_legacy_graphql_ws_protocol(
+    server: Server, client: Client
+) -> None:
+    created = await create(client)
+    variables = {"id": created["id"], "v": created["version"]}
+    async with subscription(server, PRODUCT_UPDATED, variables, "graphql-ws") as next_payload:
+        assert (await next_payload())["data"]["productUpdated"]["stockOnHand"] == 5
+        await client.data(RESTOCK, {"id": created["id"], "quantity": 1})
+        assert (await next_payload())["data"]["productUpdated"]["stockOnHand"] == 6
+
+
+async def test_a_restart_on_the_same_data_keeps_data_and_idempotency(start_server: Any) -> None:
+    first_server: Server = start_server()
+    variables = {"input": mug(), "key": "survives-restarts"}
+    async with httpx.AsyncClient(base_url=first_server.url) as http:
+        created = (await Client(http).data(CREATE, variables))["createProduct"]
+    # uvicorn shuts down gracefully, then re-raises SIGTERM as its exit status.
+    assert first_server.stop() in (0, -signal.SIGTERM)
+    assert "Traceback" not in first_server.log.read_text()
+
+    second_server: Server = start_server()
+    async with httpx.AsyncClient(base_url=second_server.url) as http:
+        client = Client(http)
+        assert (await client.data(CREATE, variables))["createProduct"] == created
+        product = await client.data(PRODUCT, {"id": created["id"], "v": created["version"]})
+    assert product["product"]["sku"] == "MUG-1"
+
+
+async def test_api_and_relay_in_separate_processes(start_server: Any) -> None:
+    start_server("relay", SHOP_RELAY_POLL_INTERVAL="0.05")
+    api: Server = start_server("api")
+    async with httpx.AsyncClient(base_url=api.url) as http:
+        client = Client(http)
+        created = await create(client)
+        product = await client.data(PRODUCT, {"id": created["id"], "v": created["version"]})
+        assert product["product"]["id"] == created["id"]
+        async with subscription(api, PRODUCT_UPDATED, {"id": created["id"]}) as next_payload:
+            assert (await next_payload())["data"]["productUpdated"]["stockOnHand"] == 5
+            await client.data(RESTOCK, {"id": created["id"], "quantity": 2})
+            assert (await next_payload())["data"]["productUpdated"]["stockOnHand"] == 7
+
+
+async def test_probes_graphiql_and_projection_status(server: Server, client: Client) -> None:
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        assert (await http.get("/healthz")).status_code == 200
+        ready = await http.get("/readyz")
+        assert ready.json()["checks"] == {"writeStore": True, "readStore": True, "relay": True}
+        page = await http.get("/graphql", headers={"accept": "text/html"})
+        assert "graphiql" in page.text.lower()
+        assert "shop_relay_running 1.0" in (await http.get("/metrics")).text
+    created = await create(client)
+    await client.data(PRODUCT, {"id": created["id"], "v": created["version"]})
+    status = await client.data("{ projections { name checkpoint headVersion lag state } }")
+    assert status["projections"] == [
+        {"name": "products", "checkpoint": 1, "headVersion": 1, "lag": 0, "state": "RUNNING"}
+    ]
