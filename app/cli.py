@@ -26,6 +26,11 @@ def serve(
 
     settings = Settings()
     shop_logging.configure(settings.log_level, settings.log_format)
+    if settings.mongodb_url is None:
+        if role is not Role.ALL:
+            typer.echo(f"role {role} shares the read store with other processes: set MONGODB_URL")
+            raise typer.Exit(code=2)
+        _ensure_read_store(settings)
     config = uvicorn.Config(
         create_app(settings, role),
         host=host,
@@ -45,12 +50,15 @@ def install_read_store() -> None:
     """Builds the embedded FerretDB into the cache, if it is not there yet."""
     settings = Settings()
     shop_logging.configure(settings.log_level, settings.log_format)
+    typer.echo(f"FerretDB ready at {_ensure_read_store(settings)}")
+
+
+def _ensure_read_store(settings: Settings) -> Path:
     try:
-        path = ensure_binary(settings.cache_dir, report=typer.echo)
+        return ensure_binary(settings.cache_dir, report=typer.echo)
     except ReadStoreUnavailable as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(code=1) from error
-    typer.echo(f"FerretDB ready at {path}")
 
 
 @cli.command("print-schema")

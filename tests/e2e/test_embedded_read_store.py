@@ -65,3 +65,18 @@ def test_a_failed_start_stops_the_ferretdb_it_started(
     assert "ConnectionRefusedError" in result.stderr or "Connect call failed" in result.stderr
     assert "embedded FerretDB v1.24.2 listening" in result.stderr
     wait_gone((tmp_path / "var" / "ferretdb").resolve())
+
+
+def test_without_go_the_server_says_how_to_get_a_read_store(
+    server_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {k: v for k, v in server_env.items() if k != "MONGODB_URL"}
+    env |= {"PATH": "/usr/bin:/bin", "XDG_CACHE_HOME": str(tmp_path / "empty-cache")}
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "serve"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "Install Go" in result.stderr
+    assert "MONGODB_URL" in result.stderr
+    assert "Traceback" not in result.stderr
