@@ -49,3 +49,60 @@ class RestockProduct(Command):
 class DiscontinueProduct(Command):
     product_id: str
     expected_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AddressData:
+    line1: str
+    city: str
+    postal_code: str
+    country: str
+    line2: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterCustomer(Command):
+    email: str
+    name: str
+    address: AddressData
+
+
+@dataclass(frozen=True, slots=True)
+class RenameCustomer(Command):
+    customer_id: str
+    name: str
+    expected_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateCustomerAddress(Command):
+    customer_id: str
+    address: AddressData
+    expected_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OrderLineRequest:
+    product_id: str
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceOrder(Command):
+    customer_id: str
+    lines: tuple[OrderLineRequest, ...]
+    shipping_address: AddressData | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOrder(Command):
+    order_id: str
+    reason: str
+    expected_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ShipOrder(Command):
+    order_id: str
+    tracking_number: str
+    expected_version: int | None = None

@@ -71,6 +71,48 @@ products = sa.Table(
     ),
 )
 
+customers = sa.Table(
+    "customers",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("email", sa.String(254), nullable=False),
+    # Emails are unique case-insensitively; the lower-cased copy carries the constraint.
+    sa.Column("email_key", sa.String(254), nullable=False, unique=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("address", sa.JSON, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("registered_at", UTCDateTime, nullable=False),
+)
+
+orders = sa.Table(
+    "orders",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("customer_id", sa.String(36), sa.ForeignKey("customers.id"), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("total_cents", sa.BigInteger, nullable=False),
+    sa.Column("shipping_address", sa.JSON, nullable=False),
+    sa.Column("placed_at", UTCDateTime, nullable=False),
+    sa.Column("shipped_at", UTCDateTime),
+    sa.Column("tracking_number", sa.String(100)),
+    sa.Column("cancelled_at", UTCDateTime),
+    sa.Column("cancel_reason", sa.String(500)),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Index("ix_orders_customer_placed", "customer_id", "placed_at"),
+)
+
+order_lines = sa.Table(
+    "order_lines",
+    metadata,
+    sa.Column("order_id", sa.String(36), sa.ForeignKey("orders.id"), primary_key=True),
+    sa.Column("line_no", sa.Integer, primary_key=True),
+    sa.Column("product_id", sa.String(36), sa.ForeignKey("products.id"), nullable=False),
+    sa.Column("sku", sa.String(64), nullable=False),
+    sa.Column("product_name", sa.String(200), nullable=False),
+    sa.Column("quantity", sa.Integer, nullable=False),
+    sa.Column("unit_price_cents", sa.Integer, nullable=False),
+)
+
 idempotency_keys = sa.Table(
     "idempotency_keys",
     metadata,

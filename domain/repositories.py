@@ -8,8 +8,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from domain.aggregate import Aggregate
+from domain.customers import Address, Customer, email_key
 from domain.errors import VersionConflict
-from domain.model import products
+from domain.model import customers, order_lines, orders, products
+from domain.orders import Order, OrderLine, OrderStatus
 from domain.products import Product, ProductStatus
 
 
@@ -66,6 +68,15 @@ class ProductRepository(Repository):
         product: Product | None = await self._load_one(products.c.id == product_id)
         return product
 
+    async def get_many(self, product_ids: set[str]) -> dict[str, Product]:
+        """Loads and locks the products, in id order so concurrent orders never deadlock."""
+        found = {}
+        for product_id in sorted(product_ids):
+            product = await self.get(product_id)
+            if product is not None:
+                found[product_id] = product
+        return found
+
     async def sku_exists(self, sku: str) -> bool:
         stmt = sa.select(sa.literal(1)).where(products.c.sku == sku)
         return (await self.conn.execute(stmt)).first() is not None
@@ -102,3 +113,160 @@ class ProductRepository(Repository):
             created_at=row["created_at"],
             updated_at=row["updated_at"],
         )
+
+
+class CustomerRepository(Repository):
+    table = customers
+
+    async def get(self, customer_id: str) -> Customer | None:
+        customer: Customer | None = await self._load_one(customers.c.id == customer_id)
+        return customer
+
+    async def email_exists(self, email: str) -> bool:
+        stmt = sa.select(sa.literal(1)).where(customers.c.email_key == email_key(email))
+        return (await self.conn.execute(stmt)).first() is not None
+
+    def to_row(self, aggregate: Any) -> dict[str, Any]:
+        c: Customer = aggregate
+        return {
+            "id": c.id,
+            "email": c.email,
+            "email_key": email_key(c.email),
+            "name": c.name,
+            "address": c.address.to_data(),
+            "version": c.version,
+            "registered_at": c.registered_at,
+        }
+
+    def from_row(self, row: Any) -> Customer:
+        return Customer(
+            id=row["id"],
+            email=row["email"],
+            name=row["name"],
+            address=Address.from_data(row["address"]),
+            version=row["version"],
+            registered_at=row["registered_at"],
+        )
+
+
+class OrderRepository(Repository):
+    table = orders
+
+    async def get(self, order_id: str) -> Order | None:
+        order: Order | None = await self._load_one(orders.c.id == order_id)
+        if order is not None:
+            stmt = (
+                sa.select(order_lines)
+                .where(order_lines.c.order_id == order_id)
+                .order_by(order_lines.c.line_no)
+            )
+            rows = (await self.conn.execute(stmt)).mappings()
+            order.lines = [
+                OrderLine(
+                    r["product_id"],
+                    r["sku"],
+                    r["product_name"],
+                    r["quantity"],
+                    r["unit_price_cents"],
+                )
+                for r in rows
+            ]
+        return order
+
+    async def save(self, aggregate: Aggregate) -> None:
+        is_new = aggregate.id not in self._loaded_versions
+        await super().save(aggregate)
+        if is_new:
+            order: Order = aggregate  # type: ignore[assignment]
+            await self.conn.execute(
+                order_lines.insert(),
+                [
+                    {
+                        "order_id": order.id,
+                        "line_no": n,
+                        "product_id": line.product_id,
+                        "sku": line.sku,
+                        "product_name": line.product_name,
+                        "quantity": line.quantity,
+                        "unit_price_cents": line.unit_price_cents,
+                    }
+                    for n, line in enumerate(order.lines)
+                ],
+            )
+
+    def to_row(self, aggregate: Any) -> dict[str, Any]:
+        o: Order = aggregate
+        return {
+            "id": o.id,
+            "customer_id": o.customer_id,
+            "status": o.status.value,
+            "total_cents": o.total_cents,
+            "shipping_address": o.shipping_address.to_data(),
+            "placed_at": o.placed_at,
+            "shipped_at": o.shipped_at,
+            "tracking_number": o.tracking_number,
+            "cancelled_at": o.cancelled_at,
+            "cancel_reason": o.cancel_reason,
+            "version": o.version,
+        }
+
+    def from_row(self, row: Any) -> Order:
+        return Order(
+            id=row["id"],
+            customer_id=row["customer_id"],
+            status=OrderStatus(row["status"]),
+            shipping_address=Address.from_data(row["shipping_address"]),
+            placed_at=row["placed_at"],
+            shipped_at=row["shipped_at"],
+            tracking_number=row["tracking_number"],
+            cancelled_at=row["cancelled_at"],
+            cancel_reason=row["cancel_reason"],
+            version=row["version"],
+        )
+
+
+class Stock:
+    """Stock movements as conditional updates, so no two orders can take the same unit.
+
+    Each statement re-checks its condition in the database as it writes; a lost race
+    touches no row instead of overselling.
+    """
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+
+    async def reserve(self, product_id: str, quantity: int) -> bool:
+        c = products.c
+        result = await self.conn.execute(
+            products.update()
+            .where(
+                c.id == product_id,
+                c.status == ProductStatus.ACTIVE.value,
+                c.stock_on_hand - c.stock_reserved >= quantity,
+            )
+            .values(stock_reserved=c.stock_reserved + quantity)
+        )
+        return result.rowcount == 1
+
+    async def release(self, product_id: str, quantity: int) -> None:
+        c = products.c
+        await self._move(product_id, quantity, stock_reserved=c.stock_reserved - quantity)
+
+    async def ship(self, product_id: str, quantity: int) -> None:
+        c = products.c
+        await self._move(
+            product_id,
+            quantity,
+            stock_on_hand=c.stock_on_hand - quantity,
+            stock_reserved=c.stock_reserved - quantity,
+        )
+
+    async def _move(self, product_id: str, quantity: int, **values: Any) -> None:
+        c = products.c
+        result = await self.conn.execute(
+            products.update()
+            .where(c.id == product_id, c.stock_reserved >= quantity)
+            .values(**values)
+        )
+        if result.rowcount != 1:
+            raise RuntimeError(f"product {product_id} has fewer than {quantity} units reserved")

@@ -10,7 +10,13 @@ from typing import Any, Self
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from domain import outbox
-from domain.repositories import ProductRepository, Repository
+from domain.repositories import (
+    CustomerRepository,
+    OrderRepository,
+    ProductRepository,
+    Repository,
+    Stock,
+)
 
 
 def utcnow() -> datetime:
@@ -26,6 +32,9 @@ class UnitOfWork:
 
     conn: AsyncConnection
     products: ProductRepository
+    customers: CustomerRepository
+    orders: OrderRepository
+    stock: Stock
 
     def __init__(self, engine: AsyncEngine, clock: Callable[[], datetime] = utcnow) -> None:
         self.engine = engine
@@ -42,6 +51,9 @@ class UnitOfWork:
             raise
         self.now = self.clock()
         self.products = ProductRepository(self.conn)
+        self.customers = CustomerRepository(self.conn)
+        self.orders = OrderRepository(self.conn)
+        self.stock = Stock(self.conn)
         self._committed = False
         return self
 
@@ -59,7 +71,8 @@ class UnitOfWork:
 
     @property
     def repositories(self) -> tuple[Repository, ...]:
-        return (self.products,)
+        # Customers before orders, products before order lines: the foreign keys' order.
+        return (self.products, self.customers, self.orders)
 
     async def flush(self) -> int | None:
         """Saves changed aggregates, appends their events; the last position or ``None``."""

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import base64
-import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, IndexModel, UpdateOne
+from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 
 from domain import events as ev
 from domain.events import RecordedEvent
 from domain.products import normalise_sku
-from projections.projection import Write, newer_than
+from projections import paging
+from projections.paging import InvalidCursor, Page
+from projections.projection import Write, guarded, insert_once
 
 COLLECTION = "products"
 Document = dict[str, Any]
@@ -36,12 +36,10 @@ class ProductsProjection:
 
     def project(self, event: RecordedEvent) -> list[Write]:
         handler = _HANDLERS.get(event.type)
-        if handler is None:
-            return []
-        return [Write(COLLECTION, op, event.aggregate_id) for op in handler(event)]
+        return [] if handler is None else handler(event)
 
 
-def _created(e: RecordedEvent) -> list[UpdateOne]:
+def _created(e: RecordedEvent) -> list[Write]:
     d = e.data
     document = {
         "sku": d["sku"],
@@ -60,16 +58,16 @@ def _created(e: RecordedEvent) -> list[UpdateOne]:
         "createdVersion": e.position,
         "version": e.position,
     }
-    # Insert-only: a replayed creation finds the document and changes nothing.
-    return [UpdateOne({"_id": e.aggregate_id}, {"$setOnInsert": document}, upsert=True)]
+    return [insert_once(COLLECTION, e.aggregate_id, document)]
 
 
-def _set(e: RecordedEvent, fields: dict[str, Any]) -> list[UpdateOne]:
-    update = {**fields, "updatedAt": e.occurred_at, "version": e.position}
-    return [UpdateOne(newer_than(e.aggregate_id, e), {"$set": update})]
+def _set(e: RecordedEvent, fields: dict[str, Any]) -> list[Write]:
+    return [
+        guarded(COLLECTION, e.aggregate_id, e, {"$set": {**fields, "updatedAt": e.occurred_at}})
+    ]
 
 
-def _details_updated(e: RecordedEvent) -> list[UpdateOne]:
+def _details_updated(e: RecordedEvent) -> list[Write]:
     fields: dict[str, Any] = {
         k: e.data[k] for k in ("name", "description", "category") if k in e.data
     }
@@ -78,33 +76,60 @@ def _details_updated(e: RecordedEvent) -> list[UpdateOne]:
     return _set(e, fields)
 
 
-def _price_changed(e: RecordedEvent) -> list[UpdateOne]:
+def _price_changed(e: RecordedEvent) -> list[Write]:
     return _set(e, {"priceCents": e.data["priceCents"]})
 
 
-def _restocked(e: RecordedEvent) -> list[UpdateOne]:
+def _restocked(e: RecordedEvent) -> list[Write]:
     quantity = e.data["quantity"]
-    return [
-        UpdateOne(
-            newer_than(e.aggregate_id, e),
-            {
-                "$inc": {"stockOnHand": quantity, "stockAvailable": quantity},
-                "$set": {"updatedAt": e.occurred_at, "version": e.position},
-            },
-        )
-    ]
+    update = {
+        "$inc": {"stockOnHand": quantity, "stockAvailable": quantity},
+        "$set": {"updatedAt": e.occurred_at},
+    }
+    return [guarded(COLLECTION, e.aggregate_id, e, update)]
 
 
-def _discontinued(e: RecordedEvent) -> list[UpdateOne]:
+def _discontinued(e: RecordedEvent) -> list[Write]:
     return _set(e, {"status": "DISCONTINUED"})
 
 
-_HANDLERS = {
+def _stock_moves(e: RecordedEvent, **per_unit: int) -> list[Write]:
+    """One guarded ``$inc`` per order line: each unit moves ``per_unit`` of each figure."""
+    return [
+        guarded(
+            COLLECTION,
+            line["productId"],
+            e,
+            {
+                "$inc": {field: sign * line["quantity"] for field, sign in per_unit.items()},
+                "$set": {"updatedAt": e.occurred_at},
+            },
+        )
+        for line in e.data["lines"]
+    ]
+
+
+def _order_placed(e: RecordedEvent) -> list[Write]:
+    return _stock_moves(e, stockReserved=1, stockAvailable=-1, unitsSold=1)
+
+
+def _order_cancelled(e: RecordedEvent) -> list[Write]:
+    return _stock_moves(e, stockReserved=-1, stockAvailable=1, unitsSold=-1)
+
+
+def _order_shipped(e: RecordedEvent) -> list[Write]:
+    return _stock_moves(e, stockOnHand=-1, stockReserved=-1)
+
+
+_HANDLERS: dict[str, Callable[[RecordedEvent], list[Write]]] = {
     ev.PRODUCT_CREATED: _created,
     ev.PRODUCT_DETAILS_UPDATED: _details_updated,
     ev.PRODUCT_PRICE_CHANGED: _price_changed,
     ev.PRODUCT_RESTOCKED: _restocked,
     ev.PRODUCT_DISCONTINUED: _discontinued,
+    ev.ORDER_PLACED: _order_placed,
+    ev.ORDER_CANCELLED: _order_cancelled,
+    ev.ORDER_SHIPPED: _order_shipped,
 }
 
 
@@ -129,6 +154,9 @@ _ORDER: dict[ProductSort, tuple[tuple[str, int], ...]] = {
 }
 
 
+__all__ = ["InvalidCursor", "Page", "ProductFilter", "ProductSort", "ProductsProjection"]
+
+
 @dataclass(frozen=True, slots=True)
 class ProductFilter:
     search: str | None = None
@@ -137,18 +165,6 @@ class ProductFilter:
     min_price_cents: int | None = None
     max_price_cents: int | None = None
     in_stock: bool | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    documents: list[Document]
-    cursors: list[str]
-    has_next_page: bool
-    total_count: int
-
-
-class InvalidCursor(ValueError):
-    """An ``after`` cursor this server did not hand out for that order."""
 
 
 def _escape_regex(text: str) -> str:
@@ -178,17 +194,11 @@ def filter_query(f: ProductFilter) -> dict[str, Any]:
 
 def encode_cursor(sort: ProductSort, document: Document) -> str:
     (field, _), _ = _ORDER[sort]
-    raw = json.dumps([sort.value, document[field], document["_id"]], separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode()
+    return paging.encode(sort.value, document[field], document["_id"])
 
 
 def _after(sort: ProductSort, cursor: str) -> dict[str, Any]:
-    try:
-        name, value, last_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-    except (ValueError, TypeError) as error:
-        raise InvalidCursor(f"malformed cursor {cursor!r}") from error
-    if name != sort.value:
-        raise InvalidCursor("the cursor belongs to another sort order")
+    value, last_id = paging.decode(sort.value, cursor, 2)
     (field, direction), _ = _ORDER[sort]
     beyond = "$gt" if direction == ASCENDING else "$lt"
     return {"$or": [{field: {beyond: value}}, {field: value, "_id": {"$gt": last_id}}]}
@@ -216,10 +226,4 @@ async def list_products(
     order: Sequence[tuple[str, int]] = _ORDER[sort]
     documents = await collection.find(page_query).sort(list(order)).limit(first + 1).to_list()
     total = await collection.count_documents(query)
-    page = documents[:first]
-    return Page(
-        documents=page,
-        cursors=[encode_cursor(sort, d) for d in page],
-        has_next_page=len(documents) > first,
-        total_count=total,
-    )
+    return paging.page_of(documents, first, lambda d: encode_cursor(sort, d), total)

@@ -44,3 +44,14 @@ class Projection(Protocol):
 def newer_than(document_id: Any, event: RecordedEvent) -> dict[str, Any]:
     """The filter that lets ``event`` change a document only once, and never backwards."""
     return {"_id": document_id, "version": {"$lt": event.position}}
+
+
+def guarded(collection: str, key: Any, event: RecordedEvent, update: dict[str, Any]) -> Write:
+    """An update of document ``key`` that applies ``event`` at most once, and sets its version."""
+    update = {**update, "$set": {**update.get("$set", {}), "version": event.position}}
+    return Write(collection, UpdateOne(newer_than(key, event), update), key)
+
+
+def insert_once(collection: str, key: Any, document: dict[str, Any]) -> Write:
+    """Creates document ``key`` unless it exists; a replay finds it and changes nothing."""
+    return Write(collection, UpdateOne({"_id": key}, {"$setOnInsert": document}, upsert=True), key)

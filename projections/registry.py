@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+from projections.audit import AuditTrailProjection
+from projections.customers import CustomersProjection
+from projections.dashboard import DashboardProjection
+from projections.orders import OrdersProjection
 from projections.products import ProductsProjection
 from projections.projection import Projection
+from projections.sales import ProductSalesProjection
 
 
 def all_projections() -> list[Projection]:
-    return [ProductsProjection()]
+    return [
+        ProductsProjection(),
+        CustomersProjection(),
+        OrdersProjection(),
+        ProductSalesProjection(),
+        DashboardProjection(),
+        AuditTrailProjection(),
+    ]
+
+
+def projection_names() -> list[str]:
+    return [p.name for p in all_projections()]

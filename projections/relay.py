@@ -46,6 +46,21 @@ async def ensure_indexes(
             await db[collection].create_indexes([index])
 
 
+async def prepare_collections(
+    db: AsyncDatabase[dict[str, Any]], projection: Projection, suffix: str = ""
+) -> None:
+    """Indexes, and the documents a projection expects to exist (``seed_documents``)."""
+    for collection, indexes in projection.indexes.items():
+        await ensure_indexes(db, collection + suffix, indexes)
+    seeds: dict[str, list[dict[str, Any]]] = getattr(projection, "seed_documents", {})
+    for collection, documents in seeds.items():
+        for document in documents:
+            fields = {k: v for k, v in document.items() if k != "_id"}
+            await db[collection + suffix].update_one(
+                {"_id": document["_id"]}, {"$setOnInsert": fields}, upsert=True
+            )
+
+
 class Relay:
     """Applies outbox events to projections; :meth:`wake` it when a command commits.
 
@@ -88,8 +103,7 @@ class Relay:
     async def setup(self) -> None:
         """Creates the projections' indexes and loads their checkpoints."""
         for projection in self.projections:
-            for collection, indexes in projection.indexes.items():
-                await ensure_indexes(self.db, collection, indexes)
+            await prepare_collections(self.db, projection)
         stored = await checkpoints.load_all(self.db)
         for projection in self.projections:
             position = stored[projection.name].position if projection.name in stored else 0

@@ -37,6 +37,46 @@ class UpdateProductInput:
     category: str | None = strawberry.UNSET
 
 
+@strawberry.input
+class AddressInput:
+    line1: str
+    line2: str | None = strawberry.UNSET
+    city: str
+    postal_code: str
+    country: str = strawberry.field(description='ISO 3166-1 alpha-2, e.g. "DE".')
+
+    def to_command(self) -> commands.AddressData:
+        return commands.AddressData(
+            line1=self.line1,
+            line2=given(self.line2),
+            city=self.city,
+            postal_code=self.postal_code,
+            country=self.country,
+        )
+
+
+@strawberry.input
+class RegisterCustomerInput:
+    email: str
+    name: str
+    address: AddressInput
+
+
+@strawberry.input
+class OrderLineInput:
+    product_id: strawberry.ID
+    quantity: int
+
+
+@strawberry.input
+class PlaceOrderInput:
+    customer_id: strawberry.ID
+    lines: list[OrderLineInput]
+    shipping_address: AddressInput | None = strawberry.field(
+        default=strawberry.UNSET, description="Defaults to the customer's address."
+    )
+
+
 @strawberry.type
 class Mutation:
     @strawberry.mutation
@@ -106,5 +146,88 @@ class Mutation:
     ) -> CommandResult:
         command = commands.DiscontinueProduct(
             product_id=id, expected_version=given(expected_version)
+        )
+        return await execute(info, command, idempotency_key)
+
+    @strawberry.mutation
+    async def register_customer(
+        self,
+        info: Info,
+        input: RegisterCustomerInput,
+        idempotency_key: str | None = strawberry.UNSET,
+    ) -> CommandResult:
+        command = commands.RegisterCustomer(
+            email=input.email, name=input.name, address=input.address.to_command()
+        )
+        return await execute(info, command, idempotency_key)
+
+    @strawberry.mutation
+    async def rename_customer(
+        self,
+        info: Info,
+        id: strawberry.ID,
+        name: str,
+        expected_version: int | None = strawberry.UNSET,
+        idempotency_key: str | None = strawberry.UNSET,
+    ) -> CommandResult:
+        command = commands.RenameCustomer(
+            customer_id=id, name=name, expected_version=given(expected_version)
+        )
+        return await execute(info, command, idempotency_key)
+
+    @strawberry.mutation
+    async def update_customer_address(
+        self,
+        info: Info,
+        id: strawberry.ID,
+        address: AddressInput,
+        expected_version: int | None = strawberry.UNSET,
+        idempotency_key: str | None = strawberry.UNSET,
+    ) -> CommandResult:
+        command = commands.UpdateCustomerAddress(
+            customer_id=id, address=address.to_command(), expected_version=given(expected_version)
+        )
+        return await execute(info, command, idempotency_key)
+
+    @strawberry.mutation
+    async def place_order(
+        self, info: Info, input: PlaceOrderInput, idempotency_key: str | None = strawberry.UNSET
+    ) -> CommandResult:
+        address = given(input.shipping_address)
+        command = commands.PlaceOrder(
+            customer_id=input.customer_id,
+            lines=tuple(
+                commands.OrderLineRequest(product_id=line.product_id, quantity=line.quantity)
+                for line in input.lines
+            ),
+            shipping_address=None if address is None else address.to_command(),
+        )
+        return await execute(info, command, idempotency_key)
+
+    @strawberry.mutation
+    async def cancel_order(
+        self,
+        info: Info,
+        id: strawberry.ID,
+        reason: str,
+        expected_version: int | None = strawberry.UNSET,
+        idempotency_key: str | None = strawberry.UNSET,
+    ) -> CommandResult:
+        command = commands.CancelOrder(
+            order_id=id, reason=reason, expected_version=given(expected_version)
+        )
+        return await execute(info, command, idempotency_key)
+
+    @strawberry.mutation
+    async def ship_order(
+        self,
+        info: Info,
+        id: strawberry.ID,
+        tracking_number: str,
+        expected_version: int | None = strawberry.UNSET,
+        idempotency_key: str | None = strawberry.UNSET,
+    ) -> CommandResult:
+        command = commands.ShipOrder(
+            order_id=id, tracking_number=tracking_number, expected_version=given(expected_version)
         )
         return await execute(info, command, idempotency_key)

@@ -6,24 +6,40 @@ from datetime import UTC, datetime
 
 import strawberry
 
-from projections import checkpoints, lease
+from projections import audit, checkpoints, customers, dashboard, lease, orders, sales
 from projections import products as product_views
+from projections.paging import InvalidCursor, Page
 from projections.registry import all_projections
 from schema.consistency import wait_for
 from schema.context import Info, bad_input
 from schema.scalars import Version
 from schema.types import (
+    Customer,
+    Dashboard,
+    DomainEvent,
+    EventConnection,
+    EventEdge,
+    Order,
+    OrderConnection,
+    OrderEdge,
     PageInfo,
     Product,
     ProductConnection,
     ProductEdge,
     ProductFilter,
+    ProductSales,
     ProductSort,
     ProjectionStatus,
     given,
 )
 
 PRODUCTS = "products"
+CUSTOMERS = "customers"
+ORDERS = "orders"
+PRODUCT_SALES = "product_sales"
+DASHBOARD = "dashboard"
+AUDIT_TRAIL = "audit_trail"
+MAX_TOP_PRODUCTS = 100
 
 
 def check_page_size(info: Info, first: int | None) -> int:
@@ -31,6 +47,27 @@ def check_page_size(info: Info, first: int | None) -> int:
     if first is None or not 0 <= first <= limit:
         raise bad_input(f"first must be between 0 and {limit}", argument="first")
     return first
+
+
+def page_info(page: Page) -> PageInfo:
+    return PageInfo(
+        has_next_page=page.has_next_page, end_cursor=page.cursors[-1] if page.cursors else None
+    )
+
+
+def order_connection(page: Page) -> OrderConnection:
+    return OrderConnection(
+        edges=[
+            OrderEdge(cursor=cursor, node=Order.from_document(document))
+            for cursor, document in zip(page.cursors, page.documents, strict=True)
+        ],
+        page_info=page_info(page),
+        total_count=page.total_count or 0,
+    )
+
+
+def bad_cursor(error: InvalidCursor) -> Exception:
+    return bad_input(str(error), argument="after")
 
 
 def _filter(f: ProductFilter | None) -> product_views.ProductFilter:
@@ -82,19 +119,108 @@ class Query:
             page = await product_views.list_products(
                 info.context.db, _filter(given(filter)), order, size, given(after)
             )
-        except product_views.InvalidCursor as error:
-            raise bad_input(str(error), argument="after") from error
+        except InvalidCursor as error:
+            raise bad_cursor(error) from error
         edges = [
             ProductEdge(cursor=cursor, node=Product.from_document(document))
             for cursor, document in zip(page.cursors, page.documents, strict=True)
         ]
         return ProductConnection(
-            edges=edges,
-            page_info=PageInfo(
-                has_next_page=page.has_next_page,
-                end_cursor=page.cursors[-1] if page.cursors else None,
-            ),
-            total_count=page.total_count,
+            edges=edges, page_info=page_info(page), total_count=page.total_count or 0
+        )
+
+    @strawberry.field
+    async def customer(
+        self, info: Info, id: strawberry.ID, min_version: Version | None = strawberry.UNSET
+    ) -> Customer | None:
+        await wait_for(info, CUSTOMERS, given(min_version))
+        document = await customers.find_customer(info.context.db, id)
+        return None if document is None else Customer.from_document(document)
+
+    @strawberry.field
+    async def order(
+        self, info: Info, id: strawberry.ID, min_version: Version | None = strawberry.UNSET
+    ) -> Order | None:
+        await wait_for(info, ORDERS, given(min_version))
+        document = await orders.find_order(info.context.db, id)
+        return None if document is None else Order.from_document(document)
+
+    @strawberry.field(description="A customer's orders, newest first.")  # type: ignore[untyped-decorator]
+    async def order_history(
+        self,
+        info: Info,
+        customer_id: strawberry.ID,
+        first: int | None = 20,
+        after: str | None = strawberry.UNSET,
+        min_version: Version | None = strawberry.UNSET,
+    ) -> OrderConnection:
+        size = check_page_size(info, first)
+        await wait_for(info, ORDERS, given(min_version))
+        try:
+            page = await orders.order_history(info.context.db, customer_id, size, given(after))
+        except InvalidCursor as error:
+            raise bad_cursor(error) from error
+        return order_connection(page)
+
+    @strawberry.field(description="PLACED orders waiting to ship, oldest first.")  # type: ignore[untyped-decorator]
+    async def shipping_queue(
+        self,
+        info: Info,
+        first: int | None = 50,
+        after: str | None = strawberry.UNSET,
+        min_version: Version | None = strawberry.UNSET,
+    ) -> OrderConnection:
+        size = check_page_size(info, first)
+        await wait_for(info, ORDERS, given(min_version))
+        try:
+            page = await orders.shipping_queue(info.context.db, size, given(after))
+        except InvalidCursor as error:
+            raise bad_cursor(error) from error
+        return order_connection(page)
+
+    @strawberry.field(description="Best sellers by units sold.")  # type: ignore[untyped-decorator]
+    async def top_products(
+        self,
+        info: Info,
+        limit: int | None = 10,
+        min_version: Version | None = strawberry.UNSET,
+    ) -> list[ProductSales]:
+        if limit is None or not 0 <= limit <= MAX_TOP_PRODUCTS:
+            raise bad_input(f"limit must be between 0 and {MAX_TOP_PRODUCTS}", argument="limit")
+        await wait_for(info, PRODUCT_SALES, given(min_version))
+        if limit == 0:
+            return []
+        documents = await sales.top_products(info.context.db, limit)
+        return [ProductSales.from_document(d) for d in documents]
+
+    @strawberry.field
+    async def dashboard(
+        self, info: Info, min_version: Version | None = strawberry.UNSET
+    ) -> Dashboard:
+        await wait_for(info, DASHBOARD, given(min_version))
+        return Dashboard.from_document(await dashboard.read_dashboard(info.context.db))
+
+    @strawberry.field(description="The audit trail: every event of one aggregate, oldest first.")  # type: ignore[untyped-decorator]
+    async def audit_trail(
+        self,
+        info: Info,
+        aggregate_id: strawberry.ID,
+        first: int | None = 100,
+        after: str | None = strawberry.UNSET,
+        min_version: Version | None = strawberry.UNSET,
+    ) -> EventConnection:
+        size = check_page_size(info, first)
+        await wait_for(info, AUDIT_TRAIL, given(min_version))
+        try:
+            page = await audit.audit_trail(info.context.db, aggregate_id, size, given(after))
+        except InvalidCursor as error:
+            raise bad_cursor(error) from error
+        return EventConnection(
+            edges=[
+                EventEdge(cursor=cursor, node=DomainEvent.from_document(document))
+                for cursor, document in zip(page.cursors, page.documents, strict=True)
+            ],
+            page_info=page_info(page),
         )
 
     @strawberry.field

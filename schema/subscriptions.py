@@ -6,17 +6,47 @@ as of its ``version``, and versions only grow.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any
 
 import strawberry
 from graphql import GraphQLError
 
+from projections import audit, dashboard, orders
 from projections import products as product_views
+from projections.progress import NotYetConsistent
 from schema.consistency import wait_for
 from schema.context import Info
-from schema.queries import PRODUCTS
+from schema.queries import AUDIT_TRAIL, DASHBOARD, ORDERS, PRODUCTS
 from schema.scalars import Version
-from schema.types import Product, given
+from schema.types import Dashboard, DomainEvent, Order, Product, given
+
+# How many events one catch-up read takes; how long one live wait lasts before looking again.
+EVENT_BATCH = 500
+FROM_THE_START = Version(0)
+LIVE_WAIT = 30.0
+
+Document = dict[str, Any]
+
+
+async def follow(
+    info: Info, projection: str, key: str, load: Callable[[], Awaitable[Document | None]]
+) -> AsyncGenerator[Document, None]:
+    """The document now, then again whenever its version grows."""
+    progress = info.context.progress
+    last_version = -1
+    async with progress.watch(projection, key) as changed:
+        while True:
+            changed.clear()
+            document = await load()
+            if document is None:
+                raise GraphQLError(
+                    f"no {projection} document {key}", extensions={"code": "NOT_FOUND"}
+                )
+            if document["version"] > last_version:
+                last_version = document["version"]
+                yield document
+            await changed.wait()
 
 
 @strawberry.type
@@ -26,15 +56,58 @@ class Subscription:
         self, info: Info, id: strawberry.ID, min_version: Version | None = strawberry.UNSET
     ) -> AsyncGenerator[Product, None]:
         await wait_for(info, PRODUCTS, given(min_version))
-        context = info.context
-        last_version = -1
-        async with context.progress.watch(PRODUCTS, str(id)) as changed:
-            while True:
-                changed.clear()
-                document = await product_views.find_product(context.db, id)
-                if document is None:
-                    raise GraphQLError(f"no product with id {id}", extensions={"code": "NOT_FOUND"})
-                if document["version"] > last_version:
-                    last_version = document["version"]
-                    yield Product.from_document(document)
-                await changed.wait()
+        db = info.context.db
+        async for document in follow(
+            info, PRODUCTS, id, lambda: product_views.find_product(db, id)
+        ):
+            yield Product.from_document(document)
+
+    @strawberry.subscription(  # type: ignore[untyped-decorator]
+        description="The order now (once its projection has reached minVersion), "
+        "then after every change."
+    )
+    async def order_updated(
+        self, info: Info, id: strawberry.ID, min_version: Version | None = strawberry.UNSET
+    ) -> AsyncGenerator[Order, None]:
+        await wait_for(info, ORDERS, given(min_version))
+        db = info.context.db
+        async for document in follow(info, ORDERS, id, lambda: orders.find_order(db, id)):
+            yield Order.from_document(document)
+
+    @strawberry.subscription(description="The dashboard now, then after every change.")  # type: ignore[untyped-decorator]
+    async def dashboard_updated(
+        self, info: Info, min_version: Version | None = strawberry.UNSET
+    ) -> AsyncGenerator[Dashboard, None]:
+        await wait_for(info, DASHBOARD, given(min_version))
+        db = info.context.db
+        load = lambda: dashboard.read_dashboard(db)  # noqa: E731
+        async for document in follow(info, DASHBOARD, dashboard.DASHBOARD_ID, load):
+            yield Dashboard.from_document(document)
+
+    @strawberry.subscription(  # type: ignore[untyped-decorator]
+        description="Every event after `afterVersion` (catch-up, then live), "
+        "without gaps or repeats."
+    )
+    async def events(
+        self,
+        info: Info,
+        after_version: Version | None = FROM_THE_START,
+        types: list[str] | None = strawberry.UNSET,
+    ) -> AsyncGenerator[DomainEvent, None]:
+        """Reads only up to the audit trail's checkpoint: everything below it is written,
+        so nothing is skipped, and it never reads a position twice."""
+        progress, db = info.context.progress, info.context.db
+        wanted = given(types)
+        last = after_version or 0
+        while True:
+            up_to = progress.position(AUDIT_TRAIL)
+            if up_to > last:
+                batch = await audit.events_between(db, last, up_to, wanted, EVENT_BATCH)
+                for document in batch:
+                    yield DomainEvent.from_document(document)
+                last = batch[-1]["_id"] if len(batch) == EVENT_BATCH else up_to
+                continue
+            try:
+                await progress.wait_for(AUDIT_TRAIL, last + 1, LIVE_WAIT)
+            except NotYetConsistent:
+                continue

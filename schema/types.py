@@ -7,9 +7,10 @@ from enum import Enum
 from typing import Any, TypeVar
 
 import strawberry
+from strawberry.scalars import JSON
 
 from domain.idempotency import CommandOutcome
-from schema.scalars import Version
+from schema.scalars import BigInt, Version
 
 T = TypeVar("T")
 
@@ -165,3 +166,225 @@ class ProjectionStatus:
     )
     last_error: str | None
     updated_at: datetime | None
+
+
+@strawberry.type
+class Address:
+    line1: str
+    line2: str | None
+    city: str
+    postal_code: str
+    country: str
+
+    @classmethod
+    def from_document(cls, d: dict[str, Any]) -> Address:
+        return cls(
+            line1=d["line1"],
+            line2=d.get("line2"),
+            city=d["city"],
+            postal_code=d["postalCode"],
+            country=d["country"],
+        )
+
+
+@strawberry.type
+class Customer:
+    id: strawberry.ID
+    email: str
+    name: str
+    address: Address
+    order_count: int
+    lifetime_value_cents: BigInt
+    registered_at: datetime
+    version: Version
+
+    @classmethod
+    def from_document(cls, d: dict[str, Any]) -> Customer:
+        return cls(
+            id=strawberry.ID(d["_id"]),
+            email=d["email"],
+            name=d["name"],
+            address=Address.from_document(d["address"]),
+            order_count=d["orderCount"],
+            lifetime_value_cents=BigInt(d["lifetimeValueCents"]),
+            registered_at=d["registeredAt"],
+            version=Version(d["version"]),
+        )
+
+
+@strawberry.enum
+class OrderStatus(Enum):
+    PLACED = "PLACED"
+    SHIPPED = "SHIPPED"
+    CANCELLED = "CANCELLED"
+
+
+@strawberry.type
+class OrderCustomer:
+    id: strawberry.ID
+    name: str
+    email: str
+
+
+@strawberry.type
+class OrderLine:
+    product_id: strawberry.ID
+    sku: str
+    product_name: str = strawberry.field(
+        description="The product's name when the order was placed."
+    )
+    quantity: int
+    unit_price_cents: int
+    line_total_cents: BigInt
+
+
+@strawberry.type
+class Order:
+    id: strawberry.ID
+    customer: OrderCustomer = strawberry.field(
+        description="Denormalised: follows renames of the customer."
+    )
+    status: OrderStatus
+    lines: list[OrderLine]
+    item_count: int
+    total_cents: BigInt
+    shipping_address: Address
+    placed_at: datetime
+    shipped_at: datetime | None
+    tracking_number: str | None
+    cancelled_at: datetime | None
+    cancel_reason: str | None
+    version: Version
+
+    @classmethod
+    def from_document(cls, d: dict[str, Any]) -> Order:
+        c = d["customer"]
+        return cls(
+            id=strawberry.ID(d["_id"]),
+            customer=OrderCustomer(id=strawberry.ID(c["id"]), name=c["name"], email=c["email"]),
+            status=OrderStatus(d["status"]),
+            lines=[
+                OrderLine(
+                    product_id=strawberry.ID(line["productId"]),
+                    sku=line["sku"],
+                    product_name=line["productName"],
+                    quantity=line["quantity"],
+                    unit_price_cents=line["unitPriceCents"],
+                    line_total_cents=BigInt(line["lineTotalCents"]),
+                )
+                for line in d["lines"]
+            ],
+            item_count=d["itemCount"],
+            total_cents=BigInt(d["totalCents"]),
+            shipping_address=Address.from_document(d["shippingAddress"]),
+            placed_at=d["placedAt"],
+            shipped_at=d.get("shippedAt"),
+            tracking_number=d.get("trackingNumber"),
+            cancelled_at=d.get("cancelledAt"),
+            cancel_reason=d.get("cancelReason"),
+            version=Version(d["version"]),
+        )
+
+
+@strawberry.type
+class OrderEdge:
+    cursor: str
+    node: Order
+
+
+@strawberry.type
+class OrderConnection:
+    edges: list[OrderEdge]
+    page_info: PageInfo
+    total_count: int
+
+
+@strawberry.type
+class ProductSales:
+    product_id: strawberry.ID
+    sku: str
+    name: str
+    units_sold: int
+    revenue_cents: BigInt
+    order_count: int
+    version: Version
+
+    @classmethod
+    def from_document(cls, d: dict[str, Any]) -> ProductSales:
+        return cls(
+            product_id=strawberry.ID(d["_id"]),
+            sku=d["sku"],
+            name=d["name"],
+            units_sold=d["unitsSold"],
+            revenue_cents=BigInt(d["revenueCents"]),
+            order_count=d["orderCount"],
+            version=Version(d["version"]),
+        )
+
+
+@strawberry.type
+class Dashboard:
+    product_count: int
+    customer_count: int
+    order_count: int
+    open_order_count: int
+    shipped_order_count: int
+    cancelled_order_count: int
+    revenue_cents: BigInt = strawberry.field(
+        description="Sum of totals of orders that are not cancelled."
+    )
+    average_order_value_cents: BigInt
+    low_stock_count: int = strawberry.field(
+        description="Active products whose stockAvailable is below the low-stock threshold."
+    )
+    version: Version
+
+    @classmethod
+    def from_document(cls, d: dict[str, Any]) -> Dashboard:
+        return cls(
+            product_count=d["productCount"],
+            customer_count=d["customerCount"],
+            order_count=d["orderCount"],
+            open_order_count=d["openOrderCount"],
+            shipped_order_count=d["shippedOrderCount"],
+            cancelled_order_count=d["cancelledOrderCount"],
+            revenue_cents=BigInt(d["revenueCents"]),
+            average_order_value_cents=BigInt(d["averageOrderValueCents"]),
+            low_stock_count=d["lowStockCount"],
+            version=Version(d["version"]),
+        )
+
+
+@strawberry.type
+class DomainEvent:
+    version: Version
+    type: str
+    aggregate_type: str
+    aggregate_id: strawberry.ID
+    aggregate_version: int
+    occurred_at: datetime
+    data: JSON
+
+    @classmethod
+    def from_document(cls, d: dict[str, Any]) -> DomainEvent:
+        return cls(
+            version=Version(d["_id"]),
+            type=d["type"],
+            aggregate_type=d["aggregateType"],
+            aggregate_id=strawberry.ID(d["aggregateId"]),
+            aggregate_version=d["aggregateVersion"],
+            occurred_at=d["occurredAt"],
+            data=d["data"],
+        )
+
+
+@strawberry.type
+class EventEdge:
+    cursor: str
+    node: DomainEvent
+
+
+@strawberry.type
+class EventConnection:
+    edges: list[EventEdge]
+    page_info: PageInfo

@@ -211,7 +211,16 @@ async def test_probes_graphiql_and_projection_status(server: Server, client: Cli
         assert "shop_relay_running 1.0" in (await http.get("/metrics")).text
     created = await create(client)
     await client.data(PRODUCT, {"id": created["id"], "v": created["version"]})
+    every_read_model_at_1 = """{
+      dashboard(minVersion: 1) { version }
+      auditTrail(aggregateId: "x", minVersion: 1) { pageInfo { hasNextPage } }
+      customer(id: "x", minVersion: 1) { id }
+      order(id: "x", minVersion: 1) { id }
+      topProducts(minVersion: 1) { sku }
+    }"""
+    await client.data(every_read_model_at_1)
     status = await client.data("{ projections { name checkpoint headVersion lag state } }")
     assert status["projections"] == [
-        {"name": "products", "checkpoint": 1, "headVersion": 1, "lag": 0, "state": "RUNNING"}
+        {"name": name, "checkpoint": 1, "headVersion": 1, "lag": 0, "state": "RUNNING"}
+        for name in ("products", "customers", "orders", "product_sales", "dashboard", "audit_trail")
     ]

@@ -1,0 +1,172 @@
+"""The Order aggregate: lines priced by the server, and the PLACED → SHIPPED | CANCELLED life."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from domain import events, validation
+from domain.aggregate import Aggregate
+from domain.commands import OrderLineRequest
+from domain.customers import Address, Customer
+from domain.errors import InvalidState, Problems, ValidationFailed
+
+MAX_LINES = 100
+MAX_QUANTITY = 1_000
+
+
+class OrderStatus(StrEnum):
+    PLACED = "PLACED"
+    SHIPPED = "SHIPPED"
+    CANCELLED = "CANCELLED"
+
+
+@dataclass(frozen=True, slots=True)
+class OrderLine:
+    product_id: str
+    sku: str
+    product_name: str
+    quantity: int
+    unit_price_cents: int
+
+    @property
+    def line_total_cents(self) -> int:
+        return self.quantity * self.unit_price_cents
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "productId": self.product_id,
+            "sku": self.sku,
+            "productName": self.product_name,
+            "quantity": self.quantity,
+            "unitPriceCents": self.unit_price_cents,
+            "lineTotalCents": self.line_total_cents,
+        }
+
+
+def check_lines(problems: Problems, lines: Sequence[OrderLineRequest]) -> set[int]:
+    """Checks the shape of the requested lines; the indexes whose quantity is valid."""
+    if not 1 <= len(lines) <= MAX_LINES:
+        problems.add(ValidationFailed(f"an order has 1 to {MAX_LINES} lines", "lines"))
+    valid_quantity = set()
+    seen: set[str] = set()
+    for i, line in enumerate(lines):
+        quantity_problem = validation.int_range(
+            line.quantity, f"lines.{i}.quantity", 1, MAX_QUANTITY
+        )
+        problems.add(quantity_problem)
+        if quantity_problem is None:
+            valid_quantity.add(i)
+        if line.product_id in seen:
+            problems.add(
+                ValidationFailed(
+                    "the same product is on another line already", f"lines.{i}.productId"
+                )
+            )
+        seen.add(line.product_id)
+    return valid_quantity
+
+
+@dataclass(kw_only=True)
+class Order(Aggregate):
+    aggregate_type = "Order"
+
+    customer_id: str
+    status: OrderStatus = OrderStatus.PLACED
+    lines: list[OrderLine] = field(default_factory=list)
+    shipping_address: Address
+    placed_at: datetime
+    shipped_at: datetime | None = None
+    tracking_number: str | None = None
+    cancelled_at: datetime | None = None
+    cancel_reason: str | None = None
+
+    @property
+    def total_cents(self) -> int:
+        return sum(line.line_total_cents for line in self.lines)
+
+    @property
+    def item_count(self) -> int:
+        return sum(line.quantity for line in self.lines)
+
+    @classmethod
+    def place(
+        cls,
+        *,
+        id: str,
+        customer: Customer,
+        lines: list[OrderLine],
+        shipping_address: Address,
+        now: datetime,
+    ) -> Order:
+        order = cls(
+            id=id,
+            customer_id=customer.id,
+            lines=lines,
+            shipping_address=shipping_address,
+            placed_at=now,
+        )
+        order.raise_event(
+            events.ORDER_PLACED,
+            customerId=customer.id,
+            customerName=customer.name,
+            customerEmail=customer.email,
+            lines=[line.to_data() for line in lines],
+            itemCount=order.item_count,
+            totalCents=order.total_cents,
+            shippingAddress=shipping_address.to_data(),
+        )
+        return order
+
+    def cancel(self, reason: str, *, expected_version: int | None, now: datetime) -> None:
+        problems = Problems()
+        problems.add(self.version_conflict(expected_version))
+        problems.add(validation.text_length(reason, "reason", 1, 500))
+        problems.raise_if_any()
+        self._check_placed("cancelled")
+        self.status, self.cancelled_at, self.cancel_reason = (
+            OrderStatus.CANCELLED,
+            now,
+            reason.strip(),
+        )
+        self.raise_event(
+            events.ORDER_CANCELLED,
+            reason=self.cancel_reason,
+            customerId=self.customer_id,
+            totalCents=self.total_cents,
+            lines=self._line_movements(),
+        )
+
+    def ship(self, tracking_number: str, *, expected_version: int | None, now: datetime) -> None:
+        problems = Problems()
+        problems.add(self.version_conflict(expected_version))
+        problems.add(validation.text_length(tracking_number, "trackingNumber", 1, 100))
+        problems.raise_if_any()
+        self._check_placed("shipped")
+        self.status, self.shipped_at = OrderStatus.SHIPPED, now
+        self.tracking_number = tracking_number.strip()
+        self.raise_event(
+            events.ORDER_SHIPPED,
+            trackingNumber=self.tracking_number,
+            customerId=self.customer_id,
+            totalCents=self.total_cents,
+            lines=self._line_movements(),
+        )
+
+    def _line_movements(self) -> list[dict[str, Any]]:
+        """What cancelling or shipping moves, so projections need no other state."""
+        return [
+            {
+                "productId": line.product_id,
+                "quantity": line.quantity,
+                "lineTotalCents": line.line_total_cents,
+            }
+            for line in self.lines
+        ]
+
+    def _check_placed(self, action: str) -> None:
+        if self.status is not OrderStatus.PLACED:
+            raise InvalidState(f"order {self.id} is {self.status.value} and cannot be {action}")

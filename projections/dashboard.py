@@ -1,0 +1,105 @@
+"""The dashboard read model: shop-wide counters, and per-product stock for the low-stock count.
+
+Every event moves the dashboard document's ``version`` (it is built from all
+events), so its version equals the projection's checkpoint. ``lowStockCount`` is
+counted at read time from ``dashboard_stock``, one small document per product
+kept by this projection, so it shares the dashboard's checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pymongo import ASCENDING, IndexModel
+from pymongo.asynchronous.database import AsyncDatabase
+
+from domain import events as ev
+from domain.events import RecordedEvent
+from projections.projection import Write, guarded, insert_once
+
+COLLECTION = "dashboard"
+STOCK = "dashboard_stock"
+DASHBOARD_ID = "dashboard"
+LOW_STOCK_BELOW = 5
+
+COUNTERS = (
+    "productCount",
+    "customerCount",
+    "orderCount",
+    "openOrderCount",
+    "shippedOrderCount",
+    "cancelledOrderCount",
+    "revenueCents",
+)
+
+
+class DashboardProjection:
+    name = "dashboard"
+    indexes: dict[str, Sequence[IndexModel]] = {
+        STOCK: [IndexModel([("active", ASCENDING), ("available", ASCENDING)])]
+    }
+    seed_documents: dict[str, list[dict[str, Any]]] = {
+        COLLECTION: [{"_id": DASHBOARD_ID, **dict.fromkeys(COUNTERS, 0), "version": 0}]
+    }
+
+    def project(self, e: RecordedEvent) -> list[Write]:
+        counters = _counter_changes(e)
+        update: dict[str, Any] = {"$inc": counters} if counters else {}
+        return [guarded(COLLECTION, DASHBOARD_ID, e, update), *_stock_changes(e)]
+
+
+def _counter_changes(e: RecordedEvent) -> dict[str, int]:
+    match e.type:
+        case ev.PRODUCT_CREATED:
+            return {"productCount": 1}
+        case ev.CUSTOMER_REGISTERED:
+            return {"customerCount": 1}
+        case ev.ORDER_PLACED:
+            return {"orderCount": 1, "openOrderCount": 1, "revenueCents": e.data["totalCents"]}
+        case ev.ORDER_CANCELLED:
+            return {
+                "openOrderCount": -1,
+                "cancelledOrderCount": 1,
+                "revenueCents": -e.data["totalCents"],
+            }
+        case ev.ORDER_SHIPPED:
+            return {"openOrderCount": -1, "shippedOrderCount": 1}
+    return {}
+
+
+def _stock_changes(e: RecordedEvent) -> list[Write]:
+    match e.type:
+        case ev.PRODUCT_CREATED:
+            document = {"available": e.data["initialStock"], "active": True, "version": e.position}
+            return [insert_once(STOCK, e.aggregate_id, document)]
+        case ev.PRODUCT_RESTOCKED:
+            return [guarded(STOCK, e.aggregate_id, e, {"$inc": {"available": e.data["quantity"]}})]
+        case ev.PRODUCT_DISCONTINUED:
+            return [guarded(STOCK, e.aggregate_id, e, {"$set": {"active": False}})]
+        case ev.ORDER_PLACED | ev.ORDER_CANCELLED:
+            sign = -1 if e.type == ev.ORDER_PLACED else 1
+            return [
+                guarded(
+                    STOCK, line["productId"], e, {"$inc": {"available": sign * line["quantity"]}}
+                )
+                for line in e.data["lines"]
+            ]
+    return []
+
+
+async def read_dashboard(db: AsyncDatabase[dict[str, Any]]) -> dict[str, Any]:
+    """The dashboard document with its derived figures."""
+    document = await db[COLLECTION].find_one({"_id": DASHBOARD_ID}) or {
+        **dict.fromkeys(COUNTERS, 0),
+        "version": 0,
+    }
+    low_stock = await db[STOCK].count_documents(
+        {"active": True, "available": {"$lt": LOW_STOCK_BELOW}}
+    )
+    kept = document["openOrderCount"] + document["shippedOrderCount"]
+    return {
+        **document,
+        "lowStockCount": low_stock,
+        "averageOrderValueCents": document["revenueCents"] // kept if kept else 0,
+    }

@@ -1,0 +1,123 @@
+"""The orders read model: each order with its customer's current name, for history and shipping.
+
+The shipping queue is this collection's PLACED orders, oldest first (index
+``status, placedVersion``); it shares the orders projection's checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, IndexModel, UpdateMany
+from pymongo.asynchronous.database import AsyncDatabase
+
+from domain import events as ev
+from domain.events import RecordedEvent
+from projections import paging
+from projections.paging import Page
+from projections.projection import Write, guarded, insert_once
+
+COLLECTION = "orders"
+Db = AsyncDatabase[dict[str, Any]]
+
+
+class OrdersProjection:
+    name = "orders"
+    indexes: dict[str, Sequence[IndexModel]] = {
+        COLLECTION: [
+            IndexModel([("customerId", ASCENDING), ("placedVersion", DESCENDING)]),
+            IndexModel([("status", ASCENDING), ("placedVersion", ASCENDING)]),
+        ]
+    }
+
+    def project(self, event: RecordedEvent) -> list[Write]:
+        handler = _HANDLERS.get(event.type)
+        return [] if handler is None else handler(event)
+
+
+def _placed(e: RecordedEvent) -> list[Write]:
+    d = e.data
+    document = {
+        "customerId": d["customerId"],
+        "customer": {"id": d["customerId"], "name": d["customerName"], "email": d["customerEmail"]},
+        "status": "PLACED",
+        "lines": d["lines"],
+        "itemCount": d["itemCount"],
+        "totalCents": d["totalCents"],
+        "shippingAddress": d["shippingAddress"],
+        "placedAt": e.occurred_at,
+        "placedVersion": e.position,
+        "shippedAt": None,
+        "trackingNumber": None,
+        "cancelledAt": None,
+        "cancelReason": None,
+        "version": e.position,
+    }
+    return [insert_once(COLLECTION, e.aggregate_id, document)]
+
+
+def _cancelled(e: RecordedEvent) -> list[Write]:
+    fields = {"status": "CANCELLED", "cancelledAt": e.occurred_at, "cancelReason": e.data["reason"]}
+    return [guarded(COLLECTION, e.aggregate_id, e, {"$set": fields})]
+
+
+def _shipped(e: RecordedEvent) -> list[Write]:
+    fields = {
+        "status": "SHIPPED",
+        "shippedAt": e.occurred_at,
+        "trackingNumber": e.data["trackingNumber"],
+    }
+    return [guarded(COLLECTION, e.aggregate_id, e, {"$set": fields})]
+
+
+def _customer_renamed(e: RecordedEvent) -> list[Write]:
+    """Every order of the customer placed before the rename takes the new name."""
+    operation = UpdateMany(
+        {"customerId": e.aggregate_id, "version": {"$lt": e.position}},
+        {"$set": {"customer.name": e.data["name"], "version": e.position}},
+    )
+    return [Write(COLLECTION, operation, key=None)]
+
+
+_HANDLERS: dict[str, Callable[[RecordedEvent], list[Write]]] = {
+    ev.ORDER_PLACED: _placed,
+    ev.ORDER_CANCELLED: _cancelled,
+    ev.ORDER_SHIPPED: _shipped,
+    ev.CUSTOMER_RENAMED: _customer_renamed,
+}
+
+
+async def find_order(db: Db, order_id: str) -> dict[str, Any] | None:
+    return await db[COLLECTION].find_one({"_id": order_id})
+
+
+async def _page(
+    db: Db, query: dict[str, Any], direction: int, kind: str, first: int, after: str | None
+) -> Page:
+    page_query = query
+    if after is not None:
+        (last,) = paging.decode(kind, after, 1)
+        beyond = "$lt" if direction == DESCENDING else "$gt"
+        page_query = {**query, "placedVersion": {beyond: last}}
+    documents = (
+        await db[COLLECTION]
+        .find(page_query)
+        .sort([("placedVersion", direction)])
+        .limit(first + 1)
+        .to_list()
+    )
+    total = await db[COLLECTION].count_documents(query)
+    return paging.page_of(
+        documents, first, lambda d: paging.encode(kind, d["placedVersion"]), total
+    )
+
+
+async def order_history(db: Db, customer_id: str, first: int, after: str | None) -> Page:
+    """A customer's orders, newest first."""
+    return await _page(db, {"customerId": customer_id}, DESCENDING, "history", first, after)
+
+
+async def shipping_queue(db: Db, first: int, after: str | None) -> Page:
+    """PLACED orders, oldest first."""
+    return await _page(db, {"status": "PLACED"}, ASCENDING, "shipping", first, after)
