@@ -38,6 +38,8 @@ VERSION = "v1.24.2"
 MODULE = "github.com/FerretDB/FerretDB"
 PACKAGE = f"{MODULE}/cmd/ferretdb"
 START_TIMEOUT = 30.0
+# Where a running embedded FerretDB leaves its URL, for CLI commands beside the server.
+URL_FILE = "url"
 
 GO_MOD = f"""module cqrs-shop/ferretdb-build
 
@@ -190,6 +192,7 @@ class EmbeddedFerretDB:
         except BaseException:
             self.stop()
             raise
+        (self.data_dir / URL_FILE).write_text(self.url)
         log.info("embedded FerretDB %s listening on 127.0.0.1:%d", VERSION, port)
         return self.url
 
@@ -216,6 +219,7 @@ class EmbeddedFerretDB:
             client.close()
 
     def stop(self) -> None:
+        (self.data_dir / URL_FILE).unlink(missing_ok=True)
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
@@ -225,3 +229,19 @@ class EmbeddedFerretDB:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def running_url(data_dir: Path) -> str | None:
+    """The URL of an embedded FerretDB already serving ``data_dir``, if one answers."""
+    try:
+        url = (data_dir / URL_FILE).read_text().strip()
+    except OSError:
+        return None
+    client: MongoClient[dict[str, object]] = MongoClient(url, serverSelectionTimeoutMS=500)
+    try:
+        client.admin.command("ping")
+    except PyMongoError:
+        return None
+    finally:
+        client.close()
+    return url

@@ -19,6 +19,7 @@ class Checkpoint:
     head: int
     updated_at: datetime | None
     last_error: str | None
+    rebuilding: bool = False
 
 
 async def load_all(db: AsyncDatabase[Document]) -> dict[str, Checkpoint]:
@@ -30,6 +31,7 @@ async def load_all(db: AsyncDatabase[Document]) -> dict[str, Checkpoint]:
             head=int(doc.get("head", 0)),
             updated_at=doc.get("updatedAt"),
             last_error=doc.get("lastError"),
+            rebuilding=bool(doc.get("rebuilding", False)),
         )
     return checkpoints
 

@@ -27,14 +27,20 @@ class Lease:
         self.owner = str(uuid.uuid4())
 
     async def acquire(self) -> bool:
-        """Takes the lease if free or expired, or renews it if ours; whether we hold it."""
+        """Takes the lease if free or expired, or renews it if ours; whether we hold it.
+
+        While another process has asked for a handover, nobody else takes or renews
+        the lease, and a holder gives it up at once.
+        """
         collection = self.db[COLLECTION]
         now = datetime.now(UTC)
-        await collection.update_one(
-            {"_id": self.name},
-            {"$setOnInsert": {"owner": None, "expiresAt": EPOCH}},
-            upsert=True,
-        )
+        await self._ensure_document()
+        current = await collection.find_one({"_id": self.name})
+        wanted_by = current.get("handoverTo") if current else None
+        if wanted_by not in (None, self.owner):
+            if current and current.get("owner") == self.owner:
+                await self.release()
+            return False
         result = await collection.update_one(
             {"_id": self.name, "$or": [{"owner": self.owner}, {"expiresAt": {"$lt": now}}]},
             {"$set": {"owner": self.owner, "expiresAt": now + self.ttl}},
@@ -44,6 +50,23 @@ class Lease:
     async def release(self) -> None:
         await self.db[COLLECTION].update_one(
             {"_id": self.name, "owner": self.owner}, {"$set": {"expiresAt": EPOCH}}
+        )
+        await self.db[COLLECTION].update_one(
+            {"_id": self.name, "handoverTo": self.owner}, {"$set": {"handoverTo": None}}
+        )
+
+    async def request_handover(self) -> None:
+        """Asks the holder to give the lease to us; :meth:`acquire` then gets it."""
+        await self._ensure_document()
+        await self.db[COLLECTION].update_one(
+            {"_id": self.name}, {"$set": {"handoverTo": self.owner}}
+        )
+
+    async def _ensure_document(self) -> None:
+        await self.db[COLLECTION].update_one(
+            {"_id": self.name},
+            {"$setOnInsert": {"owner": None, "expiresAt": EPOCH, "handoverTo": None}},
+            upsert=True,
         )
 
 

@@ -16,7 +16,6 @@ from typing import Any
 from pymongo import IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from domain import outbox
@@ -80,6 +79,7 @@ class Relay:
         poll_interval: float = 0.5,
         write_chunk: int = 1000,
         lease: Lease | None = None,
+        suffix: str = "",
     ) -> None:
         self.engine = engine
         self.db = db
@@ -89,6 +89,8 @@ class Relay:
         self.poll_interval = poll_interval
         self.write_chunk = write_chunk
         self.lease = lease or Lease(db)
+        # A rebuild writes into "<collection><suffix>" under "<projection><suffix>" checkpoints.
+        self.suffix = suffix
         self.positions: dict[str, int] = {}
         self.head = 0
         self.running = False
@@ -103,10 +105,15 @@ class Relay:
     async def setup(self) -> None:
         """Creates the projections' indexes and loads their checkpoints."""
         for projection in self.projections:
-            await prepare_collections(self.db, projection)
+            await prepare_collections(self.db, projection, self.suffix)
+        await self.load_positions()
+
+    async def load_positions(self) -> None:
+        """Takes each projection's position from its stored checkpoint."""
         stored = await checkpoints.load_all(self.db)
         for projection in self.projections:
-            position = stored[projection.name].position if projection.name in stored else 0
+            checkpoint = stored.get(projection.name + self.suffix)
+            position = checkpoint.position if checkpoint else 0
             self.positions[projection.name] = position
             self.progress.advance(projection.name, position)
 
@@ -123,10 +130,16 @@ class Relay:
                         self.running = False
                         await self._idle(self.lease.ttl.total_seconds() / 3)
                         continue
+                    if not self.running:
+                        # Whoever held the lease meanwhile (a rebuild) may have moved them.
+                        await self.load_positions()
                     self.running = True
                     applied = await self.run_once()
                     backoff = 0.1
-                except (PyMongoError, SQLAlchemyError) as error:
+                except Exception as error:
+                    # Whatever broke this batch (a store error, an unparseable reply),
+                    # the relay must live on: the batch is retried, and retries are no-ops
+                    # for what was already applied.
                     log.exception("relay batch failed; retrying in %.1fs", backoff)
                     await self._record_error(error)
                     await asyncio.sleep(backoff)
@@ -161,12 +174,12 @@ class Relay:
         self.progress.advance(projection.name, position, keys)
 
     async def save_checkpoint(self, name: str, position: int) -> None:
-        await checkpoints.save(self.db, name, position, max(self.head, position))
+        await checkpoints.save(self.db, name + self.suffix, position, max(self.head, position))
 
     async def _write(self, writes: list[Write]) -> None:
         by_collection: dict[str, list[MongoWrite]] = {}
         for write in writes:
-            by_collection.setdefault(write.collection, []).append(write.operation)
+            by_collection.setdefault(write.collection + self.suffix, []).append(write.operation)
         for collection, operations in by_collection.items():
             for start in range(0, len(operations), self.write_chunk):
                 chunk = operations[start : start + self.write_chunk]
@@ -179,4 +192,4 @@ class Relay:
     async def _record_error(self, error: Exception) -> None:
         for projection in self.projections:
             with contextlib.suppress(PyMongoError):
-                await checkpoints.record_error(self.db, projection.name, repr(error))
+                await checkpoints.record_error(self.db, projection.name + self.suffix, repr(error))

@@ -235,7 +235,9 @@ class Query:
             position = checkpoint.position if checkpoint else 0
             lag = max(head - position, 0)
             last_error = checkpoint.last_error if checkpoint else None
-            if not relay_alive:
+            if checkpoint and checkpoint.rebuilding:
+                state = "REBUILDING"
+            elif not relay_alive:
                 state = "STOPPED"
             elif last_error:
                 state = "STALLED"

@@ -14,17 +14,10 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from domain.bus import CommandBus
 from domain.commands import (
-    AddressData,
     CancelOrder,
     ChangeProductPrice,
-    Command,
-    CreateProduct,
     DiscontinueProduct,
-    OrderLineRequest,
-    PlaceOrder,
-    RegisterCustomer,
     RenameCustomer,
     RestockProduct,
     ShipOrder,
@@ -35,53 +28,9 @@ from domain.model import order_lines, orders, products
 from domain.store import create_engine, create_schema
 from projections import audit, customers, dashboard, sales
 from projections import orders as order_views
-from projections.progress import Progress
-from projections.registry import all_projections
-from projections.relay import Relay
+from tests.integration.shop import Shop, snapshot
 
 Db = AsyncDatabase[dict[str, Any]]
-HOME = AddressData(line1="Main St 1", city="Berlin", postal_code="10115", country="DE")
-COLLECTIONS = ("products", "customers", "orders", "product_sales", "dashboard",
-               "dashboard_stock", "events")  # fmt: skip
-
-
-class Shop:
-    """The command bus and a relay over all projections, on one pair of stores."""
-
-    def __init__(self, engine: AsyncEngine, db: Db) -> None:
-        self.bus = CommandBus(engine)
-        self.db = db
-        self.relay = Relay(engine, db, all_projections(), Progress(), write_chunk=32)
-
-    async def do(self, command: Command) -> str:
-        outcome = await self.bus.execute(command)
-        assert outcome.id is not None
-        return outcome.id
-
-    async def sync(self) -> None:
-        if not self.relay.positions:
-            await self.relay.setup()
-        while await self.relay.run_once() == self.relay.batch_size:
-            pass
-
-    async def product(self, sku: str, stock: int = 10, price: int = 1000) -> str:
-        return await self.do(
-            CreateProduct(sku=sku, name=f"{sku} name", category="c", price_cents=price,
-                          initial_stock=stock)
-        )  # fmt: skip
-
-    async def customer(self, name: str = "Ada") -> str:
-        email = f"{name.lower()}-{uuid.uuid4().hex[:6]}@example.org"
-        return await self.do(RegisterCustomer(email=email, name=name, address=HOME))
-
-    async def order(self, customer_id: str, *lines: tuple[str, int]) -> str:
-        return await self.do(
-            PlaceOrder(customer_id, tuple(OrderLineRequest(p, q) for p, q in lines))
-        )
-
-
-async def snapshot(db: Db) -> dict[str, list[dict[str, Any]]]:
-    return {name: await db[name].find({}).sort("_id").to_list() for name in COLLECTIONS}
 
 
 async def test_customer_figures_count_orders_that_are_not_cancelled(
