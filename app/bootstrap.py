@@ -25,8 +25,37 @@ log = logging.getLogger(__name__)
 
 # See projections.relay.Relay: FerretDB 1.24 deadlocks on 100 updates in one command,
 # and its connection pool is shared with concurrent readers.
-EMBEDDED_WRITE_CHUNK = 32
-EMBEDDED_MAX_POOL = 32
+FERRETDB_WRITE_CHUNK = 32
+FERRETDB_MAX_POOL = 32
+MONGODB_WRITE_CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class ReadStore:
+    client: AsyncMongoClient[dict[str, Any]]
+    is_ferretdb: bool
+
+    @property
+    def write_chunk(self) -> int:
+        return FERRETDB_WRITE_CHUNK if self.is_ferretdb else MONGODB_WRITE_CHUNK
+
+
+async def connect_read_store(url: str) -> ReadStore:
+    """A client sized for the server behind ``url``: FerretDB (found by its buildInfo,
+    however it was started) gets a smaller pool, and the relay smaller bulk writes."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, tz_aware=True)
+    try:
+        info = await client.admin.command("buildInfo")
+    except BaseException:
+        await client.close()
+        raise
+    if "ferretdbVersion" not in info:
+        return ReadStore(client, is_ferretdb=False)
+    await client.close()
+    sized: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        url, tz_aware=True, maxPoolSize=FERRETDB_MAX_POOL
+    )
+    return ReadStore(sized, is_ferretdb=True)
 
 
 @dataclass
@@ -52,7 +81,7 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
     """Starts everything this process's role needs and stops it all on exit, also on error."""
     async with contextlib.AsyncExitStack() as stack:
         settings.shop_data_dir.mkdir(parents=True, exist_ok=True)
-        mongo_url, embedded = settings.mongodb_url, settings.mongodb_url is None
+        mongo_url = settings.mongodb_url
         if mongo_url is None:
             if role is not Role.ALL:
                 raise ReadStoreUnavailable(
@@ -67,11 +96,9 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
         stack.push_async_callback(engine.dispose)
         await create_schema(engine)
 
-        mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-            mongo_url, tz_aware=True, maxPoolSize=EMBEDDED_MAX_POOL if embedded else 100
-        )
+        read_store = await connect_read_store(mongo_url)
+        mongo = read_store.client
         stack.push_async_callback(mongo.close)
-        await mongo.admin.command("ping")
         db = mongo[settings.mongodb_database]
 
         services = Services(
@@ -92,7 +119,7 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
                 services.progress,
                 batch_size=settings.shop_relay_batch_size,
                 poll_interval=settings.shop_relay_poll_interval,
-                write_chunk=EMBEDDED_WRITE_CHUNK if embedded else 1000,
+                write_chunk=read_store.write_chunk,
             )
             await relay.setup()
             services.relay = relay

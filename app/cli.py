@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 import uvicorn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from app import logging as shop_logging
-from app.ferretdb import ReadStoreUnavailable, ensure_binary
+from app.bootstrap import connect_read_store
+from app.ferretdb import EmbeddedFerretDB, ReadStoreUnavailable, ensure_binary, running_url
 from app.settings import Role, Settings
+from domain.bus import CommandBus
+from domain.store import create_engine, create_schema
+from projections.rebuild import rebuild
+from projections.registry import all_projections, projection_names
 
 cli = typer.Typer(help="A CQRS GraphQL shop server.", no_args_is_help=True)
 
@@ -73,6 +89,112 @@ def print_schema(
         typer.echo(text, nl=False)
     else:
         output.write_text(text)
+
+
+@cli.command("seed")
+def seed_command(
+    products: Annotated[int, typer.Option(min=0, help="Products to create.")] = 50,
+    customers: Annotated[int, typer.Option(min=0, help="Customers to register.")] = 100,
+    orders: Annotated[int, typer.Option(min=0, help="Orders to place.")] = 300,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed, the same shop.")] = 42,
+) -> None:
+    """Fills the shop with demo data through the real command handlers.
+
+    Writes to the write store only; a running server's relay (or the next start)
+    brings it to the read models.
+    """
+    from app.seed import seed as run_seed
+
+    settings = Settings()
+    shop_logging.configure("WARNING", settings.log_format)
+
+    async def go() -> None:
+        engine = create_engine(settings.write_store_url)
+        try:
+            await create_schema(engine)
+            with _progress() as progress:
+                task = progress.add_task("seeding", total=products + customers + orders)
+                counts = await run_seed(
+                    CommandBus(engine), products=products, customers=customers, orders=orders,
+                    seed=seed, step=lambda: progress.advance(task),
+                )  # fmt: skip
+        finally:
+            await engine.dispose()
+        typer.echo(
+            f"created {counts.products} products, {counts.customers} customers, "
+            f"{counts.orders} orders ({counts.shipped} shipped, {counts.cancelled} cancelled); "
+            f"{counts.refused} refused by the rules; read them at minVersion {counts.version}"
+        )
+
+    settings.shop_data_dir.mkdir(parents=True, exist_ok=True)
+    asyncio.run(go())
+
+
+@cli.command("rebuild")
+def rebuild_command(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Projections to rebuild; default: all.")
+    ] = None,
+) -> None:
+    """Rebuilds projections from the whole event log into fresh collections, then swaps them in.
+
+    Safe while the server runs: it keeps serving the old documents until the swap.
+    """
+    settings = Settings()
+    shop_logging.configure("WARNING", settings.log_format)
+    chosen = [p for p in all_projections() if not names or p.name in names]
+    unknown = set(names or ()) - {p.name for p in chosen}
+    if unknown:
+        known = ", ".join(projection_names())
+        typer.echo(f"unknown projection(s): {', '.join(sorted(unknown))}; known: {known}", err=True)
+        raise typer.Exit(code=2)
+
+    async def go() -> None:
+        async with read_store_url(settings) as url:
+            engine = create_engine(settings.write_store_url)
+            store = await connect_read_store(url)
+            client = store.client
+            try:
+                with _progress() as progress:
+                    task = progress.add_task(f"rebuilding {', '.join(p.name for p in chosen)}")
+
+                    def report(done: int, head: int) -> None:
+                        progress.update(task, completed=done, total=max(head, 1))
+
+                    result = await rebuild(
+                        engine, client[settings.mongodb_database], chosen, report=report,
+                        write_chunk=store.write_chunk,
+                    )  # fmt: skip
+            finally:
+                await client.close()
+                await engine.dispose()
+        typer.echo(f"rebuilt {', '.join(result.projections)} up to version {result.position}")
+
+    asyncio.run(go())
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(),
+    )  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def read_store_url(settings: Settings) -> AsyncIterator[str]:
+    """MONGODB_URL, the running server's embedded FerretDB, or one started for this command."""
+    if settings.mongodb_url:
+        yield settings.mongodb_url
+        return
+    data_dir = settings.shop_data_dir / "ferretdb"
+    if url := running_url(data_dir):
+        yield url
+        return
+    ferretdb = EmbeddedFerretDB(_ensure_read_store(settings), data_dir)
+    try:
+        yield await asyncio.to_thread(ferretdb.start)
+    finally:
+        ferretdb.stop()
 
 
 def main() -> None:

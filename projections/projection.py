@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pymongo import IndexModel, UpdateMany, UpdateOne
+from pymongo import IndexModel, InsertOne, UpdateMany, UpdateOne
 
 from domain.events import RecordedEvent
 
-MongoWrite = UpdateOne | UpdateMany
+MongoWrite = InsertOne[dict[str, Any]] | UpdateOne | UpdateMany
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,5 +53,9 @@ def guarded(collection: str, key: Any, event: RecordedEvent, update: dict[str, A
 
 
 def insert_once(collection: str, key: Any, document: dict[str, Any]) -> Write:
-    """Creates document ``key`` unless it exists; a replay finds it and changes nothing."""
-    return Write(collection, UpdateOne({"_id": key}, {"$setOnInsert": document}, upsert=True), key)
+    """Creates document ``key``; a replay hits the duplicate key and changes nothing.
+
+    A plain insert, not an upsert: the relay ignores duplicate-key errors, and an
+    insert never has to find the document first (FerretDB scans for that).
+    """
+    return Write(collection, InsertOne({"_id": key, **document}), key)

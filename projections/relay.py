@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import Sequence
 from typing import Any
 
-from pymongo import IndexModel
+from pymongo import IndexModel, InsertOne
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import PyMongoError
+from pymongo.errors import BulkWriteError, PyMongoError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from domain import outbox
@@ -28,6 +29,7 @@ from projections.projection import MongoWrite, Projection, Write
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 5.0
+DUPLICATE_KEY = 11000
 
 
 async def ensure_indexes(
@@ -58,6 +60,16 @@ async def prepare_collections(
             await db[collection + suffix].update_one(
                 {"_id": document["_id"]}, {"$setOnInsert": fields}, upsert=True
             )
+
+
+async def _insert_new(collection: Any, inserts: list[MongoWrite]) -> None:
+    """Inserts what is missing; documents that exist already (a replay) are left alone."""
+    try:
+        await collection.bulk_write(inserts, ordered=False)
+    except BulkWriteError as error:
+        others = [e for e in error.details["writeErrors"] if e["code"] != DUPLICATE_KEY]
+        if others:
+            raise
 
 
 class Relay:
@@ -128,7 +140,9 @@ class Relay:
                 try:
                     if not await self.lease.acquire():
                         self.running = False
-                        await self._idle(self.lease.ttl.total_seconds() / 3)
+                        await self._idle(
+                            min(self.poll_interval, self.lease.ttl.total_seconds() / 3)
+                        )
                         continue
                     if not self.running:
                         # Whoever held the lease meanwhile (a rebuild) may have moved them.
@@ -177,13 +191,19 @@ class Relay:
         await checkpoints.save(self.db, name + self.suffix, position, max(self.head, position))
 
     async def _write(self, writes: list[Write]) -> None:
+        """Per collection, in order: runs of inserts unordered, updates ordered, in chunks."""
         by_collection: dict[str, list[MongoWrite]] = {}
         for write in writes:
             by_collection.setdefault(write.collection + self.suffix, []).append(write.operation)
         for collection, operations in by_collection.items():
-            for start in range(0, len(operations), self.write_chunk):
-                chunk = operations[start : start + self.write_chunk]
-                await self.db[collection].bulk_write(chunk, ordered=True)
+            for inserts, run in itertools.groupby(operations, lambda op: isinstance(op, InsertOne)):
+                batch = list(run)
+                for start in range(0, len(batch), self.write_chunk):
+                    chunk = batch[start : start + self.write_chunk]
+                    if inserts:
+                        await _insert_new(self.db[collection], chunk)
+                    else:
+                        await self.db[collection].bulk_write(chunk, ordered=True)
 
     async def _idle(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import UpdateOne
+from pymongo import InsertOne, UpdateOne
 
 from domain.events import RecordedEvent
 from projections.products import ProductsProjection
@@ -29,20 +29,18 @@ CREATED = event(
 )
 
 
-def operation(e: RecordedEvent) -> UpdateOne:
+def operation(e: RecordedEvent) -> Any:
     [write] = ProductsProjection().project(e)
     assert write.collection == "products"
     assert write.key == "p1"
-    assert isinstance(write.operation, UpdateOne)
     return write.operation
 
 
-def test_creation_inserts_only_when_the_document_is_missing() -> None:
+def test_creation_is_a_plain_insert_of_the_whole_document() -> None:
     op = operation(CREATED)
-    assert op._filter == {"_id": "p1"}
-    assert op._upsert is True
-    assert set(op._doc) == {"$setOnInsert"}
-    document = op._doc["$setOnInsert"]
+    assert isinstance(op, InsertOne)
+    document = op._doc
+    assert document["_id"] == "p1"
     assert document["version"] == 1
     assert document["stockAvailable"] == 3
     assert document["nameKey"] == "blue mug"
@@ -57,6 +55,7 @@ def test_every_later_change_is_guarded_by_its_position() -> None:
     ]
     for e in changes:
         op = operation(e)
+        assert isinstance(op, UpdateOne)
         assert op._filter == {"_id": "p1", "version": {"$lt": e.position}}
         assert op._doc["$set"]["version"] == e.position
         assert not op._upsert

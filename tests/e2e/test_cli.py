@@ -1,0 +1,68 @@
+"""The seed and rebuild commands, run as a user would, beside a running server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import httpx
+
+from tests.e2e.conftest import ROOT, Client
+
+READ_EVERYTHING = """query($v: Version) {
+  dashboard(minVersion: $v) { productCount customerCount orderCount shippedOrderCount
+                              cancelledOrderCount revenueCents lowStockCount version }
+  topProducts(limit: 5, minVersion: $v) { productId unitsSold revenueCents orderCount }
+  products(first: 100, minVersion: $v) { totalCount edges { node { id stockAvailable version } } }
+  shippingQueue(first: 100, minVersion: $v) { totalCount edges { node { id customer { name } } } }
+}"""
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+async def test_seed_then_rebuild_while_serving_changes_no_answer(
+    server_env: dict[str, str], start_server: Any
+) -> None:
+    seeded = cli(server_env, "seed", "--products", "20", "--customers", "10", "--orders", "60")
+    assert seeded.returncode == 0, seeded.stderr
+    assert "created 20 products, 10 customers," in seeded.stdout
+    seeded_version = int(seeded.stdout.rsplit("minVersion ", 1)[1])
+
+    # Catching up on a freshly seeded store takes FerretDB a few seconds (see README).
+    server = start_server(SHOP_CONSISTENCY_TIMEOUT="60")
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        client = Client(http)
+        before = await client.data(READ_EVERYTHING, {"v": seeded_version})
+        assert before["dashboard"]["productCount"] == 20
+        assert before["dashboard"]["customerCount"] == 10
+
+        rebuilt = cli(server_env, "rebuild")
+        assert rebuilt.returncode == 0, rebuilt.stderr
+        assert f"up to version {seeded_version}" in rebuilt.stdout
+
+        after = await client.data(READ_EVERYTHING, {"v": seeded_version})
+        assert after == before
+        created = await client.data(
+            'mutation { createProduct(input: {sku: "NEW", name: "New", category: "c", '
+            "priceCents: 5}) { version } }"
+        )
+        version = created["createProduct"]["version"]
+        assert version == seeded_version + 1
+        fresh = await client.data(
+            'query($v: Version) { productBySku(sku: "new", minVersion: $v) { version } }',
+            {"v": version},
+        )
+        assert fresh["productBySku"]["version"] == version  # the relay carries on after the swap
+
+
+def test_rebuild_refuses_unknown_projections(server_env: dict[str, str]) -> None:
+    result = cli(server_env, "rebuild", "products", "nonsense")
+    assert result.returncode == 2
+    assert "unknown projection(s): nonsense" in result.stderr
+    assert "audit_trail" in result.stderr
