@@ -2,22 +2,46 @@
 
 from __future__ import annotations
 
+import logging
+
 import strawberry
+from graphql import GraphQLError
 from strawberry.extensions import ParserCache, QueryDepthLimiter, ValidationCache
 from strawberry.schema.config import StrawberryConfig
+from strawberry.types import ExecutionContext
+from strawberry.utils.logging import StrawberryLogger
 
 from schema.mutations import Mutation
 from schema.queries import Query
 from schema.scalars import SCALARS
 from schema.subscriptions import Subscription
 
+log = logging.getLogger(__name__)
+
 # Parsing and validating a document costs ~1 ms; most clients send the same few.
 DOCUMENT_CACHE_SIZE = 1024
 MAX_QUERY_DEPTH = 12
 
 
+# Answers the client is meant to act on; they are not server faults.
+EXPECTED_CODES = frozenset({"NOT_YET_CONSISTENT", "BAD_USER_INPUT", "NOT_FOUND"})
+
+
+class ShopSchema(strawberry.Schema):
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        """Logs server faults; expected answers (invalid documents, coded errors) at debug."""
+        for error in errors:
+            code = (error.extensions or {}).get("code")
+            if code in EXPECTED_CODES or error.original_error is None:
+                log.debug("GraphQL error %s: %s", code or "INVALID_DOCUMENT", error.message)
+            else:
+                StrawberryLogger.error(error, execution_context)
+
+
 def build_schema() -> strawberry.Schema:
-    return strawberry.Schema(
+    return ShopSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
