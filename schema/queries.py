@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
 
 import strawberry
 
@@ -66,8 +66,20 @@ def order_connection(page: Page) -> OrderConnection:
     )
 
 
-def bad_cursor(error: InvalidCursor) -> Exception:
-    return bad_input(str(error), argument="after")
+async def read_page(
+    info: Info,
+    projection: str,
+    first: int | None,
+    min_version: Version | None,
+    read: Callable[[int], Awaitable[Page]],
+) -> Page:
+    """One page of a list field: its size checked, ``minVersion`` awaited, cursor errors coded."""
+    size = check_page_size(info, first)
+    await wait_for(info, projection, given(min_version))
+    try:
+        return await read(size)
+    except InvalidCursor as error:
+        raise bad_input(str(error), argument="after") from error
 
 
 def _filter(f: ProductFilter | None) -> product_views.ProductFilter:
@@ -112,15 +124,14 @@ class Query:
         after: str | None = strawberry.UNSET,
         min_version: Version | None = strawberry.UNSET,
     ) -> ProductConnection:
-        size = check_page_size(info, first)
-        await wait_for(info, PRODUCTS, given(min_version))
         order = product_views.ProductSort((sort or ProductSort.NAME_ASC).value)
-        try:
-            page = await product_views.list_products(
-                info.context.db, _filter(given(filter)), order, size, given(after)
-            )
-        except InvalidCursor as error:
-            raise bad_cursor(error) from error
+        wanted = _filter(given(filter))
+        page = await read_page(
+            info, PRODUCTS, first, min_version,
+            lambda size: product_views.list_products(
+                info.context.db, wanted, order, size, given(after)
+            ),
+        )  # fmt: skip
         edges = [
             ProductEdge(cursor=cursor, node=Product.from_document(document))
             for cursor, document in zip(page.cursors, page.documents, strict=True)
@@ -154,12 +165,11 @@ class Query:
         after: str | None = strawberry.UNSET,
         min_version: Version | None = strawberry.UNSET,
     ) -> OrderConnection:
-        size = check_page_size(info, first)
-        await wait_for(info, ORDERS, given(min_version))
-        try:
-            page = await orders.order_history(info.context.db, customer_id, size, given(after))
-        except InvalidCursor as error:
-            raise bad_cursor(error) from error
+        db = info.context.db
+        page = await read_page(
+            info, ORDERS, first, min_version,
+            lambda size: orders.order_history(db, customer_id, size, given(after)),
+        )  # fmt: skip
         return order_connection(page)
 
     @strawberry.field(description="PLACED orders waiting to ship, oldest first.")  # type: ignore[untyped-decorator]
@@ -170,12 +180,11 @@ class Query:
         after: str | None = strawberry.UNSET,
         min_version: Version | None = strawberry.UNSET,
     ) -> OrderConnection:
-        size = check_page_size(info, first)
-        await wait_for(info, ORDERS, given(min_version))
-        try:
-            page = await orders.shipping_queue(info.context.db, size, given(after))
-        except InvalidCursor as error:
-            raise bad_cursor(error) from error
+        db = info.context.db
+        page = await read_page(
+            info, ORDERS, first, min_version,
+            lambda size: orders.shipping_queue(db, size, given(after)),
+        )  # fmt: skip
         return order_connection(page)
 
     @strawberry.field(description="Best sellers by units sold.")  # type: ignore[untyped-decorator]
@@ -209,12 +218,11 @@ class Query:
         after: str | None = strawberry.UNSET,
         min_version: Version | None = strawberry.UNSET,
     ) -> EventConnection:
-        size = check_page_size(info, first)
-        await wait_for(info, AUDIT_TRAIL, given(min_version))
-        try:
-            page = await audit.audit_trail(info.context.db, aggregate_id, size, given(after))
-        except InvalidCursor as error:
-            raise bad_cursor(error) from error
+        db = info.context.db
+        page = await read_page(
+            info, AUDIT_TRAIL, first, min_version,
+            lambda size: audit.audit_trail(db, aggregate_id, size, given(after)),
+        )  # fmt: skip
         return EventConnection(
             edges=[
                 EventEdge(cursor=cursor, node=DomainEvent.from_document(document))
@@ -255,7 +263,3 @@ class Query:
                 )
             )
         return statuses
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
