@@ -1,5 +1,5 @@
 # make run   - the server on the embedded defaults (SQLite + a local FerretDB), GraphiQL at :8000/graphql
-# make test  - the whole suite on real SQLite, PostgreSQL and FerretDB
+# make test  - the whole suite on real SQLite, PostgreSQL and FerretDB (installs PostgreSQL if missing)
 # Both set everything up first: the virtualenv, the packages and the FerretDB build.
 
 PYTHON ?= python3.11
@@ -7,10 +7,15 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup postgres run test lint bench clean
 
 setup: $(STAMP)
 	@$(BIN)/cqrs-shop install-read-store
+
+# The write-side tests also run on a throwaway PostgreSQL cluster that the tests start.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +26,7 @@ $(STAMP): pyproject.toml
 run: setup
 	$(BIN)/cqrs-shop serve $(ARGS)
 
-test: setup
+test: setup postgres
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

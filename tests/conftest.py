@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import glob
 import os
+import shutil
+import subprocess
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -12,9 +17,9 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from app.ferretdb import EmbeddedFerretDB, ensure_binary
+from app.ferretdb import EmbeddedFerretDB, ensure_binary, free_port
 from app.settings import Settings
 from domain.bus import CommandBus
 from domain.store import create_engine, create_schema
@@ -52,9 +57,54 @@ async def db(mongo: AsyncMongoClient[dict[str, Any]]) -> AsyncIterator[AsyncData
         await mongo.drop_database(name)
 
 
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path / 'write.db'}"
+def _postgres_bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or [shutil.which(name) or ""]
+    if not found[-1]:
+        raise RuntimeError(f"PostgreSQL's {name} not found: `make setup` installs postgresql")
+    return found[-1]
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL for the session: TEST_POSTGRES_URL, or a throwaway cluster on loopback."""
+    if url := os.environ.get("TEST_POSTGRES_URL"):
+        yield url
+        return
+    data = Path(tempfile.mkdtemp(prefix="shop-postgres-"))
+    as_postgres: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(data, "postgres", "postgres")
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    run = functools.partial(subprocess.run, check=True, capture_output=True)
+    run([*as_postgres, _postgres_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"])
+    options = f"-h 127.0.0.1 -p {port} -k {data} -c fsync=off -c max_connections=200"
+    pg_ctl = [*as_postgres, _postgres_bin("pg_ctl"), "-D", str(data)]
+    run([*pg_ctl, "-o", options, "-l", str(data / "log"), "-w", "start"])
+    try:
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}"
+    finally:
+        run([*pg_ctl, "-m", "immediate", "stop"])
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """Each write-side test runs on SQLite and on PostgreSQL (a fresh database each time)."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'write.db'}"
+        return
+    server: str = request.getfixturevalue("postgres_url")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_async_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            await conn.exec_driver_sql(f"CREATE DATABASE {name}")
+        yield f"{server}/{name}"
+        async with admin.connect() as conn:
+            await conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
+    finally:
+        await admin.dispose()
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from domain.commands import (
 from domain.errors import DomainError, Duplicate, IdempotencyKeyReused, NotFound, VersionConflict
 from domain.model import idempotency_keys, products
 from domain.model import outbox as outbox_table
+from tests.conftest import eventually
 
 
 def new_product(sku: str = "mug-1", **overrides: Any) -> CreateProduct:
@@ -172,3 +174,73 @@ async def test_concurrent_restocks_are_serialised_without_losing_any(
         assert await conn.scalar(sa.select(products.c.stock_on_hand)) == 40
         positions = [e.position for e in await outbox.read_after(conn, 0, 100)]
     assert positions == list(range(1, 42))
+
+
+async def test_a_reader_after_its_checkpoint_never_skips_an_event_of_concurrent_writers(
+    bus: CommandBus, engine: AsyncEngine
+) -> None:
+    """A reader following the outbox as the relay does sees every position once, in order.
+
+    The race it guards against is narrow; the next test provokes it deterministically.
+    """
+    writers_done = asyncio.Event()
+    seen: list[int] = []
+
+    async def follow_like_the_relay() -> None:
+        last = 0
+        while True:
+            finished = writers_done.is_set()
+            async with engine.connect() as conn:
+                events = await outbox.read_after(conn, last, 1000)
+            seen.extend(e.position for e in events)
+            if events:
+                last = events[-1].position
+            elif finished:
+                return
+            await asyncio.sleep(0)  # let the writers run; this is a yield, not a wait
+
+    reader = asyncio.create_task(follow_like_the_relay())
+    await asyncio.gather(*(bus.execute(new_product(f"sku-{n}")) for n in range(150)))
+    writers_done.set()
+    await reader
+    async with engine.connect() as conn:
+        written = [e.position for e in await outbox.read_after(conn, 0, 1000)]
+    assert len(written) == 150
+    assert seen == written
+
+
+async def test_a_later_position_never_becomes_visible_before_an_earlier_one(
+    engine: AsyncEngine,
+) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite serialises writers: BEGIN IMMEDIATE")
+    from domain.events import Event
+
+    def event(n: int) -> list[Event]:
+        return [Event("Probe", "Probe", f"probe-{n}", 1)]
+
+    async def second_writer() -> None:
+        async with engine.begin() as conn:
+            await outbox.append(conn, event(2), now=datetime.now(UTC), metadata={})
+
+    async with engine.connect() as first:
+        await first.begin()
+        [p1] = await outbox.append(first, event(1), now=datetime.now(UTC), metadata={})
+        second = asyncio.create_task(second_writer())
+
+        async def second_done_or_waiting_for_the_lock() -> bool:
+            async with engine.connect() as conn:
+                waiting = await conn.scalar(
+                    sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                            "AND NOT granted")
+                )  # fmt: skip
+            return second.done() or bool(waiting)
+
+        await eventually(second_done_or_waiting_for_the_lock)
+        async with engine.connect() as reader:
+            assert await outbox.read_after(reader, 0, 10) == []  # nothing jumps the queue
+        await first.commit()
+    await second
+    async with engine.connect() as reader:
+        positions = [e.position for e in await outbox.read_after(reader, 0, 10)]
+    assert positions == [p1, p1 + 1]
