@@ -125,10 +125,14 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
             services.relay = relay
             services.bus.on_commit(relay.wake)
             _spawn(services.tasks, relay.run(), "relay")
-        else:
-            follower = CheckpointFollower(db, services.progress)
-            await follower.poll_once()
-            _spawn(services.tasks, follower.run(), "checkpoint follower")
+        # Progress comes from the local relay while it holds the lease; otherwise (api role,
+        # or a standby relay) from the checkpoints another process's relay writes.
+        local = services.relay
+        follower = CheckpointFollower(
+            db, services.progress, needed=lambda: local is None or not local.running
+        )
+        await follower.poll_once()
+        _spawn(services.tasks, follower.run(), "checkpoint follower")
         log.info("shop server ready", extra={"role": str(role)})
         yield services
 

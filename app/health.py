@@ -55,8 +55,9 @@ async def _read_store(services: Services) -> bool:
 
 
 async def _relay(services: Services) -> bool:
+    """Some relay applies events: this process's, or the lease holder elsewhere."""
     if services.background_failed():
         return False
-    if services.relay is not None:
-        return services.relay.running
+    if services.relay is not None and services.relay.running:
+        return True
     return await lease.holder_alive(services.db)

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -119,11 +119,14 @@ class CheckpointFollower:
         progress: Progress,
         fast_interval: float = 0.02,
         slow_interval: float = 1.0,
+        needed: Callable[[], bool] = lambda: True,
     ) -> None:
         self.db = db
         self.progress = progress
         self.fast_interval = fast_interval
         self.slow_interval = slow_interval
+        # False while a relay in this process applies events and reports progress itself.
+        self.needed = needed
 
     async def poll_once(self) -> None:
         for name, checkpoint in (await checkpoints.load_all(self.db)).items():
@@ -131,13 +134,14 @@ class CheckpointFollower:
 
     async def run(self) -> None:
         while True:
-            try:
-                await self.poll_once()
-            except PyMongoError:
-                log.exception("reading projection checkpoints failed")
+            if self.needed():
+                try:
+                    await self.poll_once()
+                except PyMongoError:
+                    log.exception("reading projection checkpoints failed")
             demand = self.progress.demand
             demand.clear()
-            if self.progress.busy:
+            if self.progress.busy and self.needed():
                 await asyncio.sleep(self.fast_interval)
             else:
                 with contextlib.suppress(TimeoutError):

@@ -77,7 +77,8 @@ class Relay:
 
     ``write_chunk`` bounds the operations sent in one bulk write. FerretDB 1.24
     keeps one pooled SQLite connection per update of a command open until the
-    command ends and deadlocks at 100, so the embedded read store needs small chunks.
+    command ends and deadlocks at 100, so FerretDB needs small chunks (the app
+    detects it from ``buildInfo``, see ``app.bootstrap.connect_read_store``).
     """
 
     def __init__(

@@ -224,3 +224,19 @@ async def test_probes_graphiql_and_projection_status(server: Server, client: Cli
         {"name": name, "checkpoint": 1, "headVersion": 1, "lag": 0, "state": "RUNNING"}
         for name in ("products", "customers", "orders", "product_sales", "dashboard", "audit_trail")
     ]
+
+
+async def test_two_all_in_one_servers_on_shared_stores_both_read_their_writes(
+    start_server: Any,
+) -> None:
+    # Only one relay holds the lease; the other process must still see progress.
+    servers = [start_server(SHOP_RELAY_POLL_INTERVAL="0.05") for _ in range(2)]
+    for n, writer in enumerate(servers):
+        async with httpx.AsyncClient(base_url=writer.url) as http:
+            created = await create(Client(http), sku=f"mug-{n}")
+        for reader in servers:
+            async with httpx.AsyncClient(base_url=reader.url) as http:
+                product = await Client(http).data(
+                    PRODUCT, {"id": created["id"], "v": created["version"]}
+                )
+            assert product["product"]["sku"] == f"MUG-{n}"
