@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -59,9 +59,6 @@ class Address:
         return cls(
             data["line1"], data.get("line2"), data["city"], data["postalCode"], data["country"]
         )
-
-    def as_row(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def email_key(email: str) -> str:

@@ -35,6 +35,7 @@ from domain.errors import (
 )
 from domain.orders import Order, OrderLine, check_lines
 from domain.products import Product, ProductStatus, normalise_sku
+from domain.repositories import A, Repository
 from domain.uow import UnitOfWork
 
 Handler = Callable[[Any, UnitOfWork], Awaitable[Aggregate]]
@@ -58,11 +59,15 @@ async def create_product(cmd: CreateProduct, uow: UnitOfWork) -> Aggregate:
     return product
 
 
+async def _existing(repository: Repository[A], aggregate_id: str, what: str) -> A:
+    aggregate = await repository.get(aggregate_id)
+    if aggregate is None:
+        raise NotFound(f"no {what} with id {aggregate_id}", "id")
+    return aggregate
+
+
 async def _product(uow: UnitOfWork, product_id: str) -> Product:
-    product = await uow.products.get(product_id)
-    if product is None:
-        raise NotFound(f"no product with id {product_id}", "id")
-    return product
+    return await _existing(uow.products, product_id, "product")
 
 
 async def update_product(cmd: UpdateProduct, uow: UnitOfWork) -> Aggregate:
@@ -106,10 +111,7 @@ async def register_customer(cmd: RegisterCustomer, uow: UnitOfWork) -> Aggregate
 
 
 async def _customer(uow: UnitOfWork, customer_id: str) -> Customer:
-    customer = await uow.customers.get(customer_id)
-    if customer is None:
-        raise NotFound(f"no customer with id {customer_id}", "id")
-    return customer
+    return await _existing(uow.customers, customer_id, "customer")
 
 
 async def rename_customer(cmd: RenameCustomer, uow: UnitOfWork) -> Aggregate:
@@ -174,10 +176,7 @@ async def place_order(cmd: PlaceOrder, uow: UnitOfWork) -> Aggregate:
 
 
 async def _order(uow: UnitOfWork, order_id: str) -> Order:
-    order = await uow.orders.get(order_id)
-    if order is None:
-        raise NotFound(f"no order with id {order_id}", "id")
-    return order
+    return await _existing(uow.orders, order_id, "order")
 
 
 async def cancel_order(cmd: CancelOrder, uow: UnitOfWork) -> Aggregate:

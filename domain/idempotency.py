@@ -68,11 +68,3 @@ async def remember(
             created_at=now,
         )
     )
-
-
-async def forget_older_than(conn: AsyncConnection, cutoff: datetime) -> int:
-    """Deletes keys created before ``cutoff``; returns how many."""
-    result = await conn.execute(
-        idempotency_keys.delete().where(idempotency_keys.c.created_at < cutoff)
-    )
-    return result.rowcount

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -14,21 +14,27 @@ from domain.model import customers, order_lines, orders, products
 from domain.orders import Order, OrderLine, OrderStatus
 from domain.products import Product, ProductStatus
 
+A = TypeVar("A", bound=Aggregate)
 
-class Repository:
+
+class Repository(Generic[A]):
     """Tracks the aggregates a unit of work touched and the version each was loaded at."""
 
     table: sa.Table
 
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
-        self.seen: dict[str, Aggregate] = {}
+        self.seen: dict[str, A] = {}
         self._loaded_versions: dict[str, int] = {}
 
-    def add(self, aggregate: Aggregate) -> None:
+    def add(self, aggregate: A) -> None:
         self.seen[aggregate.id] = aggregate
 
-    async def save(self, aggregate: Aggregate) -> None:
+    async def get(self, aggregate_id: str) -> A | None:
+        """Loads and locks the aggregate (``FOR UPDATE`` where the database has it)."""
+        return await self._load_one(self.table.c.id == aggregate_id)
+
+    async def save(self, aggregate: A) -> None:
         """Writes an aggregate that raised events; fails if someone else changed it meanwhile."""
         row = self.to_row(aggregate)
         loaded = self._loaded_versions.get(aggregate.id)
@@ -44,7 +50,11 @@ class Repository:
         if result.rowcount != 1:
             raise VersionConflict(f"{aggregate.aggregate_type} {aggregate.id} changed meanwhile")
 
-    async def _load_one(self, condition: sa.ColumnElement[bool]) -> Any:
+    async def _exists(self, condition: sa.ColumnElement[bool]) -> bool:
+        stmt = sa.select(sa.literal(1)).where(condition)
+        return (await self.conn.execute(stmt)).first() is not None
+
+    async def _load_one(self, condition: sa.ColumnElement[bool]) -> A | None:
         stmt = sa.select(self.table).where(condition).with_for_update()
         row = (await self.conn.execute(stmt)).mappings().first()
         if row is None:
@@ -54,19 +64,15 @@ class Repository:
         self.seen[aggregate.id] = aggregate
         return aggregate
 
-    def to_row(self, aggregate: Any) -> dict[str, Any]:
+    def to_row(self, aggregate: A) -> dict[str, Any]:
         raise NotImplementedError
 
-    def from_row(self, row: Any) -> Aggregate:
+    def from_row(self, row: Any) -> A:
         raise NotImplementedError
 
 
-class ProductRepository(Repository):
+class ProductRepository(Repository[Product]):
     table = products
-
-    async def get(self, product_id: str) -> Product | None:
-        product: Product | None = await self._load_one(products.c.id == product_id)
-        return product
 
     async def get_many(self, product_ids: set[str]) -> dict[str, Product]:
         """Loads and locks the products, in id order so concurrent orders never deadlock."""
@@ -78,11 +84,9 @@ class ProductRepository(Repository):
         return found
 
     async def sku_exists(self, sku: str) -> bool:
-        stmt = sa.select(sa.literal(1)).where(products.c.sku == sku)
-        return (await self.conn.execute(stmt)).first() is not None
+        return await self._exists(products.c.sku == sku)
 
-    def to_row(self, aggregate: Any) -> dict[str, Any]:
-        p: Product = aggregate
+    def to_row(self, p: Product) -> dict[str, Any]:
         return {
             "id": p.id,
             "sku": p.sku,
@@ -115,19 +119,13 @@ class ProductRepository(Repository):
         )
 
 
-class CustomerRepository(Repository):
+class CustomerRepository(Repository[Customer]):
     table = customers
 
-    async def get(self, customer_id: str) -> Customer | None:
-        customer: Customer | None = await self._load_one(customers.c.id == customer_id)
-        return customer
-
     async def email_exists(self, email: str) -> bool:
-        stmt = sa.select(sa.literal(1)).where(customers.c.email_key == email_key(email))
-        return (await self.conn.execute(stmt)).first() is not None
+        return await self._exists(customers.c.email_key == email_key(email))
 
-    def to_row(self, aggregate: Any) -> dict[str, Any]:
-        c: Customer = aggregate
+    def to_row(self, c: Customer) -> dict[str, Any]:
         return {
             "id": c.id,
             "email": c.email,
@@ -149,11 +147,11 @@ class CustomerRepository(Repository):
         )
 
 
-class OrderRepository(Repository):
+class OrderRepository(Repository[Order]):
     table = orders
 
     async def get(self, order_id: str) -> Order | None:
-        order: Order | None = await self._load_one(orders.c.id == order_id)
+        order = await super().get(order_id)
         if order is not None:
             stmt = (
                 sa.select(order_lines)
@@ -173,11 +171,10 @@ class OrderRepository(Repository):
             ]
         return order
 
-    async def save(self, aggregate: Aggregate) -> None:
-        is_new = aggregate.id not in self._loaded_versions
-        await super().save(aggregate)
+    async def save(self, order: Order) -> None:
+        is_new = order.id not in self._loaded_versions
+        await super().save(order)
         if is_new:
-            order: Order = aggregate  # type: ignore[assignment]
             await self.conn.execute(
                 order_lines.insert(),
                 [
@@ -194,8 +191,7 @@ class OrderRepository(Repository):
                 ],
             )
 
-    def to_row(self, aggregate: Any) -> dict[str, Any]:
-        o: Order = aggregate
+    def to_row(self, o: Order) -> dict[str, Any]:
         return {
             "id": o.id,
             "customer_id": o.customer_id,

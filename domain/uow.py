@@ -70,7 +70,7 @@ class UnitOfWork:
             await self.conn.close()
 
     @property
-    def repositories(self) -> tuple[Repository, ...]:
+    def repositories(self) -> tuple[Repository[Any], ...]:
         # Customers before orders, products before order lines: the foreign keys' order.
         return (self.products, self.customers, self.orders)
 
