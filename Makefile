@@ -32,6 +32,11 @@ test: setup postgres
 	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# make bench - P1-P8 on fresh embedded stores, one table (bench/results/latest.json); ARGS=--quick
+bench: setup
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/cqrs-shop bench $(ARGS)
+
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
 

@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import strawberry
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -39,7 +40,11 @@ class ShopGraphQL(GraphQL[Context, None]):
         )
 
 
-def create_app(settings: Settings | None = None, role: Role = Role.ALL) -> Starlette:
+def create_app(
+    settings: Settings | None = None,
+    role: Role = Role.ALL,
+    schema: strawberry.Schema | None = None,
+) -> Starlette:
     settings = settings or Settings()
 
     @contextlib.asynccontextmanager
@@ -54,7 +59,7 @@ def create_app(settings: Settings | None = None, role: Role = Role.ALL) -> Starl
     ]
     if role is not Role.RELAY:
         graphql = ShopGraphQL(
-            build_schema(),
+            schema or build_schema(),
             graphql_ide="graphiql",
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL),
         )

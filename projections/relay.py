@@ -72,6 +72,25 @@ async def _insert_new(collection: Any, inserts: list[MongoWrite]) -> None:
             raise
 
 
+async def apply_writes(db: Any, writes: list[Write], chunk: int, suffix: str = "") -> None:
+    """Per collection, in order: runs of inserts unordered, updates ordered, in chunks.
+
+    ``db`` is a PyMongo async database (or, in the driver benchmark, Motor's).
+    """
+    by_collection: dict[str, list[MongoWrite]] = {}
+    for write in writes:
+        by_collection.setdefault(write.collection + suffix, []).append(write.operation)
+    for collection, operations in by_collection.items():
+        for inserts, run in itertools.groupby(operations, lambda op: isinstance(op, InsertOne)):
+            batch = list(run)
+            for start in range(0, len(batch), chunk):
+                part = batch[start : start + chunk]
+                if inserts:
+                    await _insert_new(db[collection], part)
+                else:
+                    await db[collection].bulk_write(part, ordered=True)
+
+
 class Relay:
     """Applies outbox events to projections; :meth:`wake` it when a command commits.
 
@@ -181,7 +200,7 @@ class Relay:
 
     async def apply(self, projection: Projection, events: list[RecordedEvent]) -> None:
         writes = [write for event in events for write in projection.project(event)]
-        await self._write(writes)
+        await apply_writes(self.db, writes, self.write_chunk, self.suffix)
         position = events[-1].position
         await self.save_checkpoint(projection.name, position)
         self.positions[projection.name] = position
@@ -190,21 +209,6 @@ class Relay:
 
     async def save_checkpoint(self, name: str, position: int) -> None:
         await checkpoints.save(self.db, name + self.suffix, position, max(self.head, position))
-
-    async def _write(self, writes: list[Write]) -> None:
-        """Per collection, in order: runs of inserts unordered, updates ordered, in chunks."""
-        by_collection: dict[str, list[MongoWrite]] = {}
-        for write in writes:
-            by_collection.setdefault(write.collection + self.suffix, []).append(write.operation)
-        for collection, operations in by_collection.items():
-            for inserts, run in itertools.groupby(operations, lambda op: isinstance(op, InsertOne)):
-                batch = list(run)
-                for start in range(0, len(batch), self.write_chunk):
-                    chunk = batch[start : start + self.write_chunk]
-                    if inserts:
-                        await _insert_new(self.db[collection], chunk)
-                    else:
-                        await self.db[collection].bulk_write(chunk, ordered=True)
 
     async def _idle(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

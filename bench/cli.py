@@ -1,0 +1,207 @@
+"""``cqrs-shop bench``: seeds a shop on fresh embedded stores, runs P1-P8, prints one table."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import platform
+import resource
+import sys
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from app.bootstrap import connect_read_store
+from app.seed import seed
+from app.settings import Settings
+from bench import measures
+from bench.harness import ROOT, GraphQLClient, Row, ServerProcess, Stores, embedded_stores, progress
+from domain.bus import CommandBus
+from domain.commands import RestockProduct
+from domain.store import create_engine, create_schema
+
+ALL = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8")
+PROJECTIONS = "{ projections { name checkpoint headVersion } }"
+
+
+def bench(
+    only: Annotated[
+        str, typer.Option(help="Comma-separated measures to run, e.g. P1,P3 (P3 needs P1).")
+    ] = ",".join(ALL),
+    quick: Annotated[
+        bool, typer.Option(help="Shorter runs and smaller data: a smoke test, not a result.")
+    ] = False,
+    output: Annotated[Path, typer.Option(help="Where to write the JSON.")] = (
+        ROOT / "bench" / "results" / "latest.json"
+    ),
+    seconds: Annotated[float | None, typer.Option(help="Seconds per closed-loop run.")] = None,
+    history_orders: Annotated[int | None, typer.Option(help="Orders for P5.")] = None,
+) -> None:
+    """Runs each measure next to its baseline in one run and prints the ratios."""
+    chosen = [m.strip().upper() for m in only.split(",") if m.strip()]
+    if unknown := set(chosen) - set(ALL):
+        typer.echo(f"unknown measure(s) {', '.join(sorted(unknown))}; known: {', '.join(ALL)}")
+        raise typer.Exit(2)
+    if "P3" in chosen and "P1" not in chosen:
+        chosen.insert(0, "P1")
+    options = measures.Options()
+    if quick:
+        options = measures.Options(
+            seconds=2, subscribers=(200, 1000), history_orders=10_000, commands=1000,
+            seed_orders=200,
+        )  # fmt: skip
+    if seconds:
+        options.seconds = seconds
+    if history_orders:
+        options.history_orders = history_orders
+    _raise_open_files_limit()
+    settings = Settings()
+    folder = ROOT / "var" / "bench" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    started = time.monotonic()
+    with embedded_stores(folder, settings.cache_dir, settings.mongodb_url) as stores:
+        rows = asyncio.run(run(stores, options, chosen))
+    render(rows)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(
+        json.dumps(
+            {
+                "at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "machine": {"cpus": _cpus(), "python": platform.python_version()},
+                "options": asdict(options),
+                "seconds": round(time.monotonic() - started, 1),
+                "rows": [asdict(row) | {"met": row.met()} for row in rows],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    typer.echo(f"written to {output}")
+
+
+async def run(stores: Stores, options: measures.Options, chosen: list[str]) -> list[Row]:
+    rows: list[Row] = []
+
+    def record(row: Row) -> None:
+        rows.append(row)
+        progress(f"{row.id}: {row.measured:,.1f} {row.unit}" + _ratio_text(row))
+
+    if "P2" in chosen:
+        progress("P2: command bus and raw aiosqlite")
+        record(await measures.p2_command_bus(stores, options))
+    products, customers, version = await seed_shop(stores, options)
+    server_measures = {"P1", "P3", "P4", "P7"} & set(chosen)
+    if server_measures:
+        async with ServerProcess(stores, stores.folder / "server.log") as server:
+            await caught_up(server, version)
+            shop = measures.Shop(stores, server, options, products, customers, version)
+            if "P1" in chosen:
+                progress("P1: placeOrder and no-op mutations")
+                shop.results["P1"] = await measures.p1_place_order(shop)
+                record(shop.results["P1"])
+            if "P3" in chosen:
+                progress("P3: lag at half of P1's rate")
+                for row in await measures.p3_lag(shop):
+                    record(row)
+            if "P4" in chosen:
+                progress("P4: product and no-op queries")
+                record(await measures.p4_product_query(shop))
+            if "P7" in chosen:
+                for subscribers in options.subscribers:
+                    progress(f"P7: {subscribers} subscribers")
+                    record(await measures.p7_fanout(shop, subscribers))
+    store = await connect_read_store(stores.mongodb_url)
+    try:
+        if "P6" in chosen:
+            progress("P6: relay from zero, and raw upserts")
+            record(await measures.p6_relay(stores, store.client, store.write_chunk))
+        if "P8" in chosen:
+            progress("P8: PyMongo async and Motor")
+            record(await measures.p8_drivers(stores, stores.mongodb_url, store.write_chunk))
+        if "P5" in chosen:
+            progress(f"P5: loading {options.history_orders:,} orders")
+            record(await measures.p5_order_history(stores, store.client, options))
+    finally:
+        await store.client.close()
+    return rows
+
+
+async def seed_shop(stores: Stores, options: measures.Options) -> tuple[list[str], list[str], int]:
+    """``cqrs-shop seed``'s data, and a deep restock so P1 and P3 never run out."""
+    from sqlalchemy import select
+
+    from domain import model
+
+    engine = create_engine(stores.database_url)
+    try:
+        await create_schema(engine)
+        bus = CommandBus(engine)
+        progress(f"seeding 50 products, 200 customers, {options.seed_orders} orders")
+        counts = await seed(bus, products=50, customers=200, orders=options.seed_orders)
+        async with engine.connect() as conn:
+            products = list((await conn.scalars(select(model.products.c.id))).all())
+            customers = list((await conn.scalars(select(model.customers.c.id))).all())
+        version = counts.version
+        for product in products:
+            outcome = await bus.execute(RestockProduct(product, 1_000_000))
+            version = max(version, outcome.version or 0)
+    finally:
+        await engine.dispose()
+    return products, customers, version
+
+
+async def caught_up(server: ServerProcess, version: int) -> None:
+    """Waits (with progress) until every projection of the server has reached ``version``."""
+    async with GraphQLClient(server.url, 1) as client:
+        deadline = time.monotonic() + 600
+        while True:
+            states = (await client.post(PROJECTIONS))["projections"]
+            behind = min(int(p["checkpoint"]) for p in states)
+            if behind >= version:
+                return
+            progress(f"relay catching up: {behind}/{version}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the relay did not catch up within 10 minutes")
+            await asyncio.sleep(1)
+
+
+def render(rows: list[Row]) -> None:
+    table = Table(title="cqrs-shop benchmarks (ratio = measured ÷ baseline)")
+    for column in ("", "measure", "measured", "baseline", "ratio", "goal", "met"):
+        table.add_column(column, justify="right" if column in ("measured", "baseline") else "left")
+    for row in rows:
+        met = row.met()
+        table.add_row(
+            row.id, row.what, f"{row.measured:,.1f} {row.unit}",
+            "" if row.baseline is None else f"{row.baseline:,.1f} {row.unit}",
+            "" if row.ratio is None else f"{row.ratio:.2f}", row.goal,
+            {True: "yes", False: "NO", None: ""}[met],
+        )  # fmt: skip
+    Console(width=160).print(table)
+
+
+def _ratio_text(row: Row) -> str:
+    return "" if row.ratio is None else f" (ratio {row.ratio:.2f})"
+
+
+def _raise_open_files_limit() -> None:
+    """P7 holds thousands of WebSocket connections in this process and in the server."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hard < 12_000:
+        print(f"warning: open files limit {hard}; P7 may fail", file=sys.stderr)
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+def main() -> None:
+    typer.run(bench)

@@ -1,0 +1,259 @@
+"""What every measure shares: the embedded stores, a server process, load and statistics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.typing import Subprotocol
+
+from app.ferretdb import EmbeddedFerretDB, ensure_binary, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The ``p``-th percentile (0-100), nearest rank; NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+@dataclass
+class Row:
+    """One line of the result table: a measure next to its baseline."""
+
+    id: str
+    what: str
+    measured: float
+    baseline: float | None
+    unit: str
+    goal: str
+    ratio: float | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.ratio is None and self.baseline:
+            self.ratio = self.measured / self.baseline
+
+    def met(self) -> bool | None:
+        """Whether the goal (``">= 0.6"`` on the ratio, ``"<= 25 ms"`` on the value) holds."""
+        if not self.goal:
+            return None
+        op, number, *_ = self.goal.split()
+        value = self.ratio if self.ratio is not None and not _is_absolute(self.goal) else None
+        if value is None:
+            value = self.measured
+        return value >= float(number) if op == ">=" else value <= float(number)
+
+
+def _is_absolute(goal: str) -> bool:
+    return len(goal.split()) > 2  # "<= 25 ms" names a unit; "<= 0.6" is a ratio
+
+
+def progress(message: str) -> None:
+    print(f"  · {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Stores:
+    """A fresh SQLite write store and the embedded FerretDB, in one temporary folder."""
+
+    folder: Path
+    mongodb_url: str
+    ferretdb: EmbeddedFerretDB | None
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite+aiosqlite:///{self.folder / 'shop.db'}"
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "SHOP_DATA_DIR": str(self.folder),
+            "DATABASE_URL": self.database_url,
+            "MONGODB_URL": self.mongodb_url,
+            "MONGODB_DATABASE": "shop",
+        }
+
+
+@contextlib.contextmanager
+def embedded_stores(folder: Path, cache_dir: Path, mongodb_url: str | None) -> Iterator[Stores]:
+    folder.mkdir(parents=True, exist_ok=True)
+    if mongodb_url:
+        yield Stores(folder, mongodb_url, None)
+        return
+    ferretdb = EmbeddedFerretDB(ensure_binary(cache_dir, report=progress), folder / "ferretdb")
+    url = ferretdb.start()
+    try:
+        yield Stores(folder, url, ferretdb)
+    finally:
+        ferretdb.stop()
+
+
+class ServerProcess:
+    """``python -m bench.server``: the shop app plus no-op fields, one uvicorn process."""
+
+    def __init__(self, stores: Stores, log: Path) -> None:
+        self.stores = stores
+        self.log = log
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/graphql"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/graphql"
+
+    async def __aenter__(self) -> ServerProcess:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(  # noqa: ASYNC220 - returns at once
+                [sys.executable, "-m", "bench.server", "--port", str(self.port)],
+                env=self.stores.env(), cwd=ROOT, stdout=log, stderr=log,
+            )  # fmt: skip
+        deadline = time.monotonic() + 60
+        async with aiohttp.ClientSession() as session:
+            while True:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"bench server exited:\n{self.log.read_text()[-3000:]}")
+                with contextlib.suppress(aiohttp.ClientError):
+                    ready = f"http://127.0.0.1:{self.port}/readyz"
+                    async with session.get(ready) as response:
+                        if response.status == 200:
+                            return self
+                if time.monotonic() > deadline:
+                    raise RuntimeError("bench server not ready within 60 s")
+                await asyncio.sleep(0.1)
+
+    async def __aexit__(self, *_: object) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def rss_bytes(self) -> int:
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+
+class GraphQLClient:
+    """POSTs GraphQL over one keep-alive connection pool; raises on any GraphQL error."""
+
+    def __init__(self, url: str, connections: int) -> None:
+        self.url = url
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=connections, force_close=False)
+        )
+
+    async def __aenter__(self) -> GraphQLClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.session.close()
+
+    async def post(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = {"query": query, "variables": variables or {}}
+        async with self.session.post(self.url, json=body) as response:
+            answer: dict[str, Any] = await response.json(loads=json.loads)
+        if answer.get("errors"):
+            raise RuntimeError(f"GraphQL errors: {answer['errors']}")
+        data: dict[str, Any] = answer["data"]
+        return data
+
+
+@dataclass
+class Load:
+    """What a closed-loop run did: requests per second and latencies (seconds)."""
+
+    count: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds
+
+
+async def closed_loop(
+    call: Callable[[int], Awaitable[Any]], concurrency: int, seconds: float, warmup: float = 1.0
+) -> Load:
+    """``concurrency`` workers call ``call(n)`` back to back; counts only after ``warmup``."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    measure_from, stop_at = start + warmup, start + warmup + seconds
+    latencies: list[float] = []
+    counter = iter(range(10**12))
+
+    async def worker() -> None:
+        while (now := loop.time()) < stop_at:
+            await call(next(counter))
+            if now >= measure_from:
+                latencies.append(loop.time() - now)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return Load(len(latencies), loop.time() - measure_from, latencies)
+
+
+class Subscription:
+    """One graphql-transport-ws connection carrying one subscription."""
+
+    def __init__(self, connection: ClientConnection) -> None:
+        self.connection = connection
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(
+        cls, url: str, query: str, variables: dict[str, Any]
+    ) -> AsyncIterator[Subscription]:
+        protocol = Subprotocol("graphql-transport-ws")
+        async with connect(
+            url, subprotocols=[protocol], open_timeout=60, max_queue=None
+        ) as connection:
+            await connection.send(json.dumps({"type": "connection_init"}))
+            ack = json.loads(await connection.recv())
+            assert ack["type"] == "connection_ack", ack
+            payload = {"query": query, "variables": variables}
+            await connection.send(json.dumps({"id": "1", "type": "subscribe", "payload": payload}))
+            yield cls(connection)
+
+    async def next(self) -> dict[str, Any]:
+        message = json.loads(await self.connection.recv())
+        if message["type"] != "next" or message["payload"].get("errors"):
+            raise RuntimeError(f"subscription failed: {message}")
+        data: dict[str, Any] = message["payload"]["data"]
+        return data
+
+
+def summary(values: list[float], scale: float = 1000.0) -> dict[str, float]:
+    """p50/p95/p99/max of ``values`` in milliseconds (by default)."""
+    return {
+        "p50": percentile(values, 50) * scale,
+        "p95": percentile(values, 95) * scale,
+        "p99": percentile(values, 99) * scale,
+        "max": (max(values) if values else float("nan")) * scale,
+        "mean": (statistics.fmean(values) if values else float("nan")) * scale,
+        "n": len(values),
+    }

@@ -1,0 +1,431 @@
+"""P1-P8: each measure runs next to its baseline in the same run, on the same stores."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiosqlite
+import sqlalchemy as sa
+from pymongo import AsyncMongoClient, UpdateOne
+
+from bench.harness import (
+    GraphQLClient,
+    Row,
+    ServerProcess,
+    Stores,
+    Subscription,
+    closed_loop,
+    progress,
+    summary,
+)
+from domain import model
+from domain.bus import CommandBus
+from domain.commands import AddressData, RegisterCustomer
+from domain.events import ORDER_PLACED, RecordedEvent
+from domain.store import create_engine, create_schema
+from projections import orders as order_views
+from projections.lease import Lease
+from projections.orders import OrdersProjection
+from projections.progress import Progress
+from projections.registry import all_projections
+from projections.relay import Relay, apply_writes, ensure_indexes
+
+PLACE = """mutation($input: PlaceOrderInput!) {
+  placeOrder(input: $input) { success id version errors { code message } } }"""
+RESTOCK = """mutation($id: ID!) {
+  restockProduct(id: $id, quantity: 1) { success version errors { code message } } }"""
+ORDER = "query($id: ID!, $v: Version) { order(id: $id, minVersion: $v) { id status version } }"
+PRODUCT = """query($id: ID!, $v: Version) {
+  product(id: $id, minVersion: $v) { id name priceCents stockAvailable version } }"""
+PRODUCT_UPDATED = """subscription($id: ID!) {
+  productUpdated(id: $id) { id stockAvailable version } }"""
+EVENTS = """subscription($after: Version) {
+  events(afterVersion: $after, types: ["OrderPlaced"]) { version } }"""
+
+
+@dataclass
+class Options:
+    seconds: float = 5.0
+    concurrency: int = 16
+    subscribers: tuple[int, ...] = (1000, 5000)
+    history_orders: int = 100_000
+    commands: int = 3000
+    seed_orders: int = 500
+
+
+@dataclass
+class Shop:
+    """The seeded shop the HTTP measures run against."""
+
+    stores: Stores
+    server: ServerProcess
+    options: Options
+    products: list[str]
+    customers: list[str]
+    version: int = 0
+    results: dict[str, Row] = field(default_factory=dict)
+    rng: random.Random = field(default_factory=lambda: random.Random(7))
+
+    def order_input(self) -> dict[str, Any]:
+        return {
+            "customerId": self.rng.choice(self.customers),
+            "lines": [{"productId": self.rng.choice(self.products), "quantity": 1}],
+        }
+
+    async def place(self, client: GraphQLClient) -> dict[str, Any]:
+        result: dict[str, Any] = (await client.post(PLACE, {"input": self.order_input()}))[
+            "placeOrder"
+        ]
+        if not result["success"]:
+            raise RuntimeError(f"placeOrder refused: {result['errors']}")
+        self.version = max(self.version, int(result["version"]))
+        return result
+
+
+async def p1_place_order(shop: Shop) -> Row:
+    o = shop.options
+    async with GraphQLClient(shop.server.url, o.concurrency) as client:
+        placed = await closed_loop(lambda _: shop.place(client), o.concurrency, o.seconds)
+        noop = await closed_loop(
+            lambda _: client.post("mutation { noop }"), o.concurrency, o.seconds
+        )
+    return Row(
+        "P1", "placeOrder over HTTP ÷ no-op mutation", placed.rate, noop.rate, "req/s", ">= 0.6",
+        detail={"latency_ms": summary(placed.latencies), "noop_latency_ms": summary(noop.latencies),
+                "concurrency": o.concurrency},
+    )  # fmt: skip
+
+
+async def p3_lag(shop: Shop) -> list[Row]:
+    """Open loop at half of P1's rate: response → minVersion read, and → subscription message."""
+    o = shop.options
+    rate = shop.results["P1"].measured / 2
+    loop = asyncio.get_running_loop()
+    answered: dict[int, float] = {}
+    arrived: dict[int, float] = {}
+    query_lags: list[float] = []
+    all_arrived = asyncio.Event()
+    async with (
+        GraphQLClient(shop.server.url, 64) as client,
+        Subscription.open(shop.server.ws_url, EVENTS, {"after": shop.version}) as events,
+    ):
+
+        async def listen() -> None:
+            while True:
+                message = await events.next()
+                arrived[int(message["events"]["version"])] = loop.time()
+                if answered and all(v in arrived for v in answered):
+                    all_arrived.set()
+
+        async def one() -> None:
+            result = await shop.place(client)
+            version, responded = int(result["version"]), loop.time()
+            answered[version] = responded
+            await client.post(ORDER, {"id": result["id"], "v": version})
+            query_lags.append(loop.time() - responded)
+
+        listener = asyncio.create_task(listen())
+        tasks = []
+        start = loop.time()
+        for n in range(int(rate * o.seconds)):
+            await asyncio.sleep(max(0.0, start + n / rate - loop.time()))  # pacing, not sync
+            tasks.append(asyncio.create_task(one()))
+        await asyncio.gather(*tasks)
+        if not all(v in arrived for v in answered):
+            await asyncio.wait_for(all_arrived.wait(), 30)
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
+    message_lags = [arrived[v] - answered[v] for v in answered]
+    q, m = summary(query_lags), summary(message_lags)
+    return [
+        Row("P3", f"lag: response → minVersion read answered, at {rate:.0f}/s", q["p99"], None,
+            "ms p99", "<= 25 ms", detail={"lag_ms": q, "rate": rate}),
+        Row("P3s", f"lag: response → subscription message, at {rate:.0f}/s", m["p99"], None,
+            "ms p99", "<= 25 ms", detail={"lag_ms": m, "rate": rate}),
+    ]  # fmt: skip
+
+
+async def p4_product_query(shop: Shop) -> Row:
+    o = shop.options
+    version = shop.version
+    async with GraphQLClient(shop.server.url, o.concurrency) as client:
+        read = await closed_loop(
+            lambda _: client.post(PRODUCT, {"id": shop.rng.choice(shop.products), "v": version}),
+            o.concurrency, o.seconds,
+        )  # fmt: skip
+        noop = await closed_loop(lambda _: client.post("{ noop }"), o.concurrency, o.seconds)
+    return Row(
+        "P4", "product(id, minVersion) over HTTP ÷ no-op query", read.rate, noop.rate, "req/s",
+        ">= 0.5", detail={"latency_ms": summary(read.latencies),
+                          "noop_latency_ms": summary(noop.latencies)},
+    )  # fmt: skip
+
+
+async def p7_fanout(shop: Shop, subscribers: int) -> Row:
+    """``subscribers`` connections watch one product; five restocks; arrival after the send."""
+    product = shop.products[0]
+    changes = 5
+    latencies: list[float] = []
+    loop = asyncio.get_running_loop()
+    async with contextlib.AsyncExitStack() as stack, GraphQLClient(shop.server.url, 1) as client:
+        before = shop.server.rss_bytes()
+        subscriptions: list[Subscription] = []
+
+        async def subscribe() -> None:
+            s = await stack.enter_async_context(
+                Subscription.open(shop.server.ws_url, PRODUCT_UPDATED, {"id": product})
+            )
+            await s.next()
+            subscriptions.append(s)
+
+        for start in range(0, subscribers, 250):
+            await asyncio.gather(*(subscribe() for _ in range(min(250, subscribers - start))))
+        progress(f"P7: {subscribers} subscribers open")
+        per_subscription = (shop.server.rss_bytes() - before) / subscribers
+        for _ in range(changes):
+            sent = loop.time()
+
+            async def receive(s: Subscription, sent: float = sent) -> None:
+                await s.next()
+                latencies.append(loop.time() - sent)
+
+            receivers = [asyncio.create_task(receive(s)) for s in subscriptions]
+            result = await client.post(RESTOCK, {"id": product})
+            shop.version = max(shop.version, int(result["restockProduct"]["version"]))
+            await asyncio.wait_for(asyncio.gather(*receivers), 60)
+    s = summary(latencies)
+    return Row(
+        f"P7/{subscribers}", f"fan-out of one change to {subscribers} subscribers",
+        s["p99"], None, "ms p99", "<= 250 ms" if subscribers >= 5000 else "",
+        detail={"latency_ms": s, "rss_per_subscription_kib": per_subscription / 1024},
+    )  # fmt: skip
+
+
+async def p2_command_bus(stores: Stores, options: Options) -> Row:
+    """RegisterCustomer through the bus (concurrent callers) ÷ raw aiosqlite, one txn each."""
+    n, address = options.commands, AddressData("1 Main Street", "Berlin", "10115", "DE")
+    bus_path, raw_path = stores.folder / "p2-bus.db", stores.folder / "p2-raw.db"
+    for path in (bus_path, raw_path):
+        engine = create_engine(f"sqlite+aiosqlite:///{path}")
+        await create_schema(engine)
+        await engine.dispose()
+
+    engine = create_engine(f"sqlite+aiosqlite:///{bus_path}")
+    bus = CommandBus(engine)
+    started = time.perf_counter()
+    counter = iter(range(n))
+
+    async def caller() -> None:
+        for i in counter:
+            await bus.execute(RegisterCustomer(f"c{i}@example.com", f"Customer {i}", address))
+
+    await asyncio.gather(*(caller() for _ in range(options.concurrency)))
+    bus_rate = n / (time.perf_counter() - started)
+    await engine.dispose()
+
+    async with aiosqlite.connect(raw_path, isolation_level=None) as db:
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):
+            await db.execute(f"PRAGMA {pragma}")
+        started = time.perf_counter()
+        for i in range(n):
+            customer_id, now = str(uuid.uuid4()), datetime.now(UTC).isoformat()
+            addr = json.dumps({"line1": "1 Main Street", "city": "Berlin",
+                               "postalCode": "10115", "country": "DE"})  # fmt: skip
+            await db.execute("BEGIN IMMEDIATE")
+            await db.execute(
+                "INSERT INTO customers (id, email, email_key, name, address, version,"
+                " registered_at) VALUES (?, ?, ?, ?, ?, 1, ?)",
+                (customer_id, f"c{i}@example.com", f"c{i}@example.com", f"Customer {i}", addr, now),
+            )
+            await db.execute(
+                "INSERT INTO outbox (event_id, type, aggregate_type, aggregate_id,"
+                " aggregate_version, data, metadata, occurred_at) VALUES (?, ?, ?, ?, 1, ?, ?, ?)",
+                (str(uuid.uuid4()), "CustomerRegistered", "Customer", customer_id,
+                 json.dumps({"email": f"c{i}@example.com", "name": f"Customer {i}",
+                             "address": addr}), "{}", now),
+            )  # fmt: skip
+            await db.execute("COMMIT")
+        raw_rate = n / (time.perf_counter() - started)
+    return Row(
+        "P2", f"registerCustomer via bus ({options.concurrency} callers) ÷ raw aiosqlite",
+        bus_rate, raw_rate, "cmd/s", ">= 1.0", detail={"commands": n},
+    )  # fmt: skip
+
+
+async def p6_relay(stores: Stores, mongo: AsyncMongoClient[dict[str, Any]], chunk: int) -> Row:
+    """All projections over the seeded outbox, from zero ÷ as many raw bulk upserts by _id."""
+    engine = create_engine(stores.database_url)
+    db = mongo["bench_p6"]
+    await mongo.drop_database(db)
+    relay = Relay(engine, db, all_projections(), Progress(), write_chunk=chunk, lease=Lease(db))
+    await relay.setup()
+    started = time.perf_counter()
+    events = 0
+    while applied := await relay.run_once():
+        events += applied
+    relay_seconds = time.perf_counter() - started
+    await engine.dispose()
+
+    raw = mongo["bench_p6_raw"]["documents"]
+    await raw.drop()
+    operations = [
+        UpdateOne({"_id": f"d{i}"}, {"$set": {"n": i, "version": i}}, upsert=True)
+        for i in range(events)
+    ]
+    started = time.perf_counter()
+    for start in range(0, len(operations), chunk):
+        await raw.bulk_write(operations[start : start + chunk], ordered=True)
+    raw_seconds = time.perf_counter() - started
+    await mongo.drop_database(db)
+    await mongo.drop_database("bench_p6_raw")
+    return Row(
+        "P6", "relay events/s (all projections) ÷ raw bulk upserts/s", events / relay_seconds,
+        events / raw_seconds, "op/s", ">= 0.6", detail={"events": events, "chunk": chunk},
+    )  # fmt: skip
+
+
+async def p8_drivers(stores: Stores, mongodb_url: str, chunk: int) -> Row:
+    """The projections' writes for the seeded outbox through PyMongo async ÷ through Motor."""
+    from motor.motor_asyncio import AsyncIOMotorClient
+
+    engine = create_engine(stores.database_url)
+    async with engine.connect() as conn:
+        from domain import outbox
+
+        events = await outbox.read_after(conn, 0, 10**9)
+    await engine.dispose()
+    writes = [w for e in events for p in all_projections() for w in p.project(e)]
+    pymongo_client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_url)
+    motor_client: Any = AsyncIOMotorClient(mongodb_url)
+    seconds: dict[str, list[float]] = {"pymongo": [], "motor": []}
+    try:
+        for round_ in range(2):
+            for name, client in (("motor", motor_client), ("pymongo", pymongo_client)):
+                database = f"bench_p8_{name}"
+                await client.drop_database(database)
+                started = time.perf_counter()
+                await apply_writes(client[database], writes, chunk)
+                seconds[name].append(time.perf_counter() - started)
+                await client.drop_database(database)
+                progress(f"P8 round {round_ + 1}: {name} {seconds[name][-1]:.2f} s")
+    finally:
+        await pymongo_client.close()
+        motor_client.close()
+    best = {name: len(writes) / min(s) for name, s in seconds.items()}
+    return Row(
+        "P8", "projection writes via PyMongo async ÷ via Motor", best["pymongo"], best["motor"],
+        "write/s", ">= 1", detail={"writes": len(writes), "seconds": seconds},
+    )  # fmt: skip
+
+
+async def p5_order_history(
+    stores: Stores, mongo: AsyncMongoClient[dict[str, Any]], options: Options
+) -> Row:
+    """orderHistory of one customer, read model ÷ JOIN on the write model, at N orders.
+
+    The N orders are bulk-loaded into both stores from one generator (placing 100k
+    orders through the bus and the relay would take most of the run); the read
+    model's documents are built by the orders projection's own code.
+    """
+    n = options.history_orders
+    engine = create_engine(f"sqlite+aiosqlite:///{stores.folder / 'p5.db'}")
+    await create_schema(engine)
+    db = mongo["bench_p5"]
+    await mongo.drop_database(db)
+    await ensure_indexes(
+        db, order_views.COLLECTION, OrdersProjection.indexes[order_views.COLLECTION]
+    )
+    rng = random.Random(5)
+    customers = [str(uuid.uuid4()) for _ in range(max(1, n // 100))]
+    products = [(str(uuid.uuid4()), f"SKU-{i:04d}", f"Product {i}", 100 + i) for i in range(200)]
+    address = {"line1": "1 Main Street", "city": "Berlin", "postalCode": "10115", "country": "DE"}
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    async with engine.begin() as conn:
+        await conn.execute(sa.insert(model.customers), [
+            {"id": c, "email": f"{c}@example.com", "email_key": f"{c}@example.com",
+             "name": "Customer", "address": address, "version": 1, "registered_at": base}
+            for c in customers])  # fmt: skip
+        await conn.execute(sa.insert(model.products), [
+            {"id": p, "sku": sku, "name": name, "description": "", "category": "bench",
+             "price_cents": price, "status": "ACTIVE", "stock_on_hand": 10**6,
+             "stock_reserved": 0, "version": 1, "created_at": base, "updated_at": base}
+            for p, sku, name, price in products])  # fmt: skip
+    batch = 5000
+    for start in range(0, n, batch):
+        order_rows, line_rows, documents = [], [], []
+        for i in range(start, min(n, start + batch)):
+            order_id, customer = str(uuid.uuid4()), rng.choice(customers)
+            placed_at = base + timedelta(seconds=i)
+            lines: list[dict[str, Any]] = [
+                {"productId": p, "sku": sku, "productName": name, "quantity": 1 + j % 2,
+                 "unitPriceCents": price, "lineTotalCents": price * (1 + j % 2)}
+                for j, (p, sku, name, price) in enumerate(rng.sample(products, rng.randint(1, 3)))
+            ]  # fmt: skip
+            total = sum(line["lineTotalCents"] for line in lines)
+            order_rows.append({
+                "id": order_id, "customer_id": customer, "status": "PLACED",
+                "total_cents": total, "shipping_address": address, "placed_at": placed_at,
+                "version": 1})  # fmt: skip
+            line_rows += [
+                {"order_id": order_id, "line_no": j + 1, "product_id": line["productId"],
+                 "sku": line["sku"], "product_name": line["productName"],
+                 "quantity": line["quantity"], "unit_price_cents": line["unitPriceCents"]}
+                for j, line in enumerate(lines)
+            ]  # fmt: skip
+            event = RecordedEvent(
+                position=i + 1, event_id=str(uuid.uuid4()), type=ORDER_PLACED,
+                aggregate_type="Order", aggregate_id=order_id, aggregate_version=1,
+                data={"customerId": customer, "customerName": "Customer",
+                      "customerEmail": f"{customer}@example.com", "lines": lines,
+                      "itemCount": sum(line["quantity"] for line in lines), "totalCents": total,
+                      "shippingAddress": address},
+                occurred_at=placed_at,
+            )  # fmt: skip
+            documents += [w.operation._doc for w in OrdersProjection().project(event)]
+        async with engine.begin() as conn:
+            await conn.execute(sa.insert(model.orders), order_rows)
+            await conn.execute(sa.insert(model.order_lines), line_rows)
+        await db[order_views.COLLECTION].insert_many(documents, ordered=False)  # type: ignore[arg-type]
+        progress(f"P5: loaded {min(n, start + batch):,} of {n:,} orders into both stores")
+
+    customer = customers[0]
+
+    async def from_read_model(_: int) -> None:
+        page = await order_views.order_history(db, customer, 20, None)
+        assert page.documents, "no orders for the customer"
+
+    history = (
+        sa.select(model.orders, model.order_lines)
+        .join(model.order_lines, model.order_lines.c.order_id == model.orders.c.id)
+        .where(model.orders.c.id.in_(
+            sa.select(model.orders.c.id).where(model.orders.c.customer_id == sa.bindparam("c"))
+            .order_by(model.orders.c.placed_at.desc()).limit(21).scalar_subquery()))
+        .order_by(model.orders.c.placed_at.desc(), model.order_lines.c.line_no)
+    )  # fmt: skip
+    count = sa.select(sa.func.count()).where(model.orders.c.customer_id == sa.bindparam("c"))
+
+    async def from_write_model(_: int) -> None:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(history, {"c": customer})).all()
+            await conn.scalar(count, {"c": customer})
+        assert rows, "no orders for the customer"
+
+    seconds = max(3.0, options.seconds)
+    read = await closed_loop(from_read_model, 1, seconds, warmup=0.5)
+    join = await closed_loop(from_write_model, 1, seconds, warmup=0.5)
+    await engine.dispose()
+    await mongo.drop_database(db)
+    return Row(
+        "P5", f"orderHistory at {n:,} orders: read model ÷ SQL JOIN", read.rate, join.rate,
+        "query/s", ">= 5", detail={"read_ms": summary(read.latencies),
+                                   "join_ms": summary(join.latencies), "orders": n},
+    )  # fmt: skip
