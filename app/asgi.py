@@ -33,6 +33,7 @@ class ShopGraphQL(GraphQL[Context, None]):
             bus=services.bus,
             db=services.db,
             progress=services.progress,
+            feeds=services.feeds,
             consistency_timeout=services.settings.shop_consistency_timeout,
             max_page_size=services.settings.shop_max_page_size,
             header_min_version=version,

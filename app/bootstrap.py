@@ -17,6 +17,7 @@ from app.ferretdb import EmbeddedFerretDB, ReadStoreUnavailable, ensure_binary
 from app.settings import Role, Settings
 from domain.bus import CommandBus
 from domain.store import create_engine, create_schema
+from projections.feeds import Feeds
 from projections.progress import CheckpointFollower, Progress
 from projections.registry import all_projections
 from projections.relay import Relay
@@ -69,6 +70,7 @@ class Services:
     db: AsyncDatabase[dict[str, Any]]
     bus: CommandBus
     progress: Progress
+    feeds: Feeds
     relay: Relay | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -108,7 +110,8 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
             mongo=mongo,
             db=db,
             bus=CommandBus(engine),
-            progress=Progress(),
+            progress=(progress := Progress()),
+            feeds=Feeds(progress),
         )
         stack.push_async_callback(_cancel, services.tasks)
         if role in (Role.ALL, Role.RELAY):

@@ -9,6 +9,7 @@ from graphql import GraphQLError
 from strawberry.types import Info as StrawberryInfo
 
 from domain.bus import CommandBus
+from projections.feeds import Feeds
 from projections.progress import Progress
 
 MIN_VERSION_HEADER = "x-min-version"
@@ -19,6 +20,7 @@ class Context:
     bus: CommandBus
     db: Any
     progress: Progress
+    feeds: Feeds
     consistency_timeout: float
     max_page_size: int
     header_min_version: int | None = None

@@ -1,7 +1,8 @@
 """Subscriptions: the current document, then a message whenever its projection changes it.
 
 Changes that land in one relay batch are coalesced: each message is the document
-as of its ``version``, and versions only grow.
+as of its ``version``, and versions only grow. All subscribers of one document share
+one read per change.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from graphql import GraphQLError
 
 from projections import audit, dashboard, orders
 from projections import products as product_views
+from projections.feeds import DocumentMissing
 from projections.progress import NotYetConsistent
 from schema.consistency import wait_for
 from schema.context import Info
@@ -32,21 +34,15 @@ Document = dict[str, Any]
 async def follow(
     info: Info, projection: str, key: str, load: Callable[[], Awaitable[Document | None]]
 ) -> AsyncGenerator[Document, None]:
-    """The document now, then again whenever its version grows."""
-    progress = info.context.progress
-    last_version = -1
-    async with progress.watch(projection, key) as changed:
-        while True:
-            changed.clear()
-            document = await load()
-            if document is None:
-                raise GraphQLError(
-                    f"no {projection} document {key}", extensions={"code": "NOT_FOUND"}
-                )
-            if document["version"] > last_version:
-                last_version = document["version"]
-                yield document
-            await changed.wait()
+    """The document now, then again whenever its version grows.
+
+    Read once per change for all subscribers of the document (see ``projections.feeds``).
+    """
+    try:
+        async for document in info.context.feeds.documents(projection, key, load):
+            yield document
+    except DocumentMissing as missing:
+        raise GraphQLError(str(missing), extensions={"code": "NOT_FOUND"}) from None
 
 
 @strawberry.type
