@@ -8,6 +8,8 @@ import platform
 import resource
 import sys
 import time
+import traceback
+from collections.abc import Awaitable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -91,9 +93,21 @@ async def run(stores: Stores, options: measures.Options, chosen: list[str]) -> l
         rows.append(row)
         progress(f"{row.id}: {row.measured:,.1f} {row.unit}" + _ratio_text(row))
 
+    async def attempt(name: str, measure: Awaitable[Row | list[Row]]) -> None:
+        """Runs one measure; a failure is a row of its own, and the others still run."""
+        progress(name)
+        try:
+            result = await measure
+        except Exception as error:
+            traceback.print_exc()
+            rows.append(Row(name.split(":")[0], f"FAILED: {error!r}"[:200], float("nan"),
+                            None, "", ""))  # fmt: skip
+            return
+        for row in result if isinstance(result, list) else [result]:
+            record(row)
+
     if "P2" in chosen:
-        progress("P2: command bus and raw aiosqlite")
-        record(await measures.p2_command_bus(stores, options))
+        await attempt("P2: command bus and raw aiosqlite", measures.p2_command_bus(stores, options))
     products, customers, version = await seed_shop(stores, options)
     server_measures = {"P1", "P3", "P4", "P7"} & set(chosen)
     if server_measures:
@@ -101,31 +115,34 @@ async def run(stores: Stores, options: measures.Options, chosen: list[str]) -> l
             await caught_up(server, version)
             shop = measures.Shop(stores, server, options, products, customers, version)
             if "P1" in chosen:
-                progress("P1: placeOrder and no-op mutations")
-                shop.results["P1"] = await measures.p1_place_order(shop)
-                record(shop.results["P1"])
-            if "P3" in chosen:
-                progress("P3: lag at half of P1's rate")
-                for row in await measures.p3_lag(shop):
-                    record(row)
+                await attempt("P1: placeOrder and no-op mutations", measures.p1_place_order(shop))
+                shop.results["P1"] = rows[-1]
+            if "P3" in chosen and rows[-1].measured > 0:
+                await attempt("P3: lag at half of P1's rate", measures.p3_lag(shop))
             if "P4" in chosen:
-                progress("P4: product and no-op queries")
-                record(await measures.p4_product_query(shop))
+                await attempt("P4: product and no-op queries", measures.p4_product_query(shop))
             if "P7" in chosen:
                 for subscribers in options.subscribers:
-                    progress(f"P7: {subscribers} subscribers")
-                    record(await measures.p7_fanout(shop, subscribers))
+                    await attempt(
+                        f"P7: {subscribers} subscribers", measures.p7_fanout(shop, subscribers)
+                    )
     store = await connect_read_store(stores.mongodb_url)
     try:
         if "P6" in chosen:
-            progress("P6: relay from zero, and raw upserts")
-            record(await measures.p6_relay(stores, store.client, store.write_chunk))
+            await attempt(
+                "P6: relay from zero, and raw upserts",
+                measures.p6_relay(stores, store.client, store.write_chunk),
+            )
         if "P8" in chosen:
-            progress("P8: PyMongo async and Motor")
-            record(await measures.p8_drivers(stores, stores.mongodb_url, store.write_chunk))
+            await attempt(
+                "P8: PyMongo async and Motor",
+                measures.p8_drivers(stores, stores.mongodb_url, store.write_chunk),
+            )
         if "P5" in chosen:
-            progress(f"P5: loading {options.history_orders:,} orders")
-            record(await measures.p5_order_history(stores, store.client, options))
+            await attempt(
+                f"P5: orderHistory at {options.history_orders:,} orders",
+                measures.p5_order_history(stores, store.client, options),
+            )
     finally:
         await store.client.close()
     return rows

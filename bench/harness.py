@@ -159,6 +159,10 @@ class ServerProcess:
         raise RuntimeError("no VmRSS")
 
 
+class NotYetConsistent(Exception):
+    """The server answered NOT_YET_CONSISTENT: the wait for minVersion timed out."""
+
+
 class GraphQLClient:
     """POSTs GraphQL over one keep-alive connection pool; raises on any GraphQL error."""
 
@@ -178,8 +182,10 @@ class GraphQLClient:
         body = {"query": query, "variables": variables or {}}
         async with self.session.post(self.url, json=body) as response:
             answer: dict[str, Any] = await response.json(loads=json.loads)
-        if answer.get("errors"):
-            raise RuntimeError(f"GraphQL errors: {answer['errors']}")
+        if errors := answer.get("errors"):
+            if all(e.get("extensions", {}).get("code") == "NOT_YET_CONSISTENT" for e in errors):
+                raise NotYetConsistent(errors)
+            raise RuntimeError(f"GraphQL errors: {errors}")
         data: dict[str, Any] = answer["data"]
         return data
 

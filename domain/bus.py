@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -12,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from domain import idempotency
 from domain.commands import Command
-from domain.errors import IdempotencyKeyReused, ValidationFailed
+from domain.errors import DomainError, IdempotencyKeyReused, ValidationFailed
 from domain.handlers import HANDLERS, Handler
 from domain.idempotency import CommandOutcome
 from domain.uow import UnitOfWork, utcnow
@@ -26,19 +28,52 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 200
 ATTEMPTS = 3
 
 
+@dataclass(eq=False)
+class _Request:
+    command: Command
+    handler: Handler
+    key: str | None
+    metadata: dict[str, Any] | None
+    future: asyncio.Future[CommandOutcome]
+
+
+def _consume(future: asyncio.Future[CommandOutcome]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class _BatchAborted(Exception):
+    """A command of a group failed after writing; the group runs again one by one."""
+
+
 class CommandBus:
-    """Dispatches commands to their handlers and tells listeners of every commit."""
+    """Dispatches commands to their handlers and tells listeners of every commit.
+
+    With ``group_commit`` (the default), commands that arrive while a transaction is
+    being written wait and then run together in the next one, in arrival order, each
+    seeing the ones before it: the same result as running them one after another,
+    for the price of one commit. A command refused before it wrote anything just
+    answers its error; one that fails after writing (a reservation it must undo, a
+    lost race) aborts the group, which then runs again one command per transaction.
+    """
 
     def __init__(
         self,
         engine: AsyncEngine,
         handlers: dict[type[Command], Handler] = HANDLERS,
         clock: Callable[[], datetime] = utcnow,
+        *,
+        group_commit: bool = True,
+        max_group: int = 64,
     ) -> None:
         self.engine = engine
         self.handlers = handlers
         self.clock = clock
+        self.group_commit = group_commit
+        self.max_group = max_group
         self._listeners: list[Callable[[int], None]] = []
+        self._pending: list[_Request] = []
+        self._writer: asyncio.Task[None] | None = None
 
     def on_commit(self, listener: Callable[[int], None]) -> None:
         """Calls ``listener(position)`` after every commit that wrote events."""
@@ -50,7 +85,11 @@ class CommandBus:
         idempotency_key: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> CommandOutcome:
-        """Runs ``command``; raises a ``DomainError`` if it is refused, with nothing written."""
+        """Runs ``command``; raises a ``DomainError`` if it is refused, with nothing written.
+
+        Cancelling the caller does not cancel a command already queued: like a
+        transaction already sent, it runs (and an idempotency key keeps a retry safe).
+        """
         if idempotency_key is not None and not (
             1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH
         ):
@@ -59,9 +98,91 @@ class CommandBus:
                 "idempotencyKey",
             )
         handler = self.handlers[type(command)]
+        if not self.group_commit:
+            return await self._execute_alone(command, handler, idempotency_key, metadata)
+        future: asyncio.Future[CommandOutcome] = asyncio.get_running_loop().create_future()
+        # A caller that was cancelled never reads its answer; that is not an error to log.
+        future.add_done_callback(_consume)
+        self._pending.append(_Request(command, handler, idempotency_key, metadata, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_pending(), name="command writer")
+        return await asyncio.shield(future)
+
+    async def _write_pending(self) -> None:
+        """Writes queued commands group by group until none are left, then ends."""
+        while self._pending:
+            group = self._pending[: self.max_group]
+            del self._pending[: len(group)]
+            try:
+                await self._write_group(group)
+            except BaseException as error:  # never leave a caller waiting
+                for request in group:
+                    if not request.future.done():
+                        request.future.set_exception(error)
+                if not isinstance(error, Exception):
+                    raise
+
+    async def _write_group(self, group: list[_Request]) -> None:
+        if len(group) == 1:
+            await self._settle(group[0], self._execute_alone)
+            return
+        results: list[tuple[_Request, CommandOutcome | DomainError]] = []
+        written: int | None = None
+        try:
+            async with UnitOfWork(self.engine, self.clock) as uow:
+                for request in group:
+                    uow.next_command(request.metadata)
+                    try:
+                        outcome, position = await self._run(
+                            request.command, request.handler, request.key, uow
+                        )
+                    except DomainError as error:
+                        if uow.wrote:
+                            raise _BatchAborted from error
+                        results.append((request, error))
+                        continue
+                    results.append((request, outcome))
+                    written = position if position is not None else written
+                await uow.commit()
+        except Exception as error:  # a write undone, a lost race, a fault: one by one
+            log.info("a group of %d commands runs again one by one (%r)", len(group), error)
+            for request in group:
+                await self._settle(request, self._execute_alone)
+            return
+        self._notify(written)
+        for request, result in results:
+            if request.future.done():
+                continue
+            if isinstance(result, DomainError):
+                request.future.set_exception(result)
+            else:
+                request.future.set_result(result)
+
+    async def _settle(
+        self,
+        request: _Request,
+        run: Callable[..., Awaitable[CommandOutcome]],
+    ) -> None:
+        try:
+            outcome = await run(request.command, request.handler, request.key, request.metadata)
+        except Exception as error:
+            if not request.future.done():
+                request.future.set_exception(error)
+        else:
+            if not request.future.done():
+                request.future.set_result(outcome)
+
+    async def _execute_alone(
+        self,
+        command: Command,
+        handler: Handler,
+        key: str | None,
+        metadata: dict[str, Any] | None,
+    ) -> CommandOutcome:
+        """One command in its own transaction, run again if it lost a race."""
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                return await self._execute_once(command, handler, idempotency_key, metadata)
+                return await self._execute_once(command, handler, key, metadata)
             except IntegrityError:
                 if attempt == ATTEMPTS:
                     raise
@@ -75,27 +196,38 @@ class CommandBus:
         key: str | None,
         metadata: dict[str, Any] | None,
     ) -> CommandOutcome:
-        request_hash = idempotency.fingerprint(command) if key is not None else ""
         async with UnitOfWork(self.engine, self.clock) as uow:
-            uow.metadata = {**(metadata or {}), "command": type(command).__name__}
-            if key is not None:
-                uow.metadata["idempotencyKey"] = key
-                stored = await idempotency.find(uow.conn, key)
-                if stored is not None:
-                    if stored.request_hash != request_hash:
-                        raise IdempotencyKeyReused(
-                            "this idempotencyKey was used for a different command",
-                            "idempotencyKey",
-                        )
-                    return stored.outcome
-            aggregate = await handler(command, uow)
-            written = await uow.flush()
-            position = written if written is not None else await uow.head()
-            outcome = CommandOutcome(aggregate.id, position, aggregate.version)
-            if key is not None:
-                await idempotency.remember(uow.conn, key, command, request_hash, outcome, uow.now)
+            uow.next_command(metadata)
+            outcome, written = await self._run(command, handler, key, uow)
             await uow.commit()
+        self._notify(written)
+        return outcome
+
+    async def _run(
+        self, command: Command, handler: Handler, key: str | None, uow: UnitOfWork
+    ) -> tuple[CommandOutcome, int | None]:
+        """The command in ``uow``'s transaction: its outcome and its last event's position."""
+        request_hash = idempotency.fingerprint(command) if key is not None else ""
+        uow.metadata["command"] = type(command).__name__
+        if key is not None:
+            uow.metadata["idempotencyKey"] = key
+            stored = await idempotency.find(uow.conn, key)
+            if stored is not None:
+                if stored.request_hash != request_hash:
+                    raise IdempotencyKeyReused(
+                        "this idempotencyKey was used for a different command",
+                        "idempotencyKey",
+                    )
+                return stored.outcome, None
+        aggregate = await handler(command, uow)
+        written = await uow.flush()
+        position = written if written is not None else await uow.head()
+        outcome = CommandOutcome(aggregate.id, position, aggregate.version)
+        if key is not None:
+            await idempotency.remember(uow.conn, key, command, request_hash, outcome, uow.now)
+        return outcome, written
+
+    def _notify(self, written: int | None) -> None:
         if written is not None:
             for listener in self._listeners:
                 listener(written)
-        return outcome

@@ -230,9 +230,12 @@ class Stock:
 
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
+        self.wrote = False
+        """Whether a statement that may change rows was sent (a failure then needs a rollback)."""
 
     async def reserve(self, product_id: str, quantity: int) -> bool:
         c = products.c
+        self.wrote = True
         result = await self.conn.execute(
             products.update()
             .where(
@@ -259,6 +262,7 @@ class Stock:
 
     async def _move(self, product_id: str, quantity: int, **values: Any) -> None:
         c = products.c
+        self.wrote = True
         result = await self.conn.execute(
             products.update()
             .where(c.id == product_id, c.stock_reserved >= quantity)

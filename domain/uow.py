@@ -27,7 +27,9 @@ class UnitOfWork:
     """``async with uow:`` opens a write transaction that rolls back unless committed.
 
     :meth:`flush` saves every aggregate that raised events and appends those events
-    to the outbox, inside the same transaction.
+    to the outbox, inside the same transaction. Several commands can run one after
+    another in one transaction (group commit): :meth:`next_command` gives each fresh
+    repositories and its own clock reading.
     """
 
     conn: AsyncConnection
@@ -49,13 +51,24 @@ class UnitOfWork:
         except BaseException:
             await self.conn.close()
             raise
+        self._committed = False
+        self.next_command()
+        return self
+
+    def next_command(self, metadata: dict[str, Any] | None = None) -> None:
+        """Starts the next command in this transaction: empty identity maps, a new ``now``."""
         self.now = self.clock()
+        self.metadata = dict(metadata or {})
         self.products = ProductRepository(self.conn)
         self.customers = CustomerRepository(self.conn)
         self.orders = OrderRepository(self.conn)
         self.stock = Stock(self.conn)
-        self._committed = False
-        return self
+        self.flushed = False
+
+    @property
+    def wrote(self) -> bool:
+        """Whether the current command may have changed rows (so its failure needs a rollback)."""
+        return self.flushed or self.stock.wrote
 
     async def __aexit__(
         self,
@@ -76,6 +89,7 @@ class UnitOfWork:
 
     async def flush(self) -> int | None:
         """Saves changed aggregates, appends their events; the last position or ``None``."""
+        self.flushed = True
         pending = []
         for repository in self.repositories:
             for aggregate in repository.seen.values():
