@@ -20,6 +20,8 @@ class Checkpoint:
     updated_at: datetime | None
     last_error: str | None
     rebuilding: bool = False
+    merged_until: int = 0
+    """The end of the last batch whose updates were merged (see ``Relay.apply``)."""
 
 
 async def load_all(db: AsyncDatabase[Document]) -> dict[str, Checkpoint]:
@@ -32,6 +34,7 @@ async def load_all(db: AsyncDatabase[Document]) -> dict[str, Checkpoint]:
             updated_at=doc.get("updatedAt"),
             last_error=doc.get("lastError"),
             rebuilding=bool(doc.get("rebuilding", False)),
+            merged_until=int(doc.get("mergedUntil", 0)),
         )
     return checkpoints
 
@@ -54,3 +57,12 @@ async def record_error(db: AsyncDatabase[Document], name: str, error: str) -> No
         {"$set": {"lastError": error[:1000], "updatedAt": datetime.now(UTC)}},
         upsert=True,
     )
+
+
+async def announce_merged(db: AsyncDatabase[Document], name: str, until: int) -> None:
+    """Records, before writing them, that updates up to ``until`` are being merged.
+
+    A batch of merged updates is all or nothing per document only if it completes;
+    a relay taking over after a crash must not merge again below this position.
+    """
+    await db[COLLECTION].update_one({"_id": name}, {"$max": {"mergedUntil": until}}, upsert=True)

@@ -24,6 +24,10 @@ class Write:
     collection: str
     operation: MongoWrite
     key: Any = None
+    guard: int | None = None
+    """For a guarded update: the event position it must be newer than."""
+    update: dict[str, Any] | None = None
+    """For a guarded update: its update document (for :func:`coalesce`)."""
 
 
 class Projection(Protocol):
@@ -49,7 +53,83 @@ def newer_than(document_id: Any, event: RecordedEvent) -> dict[str, Any]:
 def guarded(collection: str, key: Any, event: RecordedEvent, update: dict[str, Any]) -> Write:
     """An update of document ``key`` that applies ``event`` at most once, and sets its version."""
     update = {**update, "$set": {**update.get("$set", {}), "version": event.position}}
-    return Write(collection, UpdateOne(newer_than(key, event), update), key)
+    return Write(
+        collection, _guarded_update(key, event.position, update), key, event.position, update
+    )
+
+
+def _guarded_update(key: Any, guard: int, update: dict[str, Any]) -> UpdateOne:
+    return UpdateOne({"_id": key, "version": {"$lt": guard}}, update)
+
+
+def coalesce(writes: Sequence[Write]) -> list[Write]:
+    """Merges the guarded updates of one document in a batch into one update.
+
+    The merged update is guarded by the first event and sets the last one's version:
+    it applies all of them or none. That equals applying them one by one unless the
+    document already holds some but not all of them, which only a batch interrupted
+    half-way can leave behind: the relay merges only above the positions such a
+    batch may have reached (``checkpoints.announce_merged``).
+
+    Only ``$set`` and ``$inc`` merge; anything else touching the document (an insert,
+    an update of many documents) ends the run. Each merged update keeps the place of
+    the first one it absorbed, which keeps every document's own order of writes.
+    """
+    merged: list[Write] = []
+    open_runs: dict[tuple[str, Any], int] = {}
+    for write in writes:
+        if write.guard is None or write.update is None:
+            if write.key is None:
+                open_runs.clear()
+            else:
+                open_runs.pop((write.collection, write.key), None)
+            merged.append(write)
+            continue
+        run = open_runs.get((write.collection, write.key))
+        combined = None if run is None else _merge(merged[run], write)
+        if run is not None and combined is not None:
+            merged[run] = combined
+        else:
+            open_runs[(write.collection, write.key)] = len(merged)
+            merged.append(write)
+    return merged
+
+
+def _merge(first: Write, then: Write) -> Write | None:
+    assert first.update is not None
+    assert then.update is not None
+    assert first.guard is not None
+    if not {*first.update, *then.update} <= {"$set", "$inc"}:
+        return None
+    sets, incs = dict(first.update.get("$set", {})), dict(first.update.get("$inc", {}))
+    for path, value in then.update.get("$set", {}).items():
+        if _overlaps(path, sets, incs):
+            return None
+        incs.pop(path, None)  # a later $set wins over an earlier $inc
+        sets[path] = value
+    for path, amount in then.update.get("$inc", {}).items():
+        if _overlaps(path, sets, incs):
+            return None
+        if path in sets:
+            if not isinstance(sets[path], int | float) or isinstance(sets[path], bool):
+                return None
+            sets[path] += amount
+        else:
+            incs[path] = incs.get(path, 0) + amount
+    update: dict[str, Any] = {"$set": sets}
+    if incs:
+        update["$inc"] = incs
+    operation = _guarded_update(first.key, first.guard, update)
+    return Write(first.collection, operation, first.key, first.guard, update)
+
+
+def _overlaps(path: str, *taken: dict[str, Any]) -> bool:
+    """Whether ``path`` is a parent or child of a path already changed (not the same one)."""
+    return any(
+        other != path and (other.startswith(path + ".") or path.startswith(other + "."))
+        for fields in taken
+        for other in fields
+    )
 
 
 def insert_once(collection: str, key: Any, document: dict[str, Any]) -> Write:

@@ -24,7 +24,7 @@ from domain.events import RecordedEvent
 from projections import checkpoints
 from projections.lease import Lease
 from projections.progress import Progress
-from projections.projection import MongoWrite, Projection, Write
+from projections.projection import MongoWrite, Projection, Write, coalesce
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,9 @@ class Relay:
         # A rebuild writes into "<collection><suffix>" under "<projection><suffix>" checkpoints.
         self.suffix = suffix
         self.positions: dict[str, int] = {}
+        # Per projection: below this position a batch may have been cut half-way, so
+        # updates are not merged there (see projection.coalesce).
+        self.merged_until: dict[str, int] = {}
         self.head = 0
         self.running = False
         self._wake = asyncio.Event()
@@ -147,6 +150,7 @@ class Relay:
             checkpoint = stored.get(projection.name + self.suffix)
             position = checkpoint.position if checkpoint else 0
             self.positions[projection.name] = position
+            self.merged_until[projection.name] = checkpoint.merged_until if checkpoint else 0
             self.progress.advance(projection.name, position)
 
     async def run(self) -> None:
@@ -200,8 +204,17 @@ class Relay:
 
     async def apply(self, projection: Projection, events: list[RecordedEvent]) -> None:
         writes = [write for event in events for write in projection.project(event)]
-        await apply_writes(self.db, writes, self.write_chunk, self.suffix)
         position = events[-1].position
+        merged = coalesce(writes)
+        if len(merged) < len(writes):
+            # Some document takes several updates: cut half-way, this batch would leave
+            # it holding some but not all, so no relay may merge below its end. Said
+            # before writing, merged or not (a later relay may cut batches elsewhere).
+            await checkpoints.announce_merged(self.db, projection.name + self.suffix, position)
+            if events[0].position > self.merged_until.get(projection.name, 0):
+                writes = merged
+            self.merged_until[projection.name] = position
+        await apply_writes(self.db, writes, self.write_chunk, self.suffix)
         await self.save_checkpoint(projection.name, position)
         self.positions[projection.name] = position
         keys = None if any(w.key is None for w in writes) else {w.key for w in writes}

@@ -19,6 +19,7 @@ from domain.commands import (
 )
 from domain.events import RecordedEvent
 from projections import checkpoints
+from projections import relay as relay_module
 from projections.lease import Lease
 from projections.products import ProductsProjection
 from projections.progress import Progress
@@ -127,13 +128,47 @@ async def test_relay_killed_before_its_checkpoint_leaves_no_double_effect(
         await crashing.run_once()
     [written] = await documents(db)
     assert written["stockOnHand"] == 6  # the writes landed, the checkpoint did not
-    assert "products" not in await checkpoints.load_all(db)
+    assert (await checkpoints.load_all(db))["products"].position == 0
 
     restarted = make_relay(engine, db)
     await restarted.setup()
     assert await restarted.run_once() == 4
     [doc] = await documents(db)
     assert (doc["stockOnHand"], doc["stockAvailable"], doc["version"]) == (6, 6, 4)
+
+
+async def test_a_batch_cut_half_way_is_replayed_event_by_event(
+    bus: CommandBus, engine: AsyncEngine, db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relay dies after two of a product's four restocks reached Mongo. Its successor,
+    reading smaller batches, must not merge those restocks (the merged update would be
+    skipped whole by the document's version) but replay them one by one."""
+    pid = await create(bus, stock=0)
+    for _ in range(4):
+        await bus.execute(RestockProduct(pid, 2))
+    await checkpoints.announce_merged(db, "products", 1)  # a crash before: no merging at 1
+    real_apply = relay_module.apply_writes
+
+    async def dies_after_three(db_: Any, writes: list[Any], chunk: int, suffix: str = "") -> None:
+        for write in writes[:3]:
+            await real_apply(db_, [write], 1, suffix)
+        raise Crash
+
+    dying = make_relay(engine, db)
+    await dying.setup()
+    monkeypatch.setattr(relay_module, "apply_writes", dies_after_three)
+    with pytest.raises(Crash):
+        await dying.run_once()
+    monkeypatch.setattr(relay_module, "apply_writes", real_apply)
+    [cut] = await documents(db)
+    assert (cut["stockOnHand"], cut["version"]) == (4, 3)
+
+    successor = make_relay(engine, db, batch_size=2)
+    await successor.setup()
+    while await successor.run_once():
+        pass
+    [doc] = await documents(db)
+    assert (doc["stockOnHand"], doc["stockAvailable"], doc["version"]) == (8, 8, 5)
 
 
 async def test_a_restarted_relay_resumes_from_its_checkpoint(

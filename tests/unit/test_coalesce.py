@@ -1,0 +1,65 @@
+"""Merging a batch's guarded updates of one document into one update."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo import UpdateMany
+
+from domain.events import RecordedEvent
+from projections.projection import Write, coalesce, guarded, insert_once
+
+
+def at(position: int) -> RecordedEvent:
+    return RecordedEvent(position, f"e{position}", "Test", "Thing", "k", 1, {},
+                         datetime(2026, 1, 1, tzinfo=UTC))  # fmt: skip
+
+
+def update(position: int, change: dict[str, Any], key: str = "k") -> Write:
+    return guarded("things", key, at(position), change)
+
+
+def shape(write: Write) -> tuple[Any, ...]:
+    return write.key, write.guard, write.update
+
+
+def test_increments_of_one_document_add_up_under_the_first_guard() -> None:
+    [merged] = coalesce([update(3, {"$inc": {"n": 1}}), update(5, {"$inc": {"n": 2, "m": 1}})])
+    assert shape(merged) == ("k", 3, {"$set": {"version": 5}, "$inc": {"n": 3, "m": 1}})
+    assert merged.operation._filter == {"_id": "k", "version": {"$lt": 3}}
+
+
+def test_a_set_then_an_increment_folds_into_the_set_and_a_later_set_wins() -> None:
+    [merged] = coalesce([
+        update(1, {"$set": {"n": 10}}), update(2, {"$inc": {"n": 5, "m": 1}}),
+        update(3, {"$set": {"m": 0, "s": "x"}}),
+    ])  # fmt: skip
+    assert merged.update == {"$set": {"n": 15, "m": 0, "s": "x", "version": 3}}
+
+
+def test_documents_keep_their_own_order_and_other_documents_stay_apart() -> None:
+    writes = coalesce([
+        update(1, {"$inc": {"n": 1}}, "a"), update(2, {"$inc": {"n": 1}}, "b"),
+        update(3, {"$inc": {"n": 1}}, "a"),
+    ])  # fmt: skip
+    assert [shape(w) for w in writes] == [
+        ("a", 1, {"$set": {"version": 3}, "$inc": {"n": 2}}),
+        ("b", 2, {"$set": {"version": 2}, "$inc": {"n": 1}}),
+    ]
+
+
+def test_an_insert_or_a_many_document_update_ends_a_run() -> None:
+    many = Write("things", UpdateMany({}, {"$set": {"x": 1}}))
+    writes = coalesce([
+        update(1, {"$inc": {"n": 1}}), insert_once("things", "k", {"n": 0}),
+        update(2, {"$inc": {"n": 1}}), many, update(3, {"$inc": {"n": 1}}),
+        update(4, {"$inc": {"n": 1}}),
+    ])  # fmt: skip
+    assert [w.guard for w in writes] == [1, None, 2, None, 3]
+    assert writes[-1].update == {"$set": {"version": 4}, "$inc": {"n": 2}}
+
+
+def test_overlapping_paths_are_not_merged() -> None:
+    writes = coalesce([update(1, {"$set": {"a": {"b": 1}}}), update(2, {"$inc": {"a.b": 1}})])
+    assert [w.guard for w in writes] == [1, 2]
