@@ -7,13 +7,19 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.ferretdb import EmbeddedFerretDB, ReadStoreUnavailable, ensure_binary
+from app.ferretdb import (
+    EmbeddedFerretDB,
+    ReadStoreUnavailable,
+    ensure_binary,
+    index_document_ids,
+)
 from app.settings import Role, Settings
 from domain.bus import CommandBus
 from domain.store import create_engine, create_schema
@@ -84,13 +90,14 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
     async with contextlib.AsyncExitStack() as stack:
         settings.shop_data_dir.mkdir(parents=True, exist_ok=True)
         mongo_url = settings.mongodb_url
+        embedded_dir = settings.shop_data_dir / "ferretdb"
         if mongo_url is None:
             if role is not Role.ALL:
                 raise ReadStoreUnavailable(
                     f"role {role} shares the read store with other processes: set MONGODB_URL"
                 )
             binary = await asyncio.to_thread(ensure_binary, settings.cache_dir)
-            ferretdb = EmbeddedFerretDB(binary, settings.shop_data_dir / "ferretdb")
+            ferretdb = EmbeddedFerretDB(binary, embedded_dir)
             stack.callback(ferretdb.stop)
             mongo_url = await asyncio.to_thread(ferretdb.start)
 
@@ -136,8 +143,19 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
         )
         await follower.poll_once()
         _spawn(services.tasks, follower.run(), "checkpoint follower")
+        if settings.mongodb_url is None:
+            await asyncio.to_thread(index_document_ids, embedded_dir)
+            _spawn(services.tasks, _keep_ids_indexed(embedded_dir), "ferretdb id indexes")
         log.info("shop server ready", extra={"role": str(role)})
         yield services
+
+
+async def _keep_ids_indexed(data_dir: Path, interval: float = 30.0) -> None:
+    """Indexes the collections created since (a rebuild's, for one); see ``index_document_ids``."""
+    while True:
+        await asyncio.sleep(interval)
+        if created := await asyncio.to_thread(index_document_ids, data_dir):
+            log.info("indexed _id lookups of %d new FerretDB collections", created)
 
 
 def _spawn(tasks: list[asyncio.Task[None]], coro: Coroutine[Any, Any, None], name: str) -> None:

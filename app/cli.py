@@ -21,7 +21,13 @@ from rich.progress import (
 
 from app import logging as shop_logging
 from app.bootstrap import connect_read_store
-from app.ferretdb import EmbeddedFerretDB, ReadStoreUnavailable, ensure_binary, running_url
+from app.ferretdb import (
+    EmbeddedFerretDB,
+    ReadStoreUnavailable,
+    ensure_binary,
+    index_document_ids,
+    running_url,
+)
 from app.settings import Role, Settings
 from domain.bus import CommandBus
 from domain.store import create_engine, create_schema
@@ -149,6 +155,10 @@ def rebuild_command(
         typer.echo(f"unknown projection(s): {', '.join(sorted(unknown))}; known: {known}", err=True)
         raise typer.Exit(code=2)
 
+    async def index_embedded() -> None:
+        if settings.mongodb_url is None:
+            await asyncio.to_thread(index_document_ids, settings.shop_data_dir / "ferretdb")
+
     async def go() -> None:
         async with read_store_url(settings) as url:
             engine = create_engine(settings.write_store_url)
@@ -163,7 +173,7 @@ def rebuild_command(
 
                     result = await rebuild(
                         engine, client[settings.mongodb_database], chosen, report=report,
-                        write_chunk=store.write_chunk,
+                        write_chunk=store.write_chunk, prepared=index_embedded,
                     )  # fmt: skip
             finally:
                 await client.close()

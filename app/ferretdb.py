@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -245,3 +246,51 @@ def running_url(data_dir: Path) -> str | None:
     finally:
         client.close()
     return url
+
+
+# FerretDB 1.24's SQLite backend looks documents up by ``_ferretdb_sjson->'$._id'``
+# (every find and every update by _id), but indexes ``_ferretdb_sjson->"_id"``: a
+# different expression, so SQLite never uses the index and every update scans the
+# table (36 ms per update at 2,000 documents, growing with the collection). The same
+# lookup expression, indexed, makes them 2 ms whatever the size.
+ID_INDEX_SUFFIX = "_shop_id_lookup"
+COLLECTIONS_TABLE = "_ferretdb_collections"
+
+
+def index_document_ids(data_dir: Path) -> int:
+    """Adds the ``_id`` lookup index to every FerretDB table under ``data_dir`` lacking it.
+
+    Only for the embedded FerretDB, whose files this process owns; the index is
+    invisible to FerretDB (it is not in its metadata) and goes with the table when a
+    collection is dropped. Idempotent; returns how many indexes it created.
+    """
+    created = 0
+    for database in sorted(data_dir.glob("*.sqlite")):
+        try:
+            created += _index_database(database)
+        except sqlite3.Error as error:  # an optimisation only: never a reason to fail
+            log.warning("could not index %s: %s", database.name, error)
+    return created
+
+
+def _index_database(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path, timeout=10)) as connection:
+        if not connection.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (COLLECTIONS_TABLE,)
+        ).fetchone():
+            return 0
+        indexes = {row[0] for row in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index'")}  # fmt: skip
+        tables = [
+            row[0] for row in connection.execute(f"SELECT table_name FROM {COLLECTIONS_TABLE}")
+        ]
+        created = 0
+        for table in tables:
+            name = f"{table}{ID_INDEX_SUFFIX}"
+            if name not in indexes:
+                connection.execute(
+                    f'CREATE INDEX IF NOT EXISTS "{name}" ON "{table}" (_ferretdb_sjson->\'$._id\')'
+                )
+                created += 1
+        connection.commit()
+        return created

@@ -9,7 +9,7 @@ import resource
 import sys
 import time
 import traceback
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +23,7 @@ from app.bootstrap import connect_read_store
 from app.seed import seed
 from app.settings import Settings
 from bench import measures
-from bench.harness import ROOT, GraphQLClient, Row, ServerProcess, Stores, embedded_stores, progress
+from bench.harness import ROOT, GraphQLClient, Row, ServerProcess, Stores, progress
 from domain.bus import CommandBus
 from domain.commands import RestockProduct
 from domain.store import create_engine, create_schema
@@ -66,8 +66,9 @@ def bench(
     settings = Settings()
     folder = ROOT / "var" / "bench" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     started = time.monotonic()
-    with embedded_stores(folder, settings.cache_dir, settings.mongodb_url) as stores:
-        rows = asyncio.run(run(stores, options, chosen))
+    folder.mkdir(parents=True)
+    stores = Stores(folder, settings.cache_dir, settings.mongodb_url)
+    rows = asyncio.run(run(stores, options, chosen))
     render(rows)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(
@@ -126,7 +127,21 @@ async def run(stores: Stores, options: measures.Options, chosen: list[str]) -> l
                     await attempt(
                         f"P7: {subscribers} subscribers", measures.p7_fanout(shop, subscribers)
                     )
-    store = await connect_read_store(stores.mongodb_url)
+    if not {"P5", "P6", "P8"} & set(chosen):
+        return rows
+    async with stores.read_store() as mongodb_url:
+        await in_process_read_measures(stores, mongodb_url, options, chosen, attempt)
+    return rows
+
+
+async def in_process_read_measures(
+    stores: Stores,
+    mongodb_url: str,
+    options: measures.Options,
+    chosen: list[str],
+    attempt: Callable[[str, Awaitable[Row | list[Row]]], Awaitable[None]],
+) -> None:
+    store = await connect_read_store(mongodb_url)
     try:
         if "P6" in chosen:
             await attempt(
@@ -136,7 +151,7 @@ async def run(stores: Stores, options: measures.Options, chosen: list[str]) -> l
         if "P8" in chosen:
             await attempt(
                 "P8: PyMongo async and Motor",
-                measures.p8_drivers(stores, stores.mongodb_url, store.write_chunk),
+                measures.p8_drivers(stores, mongodb_url, store.write_chunk),
             )
         if "P5" in chosen:
             await attempt(
@@ -145,7 +160,6 @@ async def run(stores: Stores, options: measures.Options, chosen: list[str]) -> l
             )
     finally:
         await store.client.close()
-    return rows
 
 
 async def seed_shop(stores: Stores, options: measures.Options) -> tuple[list[str], list[str], int]:

@@ -10,7 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ import aiohttp
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
-from app.ferretdb import EmbeddedFerretDB, ensure_binary, free_port
+from app.ferretdb import EmbeddedFerretDB, ensure_binary, free_port, index_document_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,38 +71,52 @@ def progress(message: str) -> None:
 
 @dataclass
 class Stores:
-    """A fresh SQLite write store and the embedded FerretDB, in one temporary folder."""
+    """A fresh SQLite write store and a read store, in one folder.
+
+    Without ``external_mongodb_url`` the read store is the embedded FerretDB under
+    ``folder/ferretdb``, owned like in production: by the server process while it
+    runs (``cqrs-shop serve`` on the embedded defaults), and by :meth:`read_store`
+    for the in-process measures.
+    """
 
     folder: Path
-    mongodb_url: str
-    ferretdb: EmbeddedFerretDB | None
+    cache_dir: Path
+    external_mongodb_url: str | None = None
 
     @property
     def database_url(self) -> str:
         return f"sqlite+aiosqlite:///{self.folder / 'shop.db'}"
 
+    @property
+    def ferretdb_dir(self) -> Path | None:
+        return None if self.external_mongodb_url else self.folder / "ferretdb"
+
     def env(self) -> dict[str, str]:
-        return {
-            **os.environ,
-            "SHOP_DATA_DIR": str(self.folder),
-            "DATABASE_URL": self.database_url,
-            "MONGODB_URL": self.mongodb_url,
-            "MONGODB_DATABASE": "shop",
-        }
+        env = {**os.environ, "SHOP_DATA_DIR": str(self.folder), "DATABASE_URL": self.database_url}
+        env.pop("MONGODB_URL", None)
+        if self.external_mongodb_url:
+            env["MONGODB_URL"] = self.external_mongodb_url
+        return env
 
+    async def index_ids(self) -> None:
+        """What the server does for the embedded FerretDB (see app.ferretdb)."""
+        if self.ferretdb_dir is not None:
+            await asyncio.to_thread(index_document_ids, self.ferretdb_dir)
 
-@contextlib.contextmanager
-def embedded_stores(folder: Path, cache_dir: Path, mongodb_url: str | None) -> Iterator[Stores]:
-    folder.mkdir(parents=True, exist_ok=True)
-    if mongodb_url:
-        yield Stores(folder, mongodb_url, None)
-        return
-    ferretdb = EmbeddedFerretDB(ensure_binary(cache_dir, report=progress), folder / "ferretdb")
-    url = ferretdb.start()
-    try:
-        yield Stores(folder, url, ferretdb)
-    finally:
-        ferretdb.stop()
+    @contextlib.asynccontextmanager
+    async def read_store(self) -> AsyncIterator[str]:
+        """The read store's URL, starting the embedded FerretDB for the duration."""
+        if self.ferretdb_dir is None:
+            assert self.external_mongodb_url is not None
+            yield self.external_mongodb_url
+            return
+        binary = await asyncio.to_thread(ensure_binary, self.cache_dir, progress)
+        ferretdb = EmbeddedFerretDB(binary, self.ferretdb_dir)
+        url = await asyncio.to_thread(ferretdb.start)
+        try:
+            yield url
+        finally:
+            ferretdb.stop()
 
 
 class ServerProcess:

@@ -37,7 +37,7 @@ from projections.lease import Lease
 from projections.orders import OrdersProjection
 from projections.progress import Progress
 from projections.registry import all_projections
-from projections.relay import Relay, apply_writes, ensure_indexes
+from projections.relay import Relay, apply_writes, ensure_indexes, prepare_collections
 
 PLACE = """mutation($input: PlaceOrderInput!) {
   placeOrder(input: $input) { success id version errors { code message } } }"""
@@ -276,6 +276,7 @@ async def p6_relay(stores: Stores, mongo: AsyncMongoClient[dict[str, Any]], chun
     await mongo.drop_database(db)
     relay = Relay(engine, db, all_projections(), Progress(), write_chunk=chunk, lease=Lease(db))
     await relay.setup()
+    await stores.index_ids()
     started = time.perf_counter()
     events = 0
     while applied := await relay.run_once():
@@ -285,6 +286,8 @@ async def p6_relay(stores: Stores, mongo: AsyncMongoClient[dict[str, Any]], chun
 
     raw = mongo["bench_p6_raw"]["documents"]
     await raw.drop()
+    await raw.insert_one({"_id": "first"})
+    await stores.index_ids()
     operations = [
         UpdateOne({"_id": f"d{i}"}, {"$set": {"n": i, "version": i}}, upsert=True)
         for i in range(events)
@@ -320,6 +323,9 @@ async def p8_drivers(stores: Stores, mongodb_url: str, chunk: int) -> Row:
             for name, client in (("motor", motor_client), ("pymongo", pymongo_client)):
                 database = f"bench_p8_{name}"
                 await client.drop_database(database)
+                for projection in all_projections():
+                    await prepare_collections(pymongo_client[database], projection)
+                await stores.index_ids()
                 started = time.perf_counter()
                 await apply_writes(client[database], writes, chunk)
                 seconds[name].append(time.perf_counter() - started)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -61,8 +61,13 @@ async def rebuild(
     report: Report = lambda done, total: None,
     batch_size: int = 1000,
     write_chunk: int = 1000,
+    prepared: Callable[[], Awaitable[object]] | None = None,
 ) -> RebuildResult:
-    """Rebuilds ``projections`` and swaps them in; ``report(applied, head)`` shows progress."""
+    """Rebuilds ``projections`` and swaps them in; ``report(applied, head)`` shows progress.
+
+    ``prepared()`` is awaited once the fresh collections exist (the embedded store
+    indexes them there).
+    """
     names = [p.name for p in projections]
     await _set_rebuilding(db, names, True)
     try:
@@ -75,6 +80,8 @@ async def rebuild(
             batch_size=batch_size, write_chunk=write_chunk, suffix=SUFFIX,
         )  # fmt: skip
         await relay.setup()
+        if prepared is not None:
+            await prepared()
         applied = await _catch_up(engine, relay, report, 0)
 
         lease = Lease(db)

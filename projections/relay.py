@@ -196,10 +196,19 @@ class Relay:
         async with self.engine.connect() as conn:
             events = await outbox.read_after(conn, start, self.batch_size)
             self.head = max(self.head, await outbox.head(conn))
-        for projection in self.projections:
-            behind = [e for e in events if e.position > self.positions[projection.name]]
-            if behind:
-                await self.apply(projection, behind)
+        work = [
+            (projection, behind)
+            for projection in self.projections
+            if (behind := [e for e in events if e.position > self.positions[projection.name]])
+        ]
+        # Projections own separate collections and checkpoints: apply them side by side,
+        # so one batch costs the slowest projection's round trips, not their sum.
+        try:
+            async with asyncio.TaskGroup() as group:
+                for projection, behind in work:
+                    group.create_task(self.apply(projection, behind))
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from failed
         return len(events)
 
     async def apply(self, projection: Projection, events: list[RecordedEvent]) -> None:

@@ -26,13 +26,19 @@ from domain.store import create_engine, create_schema
 
 
 @pytest.fixture(scope="session")
-def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def ferretdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+    """The embedded FerretDB's data directory; None when MONGODB_URL names the server."""
+    return None if os.environ.get("MONGODB_URL") else tmp_path_factory.mktemp("ferretdb")
+
+
+@pytest.fixture(scope="session")
+def mongo_url(ferretdb_dir: Path | None) -> Iterator[str]:
     """A real MongoDB-compatible server: MONGODB_URL if set, else the embedded FerretDB."""
-    if url := os.environ.get("MONGODB_URL"):
-        yield url
+    if ferretdb_dir is None:
+        yield os.environ["MONGODB_URL"]
         return
     binary = ensure_binary(Settings().cache_dir)
-    ferretdb = EmbeddedFerretDB(binary, tmp_path_factory.mktemp("ferretdb"))
+    ferretdb = EmbeddedFerretDB(binary, ferretdb_dir)
     try:
         yield ferretdb.start()
     finally:
