@@ -237,6 +237,20 @@ async def closed_loop(
     return Load(len(latencies), loop.time() - measure_from, latencies)
 
 
+async def at_least(call: Callable[[int], Awaitable[Any]], calls: int, seconds: float) -> Load:
+    """One caller, back to back, until both ``calls`` calls and ``seconds`` have passed
+    (for calls that may each take longer than a closed-loop run)."""
+    loop = asyncio.get_running_loop()
+    await call(-1)  # warm-up
+    latencies: list[float] = []
+    start = loop.time()
+    while len(latencies) < calls or loop.time() - start < seconds:
+        began = loop.time()
+        await call(len(latencies))
+        latencies.append(loop.time() - began)
+    return Load(len(latencies), loop.time() - start, latencies)
+
+
 class Subscription:
     """One graphql-transport-ws connection carrying one subscription."""
 

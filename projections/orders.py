@@ -93,7 +93,13 @@ async def find_order(db: Db, order_id: str) -> dict[str, Any] | None:
 
 
 async def _page(
-    db: Db, query: dict[str, Any], direction: int, kind: str, first: int, after: str | None
+    db: Db,
+    query: dict[str, Any],
+    direction: int,
+    kind: str,
+    first: int,
+    after: str | None,
+    count: bool,
 ) -> Page:
     page_query = query
     if after is not None:
@@ -107,17 +113,20 @@ async def _page(
         .limit(first + 1)
         .to_list()
     )
-    total = await db[COLLECTION].count_documents(query)
+    total = await db[COLLECTION].count_documents(query) if count else None
     return paging.page_of(
         documents, first, lambda d: paging.encode(kind, d["placedVersion"]), total
     )
 
 
-async def order_history(db: Db, customer_id: str, first: int, after: str | None) -> Page:
-    """A customer's orders, newest first."""
-    return await _page(db, {"customerId": customer_id}, DESCENDING, "history", first, after)
+async def order_history(
+    db: Db, customer_id: str, first: int, after: str | None, count: bool = True
+) -> Page:
+    """A customer's orders, newest first; ``count``: also count them all."""
+    query = {"customerId": customer_id}
+    return await _page(db, query, DESCENDING, "history", first, after, count)
 
 
-async def shipping_queue(db: Db, first: int, after: str | None) -> Page:
-    """PLACED orders, oldest first."""
-    return await _page(db, {"status": "PLACED"}, ASCENDING, "shipping", first, after)
+async def shipping_queue(db: Db, first: int, after: str | None, count: bool = True) -> Page:
+    """PLACED orders, oldest first; ``count``: also count them all."""
+    return await _page(db, {"status": "PLACED"}, ASCENDING, "shipping", first, after, count)

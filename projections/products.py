@@ -218,12 +218,16 @@ async def list_products(
     sort: ProductSort,
     first: int,
     after: str | None,
+    count: bool = True,
 ) -> Page:
-    """One page of products in ``sort`` order, after the cursor ``after``."""
+    """One page of products in ``sort`` order, after the cursor ``after``.
+
+    ``count``: also count all matches (a second query; skip it when nobody asks).
+    """
     collection = db[COLLECTION]
     query = filter_query(product_filter)
     page_query = {"$and": [query, _after(sort, after)]} if after else query
     order: Sequence[tuple[str, int]] = _ORDER[sort]
     documents = await collection.find(page_query).sort(list(order)).limit(first + 1).to_list()
-    total = await collection.count_documents(query)
+    total = await collection.count_documents(query) if count else None
     return paging.page_of(documents, first, lambda d: encode_cursor(sort, d), total)

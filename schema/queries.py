@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import strawberry
+from strawberry.types.nodes import SelectedField, Selection
 
 from projections import audit, checkpoints, customers, dashboard, lease, orders, sales
 from projections import products as product_views
@@ -71,15 +72,31 @@ async def read_page(
     projection: str,
     first: int | None,
     min_version: Version | None,
-    read: Callable[[int], Awaitable[Page]],
+    read: Callable[[int, bool], Awaitable[Page]],
 ) -> Page:
-    """One page of a list field: its size checked, ``minVersion`` awaited, cursor errors coded."""
+    """One page of a list field: its size checked, ``minVersion`` awaited, cursor errors coded.
+
+    ``read(size, count)``: ``count`` is whether the client selected ``totalCount``,
+    which costs a second query (a full scan on FerretDB).
+    """
     size = check_page_size(info, first)
     await wait_for(info, projection, given(min_version))
     try:
-        return await read(size)
+        count = any(selects(f.selections, "totalCount") for f in info.selected_fields)
+        return await read(size, count)
     except InvalidCursor as error:
         raise bad_input(str(error), argument="after") from error
+
+
+def selects(selections: Sequence[Selection], name: str) -> bool:
+    """Whether the field ``name`` is among ``selections`` (through fragments too)."""
+    for selection in selections:
+        if isinstance(selection, SelectedField):
+            if selection.name == name:
+                return True
+        elif selects(selection.selections, name):
+            return True
+    return False
 
 
 def _filter(f: ProductFilter | None) -> product_views.ProductFilter:
@@ -128,8 +145,8 @@ class Query:
         wanted = _filter(given(filter))
         page = await read_page(
             info, PRODUCTS, first, min_version,
-            lambda size: product_views.list_products(
-                info.context.db, wanted, order, size, given(after)
+            lambda size, count: product_views.list_products(
+                info.context.db, wanted, order, size, given(after), count
             ),
         )  # fmt: skip
         edges = [
@@ -168,7 +185,7 @@ class Query:
         db = info.context.db
         page = await read_page(
             info, ORDERS, first, min_version,
-            lambda size: orders.order_history(db, customer_id, size, given(after)),
+            lambda size, count: orders.order_history(db, customer_id, size, given(after), count),
         )  # fmt: skip
         return order_connection(page)
 
@@ -183,7 +200,7 @@ class Query:
         db = info.context.db
         page = await read_page(
             info, ORDERS, first, min_version,
-            lambda size: orders.shipping_queue(db, size, given(after)),
+            lambda size, count: orders.shipping_queue(db, size, given(after), count),
         )  # fmt: skip
         return order_connection(page)
 
@@ -221,7 +238,7 @@ class Query:
         db = info.context.db
         page = await read_page(
             info, AUDIT_TRAIL, first, min_version,
-            lambda size: audit.audit_trail(db, aggregate_id, size, given(after)),
+            lambda size, _: audit.audit_trail(db, aggregate_id, size, given(after)),
         )  # fmt: skip
         return EventConnection(
             edges=[

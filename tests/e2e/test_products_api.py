@@ -60,6 +60,15 @@ async def test_a_write_is_readable_at_its_version_at_once(client: Client) -> Non
         {"v": created["version"]},
     )
     assert listed["products"]["totalCount"] == 1
+    # totalCount is counted only when selected, found through fragments too
+    through_fragments = await client.data(
+        "query($v: Version) { products(minVersion: $v) { ...Counted } "
+        'orderHistory(customerId: "nobody") { ... on OrderConnection { totalCount } } } '
+        "fragment Counted on ProductConnection { pageInfo { hasNextPage } totalCount }",
+        {"v": created["version"]},
+    )
+    assert through_fragments["products"]["totalCount"] == 1
+    assert through_fragments["orderHistory"] == {"totalCount": 0}
 
 
 async def test_the_min_version_header_applies_to_every_field(client: Client) -> None:
