@@ -130,6 +130,7 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
                 batch_size=settings.shop_relay_batch_size,
                 poll_interval=settings.shop_relay_poll_interval,
                 write_chunk=read_store.write_chunk,
+                check_versions=read_store.is_ferretdb,
             )
             await relay.setup()
             services.relay = relay

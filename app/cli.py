@@ -174,6 +174,7 @@ def rebuild_command(
                     result = await rebuild(
                         engine, client[settings.mongodb_database], chosen, report=report,
                         write_chunk=store.write_chunk, prepared=index_embedded,
+                        check_versions=store.is_ferretdb,
                     )  # fmt: skip
             finally:
                 await client.close()

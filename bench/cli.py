@@ -146,12 +146,12 @@ async def in_process_read_measures(
         if "P6" in chosen:
             await attempt(
                 "P6: relay from zero, and raw upserts",
-                measures.p6_relay(stores, store.client, store.write_chunk),
+                measures.p6_relay(stores, store),
             )
         if "P8" in chosen:
             await attempt(
                 "P8: PyMongo async and Motor",
-                measures.p8_drivers(stores, mongodb_url, store.write_chunk),
+                measures.p8_drivers(stores, mongodb_url, store),
             )
         if "P5" in chosen:
             await attempt(

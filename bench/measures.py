@@ -16,6 +16,7 @@ import aiosqlite
 import sqlalchemy as sa
 from pymongo import AsyncMongoClient, UpdateOne
 
+from app.bootstrap import ReadStore
 from bench.harness import (
     GraphQLClient,
     NotYetConsistent,
@@ -270,12 +271,16 @@ async def p2_command_bus(stores: Stores, options: Options) -> Row:
     )  # fmt: skip
 
 
-async def p6_relay(stores: Stores, mongo: AsyncMongoClient[dict[str, Any]], chunk: int) -> Row:
+async def p6_relay(stores: Stores, store: ReadStore) -> Row:
     """All projections over the seeded outbox, from zero ÷ as many raw bulk upserts by _id."""
+    mongo, chunk = store.client, store.write_chunk
     engine = create_engine(stores.database_url)
     db = mongo["bench_p6"]
     await mongo.drop_database(db)
-    relay = Relay(engine, db, all_projections(), Progress(), write_chunk=chunk, lease=Lease(db))
+    relay = Relay(
+        engine, db, all_projections(), Progress(), write_chunk=chunk, lease=Lease(db),
+        check_versions=store.is_ferretdb,
+    )  # fmt: skip
     await relay.setup()
     await stores.index_ids()
     started = time.perf_counter()
@@ -305,7 +310,7 @@ async def p6_relay(stores: Stores, mongo: AsyncMongoClient[dict[str, Any]], chun
     )  # fmt: skip
 
 
-async def p8_drivers(stores: Stores, mongodb_url: str, chunk: int) -> Row:
+async def p8_drivers(stores: Stores, mongodb_url: str, store: ReadStore) -> Row:
     """The projections' writes for the seeded outbox through PyMongo async ÷ through Motor."""
     from motor.motor_asyncio import AsyncIOMotorClient
 
@@ -320,7 +325,7 @@ async def p8_drivers(stores: Stores, mongodb_url: str, chunk: int) -> Row:
     motor_client: Any = AsyncIOMotorClient(mongodb_url)
     seconds: dict[str, list[float]] = {"pymongo": [], "motor": []}
     try:
-        for round_ in range(2):
+        for round_ in range(3):
             for name, client in (("motor", motor_client), ("pymongo", pymongo_client)):
                 database = f"bench_p8_{name}"
                 await client.drop_database(database)
@@ -328,7 +333,10 @@ async def p8_drivers(stores: Stores, mongodb_url: str, chunk: int) -> Row:
                     await prepare_collections(pymongo_client[database], projection)
                 await stores.index_ids()
                 started = time.perf_counter()
-                await apply_writes(client[database], writes, chunk)
+                await apply_writes(
+                    client[database], writes, store.write_chunk,
+                    check_versions=store.is_ferretdb,
+                )  # fmt: skip
                 seconds[name].append(time.perf_counter() - started)
                 await client.drop_database(database)
                 progress(f"P8 round {round_ + 1}: {name} {seconds[name][-1]:.2f} s")

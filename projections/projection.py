@@ -28,6 +28,8 @@ class Write:
     """For a guarded update: the event position it must be newer than."""
     update: dict[str, Any] | None = None
     """For a guarded update: its update document (for :func:`coalesce`)."""
+    document: dict[str, Any] | None = None
+    """For an insert: the document it creates."""
 
 
 class Projection(Protocol):
@@ -138,4 +140,5 @@ def insert_once(collection: str, key: Any, document: dict[str, Any]) -> Write:
     A plain insert, not an upsert: the relay ignores duplicate-key errors, and an
     insert never has to find the document first (FerretDB scans for that).
     """
-    return Write(collection, InsertOne({"_id": key, **document}), key)
+    document = {"_id": key, **document}
+    return Write(collection, InsertOne(document), key, document=document)

@@ -62,6 +62,7 @@ async def rebuild(
     batch_size: int = 1000,
     write_chunk: int = 1000,
     prepared: Callable[[], Awaitable[object]] | None = None,
+    check_versions: bool = False,
 ) -> RebuildResult:
     """Rebuilds ``projections`` and swaps them in; ``report(applied, head)`` shows progress.
 
@@ -78,6 +79,7 @@ async def rebuild(
         relay = Relay(
             engine, db, projections, Progress(),
             batch_size=batch_size, write_chunk=write_chunk, suffix=SUFFIX,
+            check_versions=check_versions,
         )  # fmt: skip
         await relay.setup()
         if prepared is not None:

@@ -23,6 +23,7 @@ from app.ferretdb import EmbeddedFerretDB, ensure_binary, free_port
 from app.settings import Settings
 from domain.bus import CommandBus
 from domain.store import create_engine, create_schema
+from projections.relay import Relay
 
 
 @pytest.fixture(scope="session")
@@ -141,3 +142,13 @@ async def eventually(
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {within}s (last: {result!r})")
         await asyncio.sleep(interval)
+
+
+@pytest.fixture(params=["guard-in-filter", "guard-in-relay"])
+def guard_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Runs a relay test with both ways of applying version guards (see Relay.check_versions):
+    in the update's filter (MongoDB) and decided by the relay (FerretDB)."""
+    check = request.param == "guard-in-relay"
+    defaults = dict(Relay.__init__.__kwdefaults__ or {})
+    monkeypatch.setattr(Relay.__init__, "__kwdefaults__", {**defaults, "check_versions": check})
+    return check

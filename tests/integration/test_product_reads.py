@@ -27,6 +27,8 @@ CATALOGUE = [
     ("CAP-1", "Cap", "clothing", 500, 0),
 ]
 
+pytestmark = pytest.mark.usefixtures("guard_mode")
+
 
 @pytest.fixture
 async def shop(bus: CommandBus, engine: AsyncEngine, db: Db) -> dict[str, str]:

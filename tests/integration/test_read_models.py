@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -31,6 +32,8 @@ from projections import orders as order_views
 from tests.integration.shop import Shop, snapshot
 
 Db = AsyncDatabase[dict[str, Any]]
+
+pytestmark = pytest.mark.usefixtures("guard_mode")
 
 
 async def test_customer_figures_count_orders_that_are_not_cancelled(

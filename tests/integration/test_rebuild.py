@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from typing import Any
 
+import pytest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -26,6 +27,8 @@ from projections.relay import Relay
 from tests.integration.shop import Shop, snapshot
 
 Db = AsyncDatabase[dict[str, Any]]
+
+pytestmark = pytest.mark.usefixtures("guard_mode")
 
 
 async def some_business(shop: Shop, tag: str) -> None:

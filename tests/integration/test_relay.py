@@ -27,6 +27,8 @@ from projections.relay import Relay
 
 Db = AsyncDatabase[dict[str, Any]]
 
+pytestmark = pytest.mark.usefixtures("guard_mode")
+
 
 def make_relay(engine: AsyncEngine, db: Db, **options: Any) -> Relay:
     options.setdefault("write_chunk", 32)
@@ -149,9 +151,11 @@ async def test_a_batch_cut_half_way_is_replayed_event_by_event(
     await checkpoints.announce_merged(db, "products", 1)  # a crash before: no merging at 1
     real_apply = relay_module.apply_writes
 
-    async def dies_after_three(db_: Any, writes: list[Any], chunk: int, suffix: str = "") -> None:
+    async def dies_after_three(
+        db_: Any, writes: list[Any], chunk: int, suffix: str = "", **options: Any
+    ) -> None:
         for write in writes[:3]:
-            await real_apply(db_, [write], 1, suffix)
+            await real_apply(db_, [write], 1, suffix, **options)
         raise Crash
 
     dying = make_relay(engine, db)
