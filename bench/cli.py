@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import platform
 import resource
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +23,7 @@ from rich.table import Table
 from app.bootstrap import connect_read_store
 from app.seed import seed
 from app.settings import Settings
-from bench import measures
+from bench import measures, profile
 from bench.harness import ROOT, GraphQLClient, Row, ServerProcess, Stores, progress
 from domain.bus import CommandBus
 from domain.commands import RestockProduct
@@ -44,6 +45,9 @@ def bench(
     ),
     seconds: Annotated[float | None, typer.Option(help="Seconds per closed-loop run.")] = None,
     history_orders: Annotated[int | None, typer.Option(help="Orders for P5.")] = None,
+    profile: Annotated[
+        bool, typer.Option(help="Sample the server with py-spy during P1 and P4.")
+    ] = False,
 ) -> None:
     """Runs each measure next to its baseline in one run and prints the ratios."""
     chosen = [m.strip().upper() for m in only.split(",") if m.strip()]
@@ -68,7 +72,7 @@ def bench(
     started = time.monotonic()
     folder.mkdir(parents=True)
     stores = Stores(folder, settings.cache_dir, settings.mongodb_url)
-    rows = asyncio.run(run(stores, options, chosen))
+    rows = asyncio.run(run(stores, options, chosen, output.parent if profile else None))
     render(rows)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(
@@ -87,7 +91,9 @@ def bench(
     typer.echo(f"written to {output}")
 
 
-async def run(stores: Stores, options: measures.Options, chosen: list[str]) -> list[Row]:
+async def run(
+    stores: Stores, options: measures.Options, chosen: list[str], profiles: Path | None = None
+) -> list[Row]:
     rows: list[Row] = []
 
     def record(row: Row) -> None:
@@ -116,12 +122,16 @@ async def run(stores: Stores, options: measures.Options, chosen: list[str]) -> l
             await caught_up(server, version)
             shop = measures.Shop(stores, server, options, products, customers, version)
             if "P1" in chosen:
-                await attempt("P1: placeOrder and no-op mutations", measures.p1_place_order(shop))
+                with sampled(server, profiles, "P1", options):
+                    await attempt(
+                        "P1: placeOrder and no-op mutations", measures.p1_place_order(shop)
+                    )
                 shop.results["P1"] = rows[-1]
             if "P3" in chosen and rows[-1].measured > 0:
                 await attempt("P3: lag at half of P1's rate", measures.p3_lag(shop))
             if "P4" in chosen:
-                await attempt("P4: product and no-op queries", measures.p4_product_query(shop))
+                with sampled(server, profiles, "P4", options):
+                    await attempt("P4: product and no-op queries", measures.p4_product_query(shop))
             if "P7" in chosen:
                 for subscribers in options.subscribers:
                     await attempt(
@@ -199,6 +209,27 @@ async def caught_up(server: ServerProcess, version: int) -> None:
             if time.monotonic() > deadline:
                 raise RuntimeError("the relay did not catch up within 10 minutes")
             await asyncio.sleep(1)
+
+
+@contextlib.contextmanager
+def sampled(
+    server: ServerProcess, folder: Path | None, name: str, options: measures.Options
+) -> Iterator[None]:
+    """Samples the server during the first closed loop of a measure (warm-up included)."""
+    if folder is None or server.process is None:
+        yield
+        return
+    output = folder / f"profile-{name}.txt"
+    sampler = profile.start(server.process.pid, 1 + options.seconds, output)
+    try:
+        yield
+    finally:
+        if sampler is not None:
+            sampler.wait(60)
+            progress(f"{name} server profile: {output}")
+            for package, share in profile.summarize(output).items():
+                progress(f"  {package:<14} self {share['self']:5.1f}%  "
+                         f"inclusive {share['inclusive']:5.1f}%")  # fmt: skip
 
 
 def render(rows: list[Row]) -> None:
