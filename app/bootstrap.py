@@ -120,6 +120,7 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
             progress=(progress := Progress()),
             feeds=Feeds(progress),
         )
+        stack.callback(services.bus.close)
         stack.push_async_callback(_cancel, services.tasks)
         if role in (Role.ALL, Role.RELAY):
             relay = Relay(

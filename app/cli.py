@@ -116,15 +116,17 @@ def seed_command(
 
     async def go() -> None:
         engine = create_engine(settings.write_store_url)
+        bus = CommandBus(engine)
         try:
             await create_schema(engine)
             with _progress() as progress:
                 task = progress.add_task("seeding", total=products + customers + orders)
                 counts = await run_seed(
-                    CommandBus(engine), products=products, customers=customers, orders=orders,
+                    bus, products=products, customers=customers, orders=orders,
                     seed=seed, step=lambda: progress.advance(task),
                 )  # fmt: skip
         finally:
+            bus.close()
             await engine.dispose()
         typer.echo(
             f"created {counts.products} products, {counts.customers} customers, "

@@ -191,6 +191,7 @@ async def seed_shop(stores: Stores, options: measures.Options) -> tuple[list[str
         for product in products:
             outcome = await bus.execute(RestockProduct(product, 1_000_000))
             version = max(version, outcome.version or 0)
+        bus.close()
     finally:
         await engine.dispose()
     return products, customers, version

@@ -240,6 +240,7 @@ async def p2_command_bus(stores: Stores, options: Options) -> Row:
 
     await asyncio.gather(*(caller() for _ in range(options.concurrency)))
     bus_rate = n / (time.perf_counter() - started)
+    bus.close()
     await engine.dispose()
 
     async with aiosqlite.connect(raw_path, isolation_level=None) as db:

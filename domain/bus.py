@@ -18,6 +18,7 @@ from domain.errors import DomainError, IdempotencyKeyReused, ValidationFailed
 from domain.handlers import HANDLERS, Handler
 from domain.idempotency import CommandOutcome
 from domain.uow import UnitOfWork, utcnow
+from domain.writer import Transactions
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,11 @@ class CommandBus:
         self._listeners: list[Callable[[int], None]] = []
         self._pending: list[_Request] = []
         self._writer: asyncio.Task[None] | None = None
+        self._transactions = Transactions(engine, clock)
+
+    def close(self) -> None:
+        """Stops the SQLite writer thread, if any (it holds one connection)."""
+        self._transactions.close()
 
     def on_commit(self, listener: Callable[[int], None]) -> None:
         """Calls ``listener(position)`` after every commit that wrote events."""
@@ -126,24 +132,8 @@ class CommandBus:
         if len(group) == 1:
             await self._settle(group[0], self._execute_alone)
             return
-        results: list[tuple[_Request, CommandOutcome | DomainError]] = []
-        written: int | None = None
         try:
-            async with UnitOfWork(self.engine, self.clock) as uow:
-                for request in group:
-                    uow.next_command(request.metadata)
-                    try:
-                        outcome, position = await self._run(
-                            request.command, request.handler, request.key, uow
-                        )
-                    except DomainError as error:
-                        if uow.wrote:
-                            raise _BatchAborted from error
-                        results.append((request, error))
-                        continue
-                    results.append((request, outcome))
-                    written = position if position is not None else written
-                await uow.commit()
+            results, written = await self._transactions.run(lambda uow: self._run_group(uow, group))
         except Exception as error:  # a write undone, a lost race, a fault: one by one
             log.info("a group of %d commands runs again one by one (%r)", len(group), error)
             for request in group:
@@ -157,6 +147,27 @@ class CommandBus:
                 request.future.set_exception(result)
             else:
                 request.future.set_result(result)
+
+    async def _run_group(
+        self, uow: UnitOfWork, group: list[_Request]
+    ) -> tuple[list[tuple[_Request, CommandOutcome | DomainError]], int | None]:
+        """Runs the group's commands one after another in ``uow``'s transaction."""
+        results: list[tuple[_Request, CommandOutcome | DomainError]] = []
+        written: int | None = None
+        for request in group:
+            uow.next_command(request.metadata)
+            try:
+                outcome, position = await self._run(
+                    request.command, request.handler, request.key, uow
+                )
+            except DomainError as error:
+                if uow.wrote:
+                    raise _BatchAborted from error
+                results.append((request, error))
+                continue
+            results.append((request, outcome))
+            written = position if position is not None else written
+        return results, written
 
     async def _settle(
         self,
@@ -196,10 +207,11 @@ class CommandBus:
         key: str | None,
         metadata: dict[str, Any] | None,
     ) -> CommandOutcome:
-        async with UnitOfWork(self.engine, self.clock) as uow:
+        async def work(uow: UnitOfWork) -> tuple[CommandOutcome, int | None]:
             uow.next_command(metadata)
-            outcome, written = await self._run(command, handler, key, uow)
-            await uow.commit()
+            return await self._run(command, handler, key, uow)
+
+        outcome, written = await self._transactions.run(work)
         self._notify(written)
         return outcome
 

@@ -26,6 +26,16 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     return engine
 
 
+def create_sync_engine(url: sa.URL | str) -> sa.Engine:
+    """A plain ``sqlite3`` engine on the same file and settings, for the writer thread
+    (see ``domain.writer``)."""
+    sync_url = sa.make_url(url).set(drivername="sqlite")
+    engine = sa.create_engine(sync_url, connect_args={"check_same_thread": False})
+    sa.event.listen(engine, "connect", _configure_sqlite)
+    sa.event.listen(engine, "begin", _begin)
+    return engine
+
+
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     # Let SQLAlchemy's "begin" event, not the driver, open transactions.
     dbapi_connection.isolation_level = None

@@ -55,6 +55,14 @@ class UnitOfWork:
         self.next_command()
         return self
 
+    @classmethod
+    def bound(cls, conn: AsyncConnection, clock: Callable[[], datetime] = utcnow) -> UnitOfWork:
+        """A unit of work on a connection whose transaction its caller opens and ends."""
+        uow = cls.__new__(cls)
+        uow.clock, uow.metadata, uow.conn, uow._committed = clock, {}, conn, False
+        uow.next_command()
+        return uow
+
     def next_command(self, metadata: dict[str, Any] | None = None) -> None:
         """Starts the next command in this transaction: empty identity maps, a new ``now``."""
         self.now = self.clock()

@@ -125,8 +125,10 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture
-def bus(engine: AsyncEngine) -> CommandBus:
-    return CommandBus(engine)
+def bus(engine: AsyncEngine) -> Iterator[CommandBus]:
+    bus = CommandBus(engine)
+    yield bus
+    bus.close()
 
 
 async def eventually(
