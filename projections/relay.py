@@ -73,25 +73,40 @@ async def _insert_new(collection: Any, inserts: list[MongoWrite]) -> None:
 
 
 async def apply_writes(
-    db: Any, writes: list[Write], chunk: int, suffix: str = "", *, check_versions: bool = False
+    db: Any,
+    writes: list[Write],
+    chunk: int,
+    suffix: str = "",
+    *,
+    check_versions: bool = False,
+    known: VersionCache | None = None,
 ) -> None:
     """Per collection, in order: runs of inserts unordered, updates ordered, in chunks.
 
     ``check_versions``: decide the version guards here instead of in the filter
-    (see :func:`_checked`). ``db`` is a PyMongo async database (or, in the driver
-    benchmark, Motor's).
+    (see :func:`_checked`), with ``known`` versions from earlier batches. ``db`` is a
+    PyMongo async database (or, in the driver benchmark, Motor's).
     """
+    known = known if known is not None else VersionCache()
     by_collection: dict[str, list[Write]] = {}
     for write in writes:
         by_collection.setdefault(write.collection + suffix, []).append(write)
     for name, collection_writes in by_collection.items():
         collection = db[name]
         for segment in _segments(collection_writes):
-            if check_versions:
-                operations = await _checked(collection, segment)
+            if not check_versions:
+                await _send(collection, [write.operation for write in segment], chunk)
+                continue
+            operations, versions = await _checked(collection, segment, known.of(name))
+            try:
+                await _send(collection, operations, chunk)
+            except BaseException:
+                known.forget(name)  # some of these writes may have landed, some not
+                raise
+            if segment[-1].key is None:
+                known.forget(name)  # it may have changed any document's version
             else:
-                operations = [write.operation for write in segment]
-            await _send(collection, operations, chunk)
+                known.remember(name, versions)
 
 
 def _segments(writes: list[Write]) -> list[list[Write]]:
@@ -119,7 +134,40 @@ _MISSING = object()
 VERSION_READS = 16
 
 
-async def _checked(collection: Any, writes: list[Write]) -> list[MongoWrite]:
+class VersionCache:
+    """The versions of documents this relay wrote itself, per collection (bounded).
+
+    Valid only while the relay is the one writer: it is cleared when the lease is
+    (re)taken, after a failed write, and for a collection after an update of many
+    documents.
+    """
+
+    def __init__(self, size: int = 100_000) -> None:
+        self.size = size
+        self._versions: dict[str, dict[Any, Any]] = {}
+
+    def of(self, collection: str) -> dict[Any, Any]:
+        return self._versions.get(collection, {})
+
+    def remember(self, collection: str, versions: dict[Any, Any]) -> None:
+        cached = self._versions.setdefault(collection, {})
+        for key, version in versions.items():
+            cached.pop(key, None)  # re-inserted at the end: the newest are kept
+            if version is not _MISSING:
+                cached[key] = version
+        while len(cached) > self.size:
+            del cached[next(iter(cached))]
+
+    def forget(self, collection: str) -> None:
+        self._versions.pop(collection, None)
+
+    def clear(self) -> None:
+        self._versions.clear()
+
+
+async def _checked(
+    collection: Any, writes: list[Write], known: dict[Any, Any]
+) -> tuple[list[MongoWrite], dict[Any, Any]]:
     """The writes with their version guards decided here: ``_id``-only filters.
 
     FerretDB 1.24 cannot look a document up by ``_id`` and ``version`` together: it
@@ -139,6 +187,7 @@ async def _checked(collection: Any, writes: list[Write]) -> list[MongoWrite]:
         return key, _MISSING if document is None else document.get("version")
 
     versions = dict(await asyncio.gather(*(version_of(key) for key in keys)))
+    versions.update({w.key: known[w.key] for w in writes if w.key in known})
     operations: list[MongoWrite] = []
     for write in writes:
         if write.document is not None:  # an insert: it creates the document if missing
@@ -153,7 +202,7 @@ async def _checked(collection: Any, writes: list[Write]) -> list[MongoWrite]:
             versions[write.key] = write.update["$set"]["version"]
         else:
             operations.append(write.operation)
-    return operations
+    return operations, versions
 
 
 class Relay:
@@ -188,6 +237,7 @@ class Relay:
         self.write_chunk = write_chunk
         # FerretDB: version guards decided by the relay (see _checked), not in the filter.
         self.check_versions = check_versions
+        self.known = VersionCache()
         self.lease = lease or Lease(db)
         # A rebuild writes into "<collection><suffix>" under "<projection><suffix>" checkpoints.
         self.suffix = suffix
@@ -212,7 +262,12 @@ class Relay:
         await self.load_positions()
 
     async def load_positions(self) -> None:
-        """Takes each projection's position from its stored checkpoint."""
+        """Takes each projection's position from its stored checkpoint.
+
+        Called whenever this relay (re)gains the lease: someone else may have written
+        meanwhile, so the versions it remembered are dropped too.
+        """
+        self.known.clear()
         stored = await checkpoints.load_all(self.db)
         for projection in self.projections:
             checkpoint = stored.get(projection.name + self.suffix)
@@ -292,8 +347,9 @@ class Relay:
                 writes = merged
             self.merged_until[projection.name] = position
         await apply_writes(
-            self.db, writes, self.write_chunk, self.suffix, check_versions=self.check_versions
-        )
+            self.db, writes, self.write_chunk, self.suffix,
+            check_versions=self.check_versions, known=self.known,
+        )  # fmt: skip
         await self.save_checkpoint(projection.name, position)
         self.positions[projection.name] = position
         keys = None if any(w.key is None for w in writes) else {w.key for w in writes}

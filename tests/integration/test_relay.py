@@ -175,6 +175,34 @@ async def test_a_batch_cut_half_way_is_replayed_event_by_event(
     assert (doc["stockOnHand"], doc["stockAvailable"], doc["version"]) == (8, 8, 5)
 
 
+async def test_a_failed_batch_is_retried_against_the_documents_not_remembered_versions(
+    bus: CommandBus, engine: AsyncEngine, db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first of two restocks reaches Mongo, the second fails: the retry must see
+    that the first landed, whatever versions the relay remembered from before."""
+    first, second = await create(bus, "MUG-1", stock=0), await create(bus, "MUG-2", stock=0)
+    for product in (first, second):
+        await bus.execute(RestockProduct(product, 1))
+    relay = make_relay(engine, db, write_chunk=1)
+    await relay.setup()
+    await relay.run_once()  # versions 3 and 4: known to a relay that checks them itself
+    await bus.execute(RestockProduct(first, 2))
+    await bus.execute(RestockProduct(second, 3))
+    real_send = relay_module._send
+
+    async def first_only(collection: Any, operations: list[Any], chunk: int) -> None:
+        await real_send(collection, operations[:1], chunk)
+        raise Crash
+
+    monkeypatch.setattr(relay_module, "_send", first_only)
+    with pytest.raises(Crash):
+        await relay.run_once()
+    monkeypatch.setattr(relay_module, "_send", real_send)
+    await relay.run_once()
+    stock = {d["_id"]: (d["stockOnHand"], d["version"]) for d in await documents(db)}
+    assert stock == {first: (3, 5), second: (4, 6)}
+
+
 async def test_a_restarted_relay_resumes_from_its_checkpoint(
     bus: CommandBus, engine: AsyncEngine, db: Db
 ) -> None:
