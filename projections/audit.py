@@ -19,6 +19,8 @@ Db = AsyncDatabase[dict[str, Any]]
 
 class AuditTrailProjection:
     name = "audit_trail"
+    keeps_recent = True
+    """The relay hands the documents it writes to ``Progress.recent_events``."""
     indexes: dict[str, Sequence[IndexModel]] = {
         COLLECTION: [
             IndexModel([("aggregateId", ASCENDING), ("_id", ASCENDING)]),

@@ -18,6 +18,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from projections import checkpoints
+from projections.recent import RecentEvents
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ class Progress:
         self._waiting = 0
         self.demand = asyncio.Event()
         """Set when someone starts waiting or watching, so a follower looks at once."""
+        self.recent_events = RecentEvents()
+        """The audit documents the relay in this process wrote last (see projections.recent)."""
 
     def position(self, projection: str) -> int:
         return self._positions.get(projection, 0)

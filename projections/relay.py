@@ -268,6 +268,7 @@ class Relay:
         meanwhile, so the versions it remembered are dropped too.
         """
         self.known.clear()
+        self.progress.recent_events.clear()
         stored = await checkpoints.load_all(self.db)
         for projection in self.projections:
             checkpoint = stored.get(projection.name + self.suffix)
@@ -352,6 +353,8 @@ class Relay:
         )  # fmt: skip
         await self.save_checkpoint(projection.name, position)
         self.positions[projection.name] = position
+        if getattr(projection, "keeps_recent", False) and not self.suffix:
+            self.progress.recent_events.add(w.document for w in writes if w.document is not None)
         keys = None if any(w.key is None for w in writes) else {w.key for w in writes}
         self.progress.advance(projection.name, position, keys)
 

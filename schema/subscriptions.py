@@ -91,14 +91,17 @@ class Subscription:
         types: list[str] | None = strawberry.UNSET,
     ) -> AsyncGenerator[DomainEvent, None]:
         """Reads only up to the audit trail's checkpoint: everything below it is written,
-        so nothing is skipped, and it never reads a position twice."""
+        so nothing is skipped, and it never reads a position twice. Recent events come
+        from the local relay's buffer when it holds them all (projections.recent)."""
         progress, db = info.context.progress, info.context.db
         wanted = given(types)
         last = after_version or 0
         while True:
             up_to = progress.position(AUDIT_TRAIL)
             if up_to > last:
-                batch = await audit.events_between(db, last, up_to, wanted, EVENT_BATCH)
+                batch = progress.recent_events.between(last, up_to, wanted, EVENT_BATCH)
+                if batch is None:
+                    batch = await audit.events_between(db, last, up_to, wanted, EVENT_BATCH)
                 for document in batch:
                     yield DomainEvent.from_document(document)
                 last = batch[-1]["_id"] if len(batch) == EVENT_BATCH else up_to
