@@ -166,7 +166,7 @@ async def in_process_read_measures(
         if "P5" in chosen:
             await attempt(
                 f"P5: orderHistory at {options.history_orders:,} orders",
-                measures.p5_order_history(stores, store.client, options),
+                measures.p5_order_history(stores, store, options),
             )
     finally:
         await store.client.close()

@@ -119,14 +119,6 @@ async def _page(
     )
 
 
-async def order_history(
-    db: Db, customer_id: str, first: int, after: str | None, count: bool = True
-) -> Page:
-    """A customer's orders, newest first; ``count``: also count them all."""
-    query = {"customerId": customer_id}
-    return await _page(db, query, DESCENDING, "history", first, after, count)
-
-
 async def shipping_queue(db: Db, first: int, after: str | None, count: bool = True) -> Page:
     """PLACED orders, oldest first; ``count``: also count them all."""
     return await _page(db, {"status": "PLACED"}, ASCENDING, "shipping", first, after, count)

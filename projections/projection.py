@@ -73,9 +73,10 @@ def coalesce(writes: Sequence[Write]) -> list[Write]:
     half-way can leave behind: the relay merges only above the positions such a
     batch may have reached (``checkpoints.announce_merged``).
 
-    Only ``$set`` and ``$inc`` merge; anything else touching the document (an insert,
-    an update of many documents) ends the run. Each merged update keeps the place of
-    the first one it absorbed, which keeps every document's own order of writes.
+    Only ``$set``, ``$inc`` and ``$push`` (with ``$each``) merge; anything else
+    touching the document (an insert, an update of many documents) ends the run.
+    Each merged update keeps the place of the first one it absorbed, which keeps
+    every document's own order of writes.
     """
     merged: list[Write] = []
     open_runs: dict[tuple[str, Any], int] = {}
@@ -101,16 +102,21 @@ def _merge(first: Write, then: Write) -> Write | None:
     assert first.update is not None
     assert then.update is not None
     assert first.guard is not None
-    if not {*first.update, *then.update} <= {"$set", "$inc"}:
+    if not {*first.update, *then.update} <= {"$set", "$inc", "$push"}:
         return None
     sets, incs = dict(first.update.get("$set", {})), dict(first.update.get("$inc", {}))
+    pushes: dict[str, list[Any]] = {}
+    for path, value in first.update.get("$push", {}).items():
+        if (items := _each(value)) is None:
+            return None
+        pushes[path] = items
     for path, value in then.update.get("$set", {}).items():
-        if _overlaps(path, sets, incs):
+        if path in pushes or _overlaps(path, sets, incs, pushes):
             return None
         incs.pop(path, None)  # a later $set wins over an earlier $inc
         sets[path] = value
     for path, amount in then.update.get("$inc", {}).items():
-        if _overlaps(path, sets, incs):
+        if path in pushes or _overlaps(path, sets, incs, pushes):
             return None
         if path in sets:
             if not isinstance(sets[path], int | float) or isinstance(sets[path], bool):
@@ -118,11 +124,25 @@ def _merge(first: Write, then: Write) -> Write | None:
             sets[path] += amount
         else:
             incs[path] = incs.get(path, 0) + amount
+    for path, value in then.update.get("$push", {}).items():
+        items = _each(value)
+        if items is None or path in sets or path in incs or _overlaps(path, sets, incs, pushes):
+            return None
+        pushes[path] = [*pushes.get(path, []), *items]
     update: dict[str, Any] = {"$set": sets}
     if incs:
         update["$inc"] = incs
+    if pushes:
+        update["$push"] = {path: {"$each": items} for path, items in pushes.items()}
     operation = _guarded_update(first.key, first.guard, update)
     return Write(first.collection, operation, first.key, first.guard, update)
+
+
+def _each(value: Any) -> list[Any] | None:
+    """The items of a ``$push`` given as ``{"$each": [...]}`` alone; None for other forms."""
+    if isinstance(value, dict) and set(value) == {"$each"} and isinstance(value["$each"], list):
+        return list(value["$each"])
+    return None
 
 
 def _overlaps(path: str, *taken: dict[str, Any]) -> bool:

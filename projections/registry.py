@@ -5,6 +5,7 @@ from __future__ import annotations
 from projections.audit import AuditTrailProjection
 from projections.customers import CustomersProjection
 from projections.dashboard import DashboardProjection
+from projections.history import OrderHistoryProjection
 from projections.orders import OrdersProjection
 from projections.products import ProductsProjection
 from projections.projection import Projection
@@ -16,6 +17,7 @@ def all_projections() -> list[Projection]:
         ProductsProjection(),
         CustomersProjection(),
         OrdersProjection(),
+        OrderHistoryProjection(),
         ProductSalesProjection(),
         DashboardProjection(),
         AuditTrailProjection(),

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import strawberry
 from strawberry.types.nodes import SelectedField, Selection
 
-from projections import audit, checkpoints, customers, dashboard, lease, orders, sales
+from projections import audit, checkpoints, customers, dashboard, history, lease, orders, sales
 from projections import products as product_views
 from projections.paging import InvalidCursor, Page
 from projections.registry import all_projections
@@ -37,6 +37,7 @@ from schema.types import (
 PRODUCTS = "products"
 CUSTOMERS = "customers"
 ORDERS = "orders"
+ORDER_HISTORY = "order_history"
 PRODUCT_SALES = "product_sales"
 DASHBOARD = "dashboard"
 AUDIT_TRAIL = "audit_trail"
@@ -182,10 +183,13 @@ class Query:
         after: str | None = strawberry.UNSET,
         min_version: Version | None = strawberry.UNSET,
     ) -> OrderConnection:
-        db = info.context.db
+        db, progress = info.context.db, info.context.progress
+        await wait_for(info, ORDER_HISTORY, given(min_version))
         page = await read_page(
             info, ORDERS, first, min_version,
-            lambda size, count: orders.order_history(db, customer_id, size, given(after), count),
+            lambda size, count: history.order_history(
+                db, customer_id, size, given(after), progress.position(ORDERS), count
+            ),
         )  # fmt: skip
         return order_connection(page)
 

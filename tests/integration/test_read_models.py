@@ -27,7 +27,7 @@ from domain.commands import (
 from domain.errors import DomainError
 from domain.model import order_lines, orders, products
 from domain.store import create_engine, create_schema
-from projections import audit, customers, dashboard, sales
+from projections import audit, customers, dashboard, history, sales
 from projections import orders as order_views
 from tests.integration.shop import Shop, snapshot
 
@@ -50,6 +50,36 @@ async def test_customer_figures_count_orders_that_are_not_cancelled(
     assert (document["orderCount"], document["lifetimeValueCents"]) == (1, 1250)
 
 
+async def test_order_history_pages_newest_first_up_to_what_the_orders_model_holds(
+    engine: AsyncEngine, db: Db
+) -> None:
+    shop = Shop(engine, db)
+    mug, ada, bob = (
+        await shop.product("MUG", stock=100),
+        await shop.customer(),
+        await shop.customer("Bob"),
+    )
+    placed = [await shop.order(ada if n % 3 else bob, (mug, 1)) for n in range(1, 25)]
+    await shop.sync()
+    ada_orders = [o for n, o in enumerate(placed, 1) if n % 3][::-1]
+    seen, after, pages = [], None, 0
+    while True:
+        page = await history.order_history(db, ada, 5, after, up_to=10**9)
+        assert page.total_count == len(ada_orders) == 16
+        seen += [d["_id"] for d in page.documents]
+        pages += 1
+        if not page.has_next_page:
+            break
+        after = page.cursors[-1]
+    assert (seen, pages) == (ada_orders, 4)
+
+    newest = await order_views.find_order(db, ada_orders[0])
+    assert newest is not None
+    older = await history.order_history(db, ada, 50, None, up_to=newest["placedVersion"] - 1)
+    assert [d["_id"] for d in older.documents] == ada_orders[1:]
+    assert (await history.order_history(db, "nobody", 5, None, up_to=10**9)).total_count == 0
+
+
 async def test_a_rename_reaches_every_order_but_line_names_stay_as_ordered(
     engine: AsyncEngine, db: Db
 ) -> None:
@@ -66,7 +96,7 @@ async def test_a_rename_reaches_every_order_but_line_names_stay_as_ordered(
     await shop.do(RenameCustomer(ada, "Ada Lovelace"))
     later = await shop.order(ada, (mug, 1))
     await shop.sync()
-    page = await order_views.order_history(db, ada, 100, None)
+    page = await history.order_history(db, ada, 100, None, up_to=10**9)
     assert [d["_id"] for d in page.documents] == [later, *reversed(ada_orders)]
     assert {d["customer"]["name"] for d in page.documents} == {"Ada Lovelace"}
     assert [d["lines"][0]["productName"] for d in page.documents] == ["Renamed mug"] + [

@@ -63,3 +63,17 @@ def test_an_insert_or_a_many_document_update_ends_a_run() -> None:
 def test_overlapping_paths_are_not_merged() -> None:
     writes = coalesce([update(1, {"$set": {"a": {"b": 1}}}), update(2, {"$inc": {"a.b": 1}})])
     assert [w.guard for w in writes] == [1, 2]
+
+
+def test_pushes_of_each_lists_append_in_order_and_other_pushes_stay_apart() -> None:
+    [merged] = coalesce([
+        update(1, {"$push": {"orders": {"$each": ["a"]}}}),
+        update(2, {"$push": {"orders": {"$each": ["b", "c"]}}, "$inc": {"n": 1}}),
+    ])  # fmt: skip
+    assert merged.update == {
+        "$set": {"version": 2}, "$inc": {"n": 1}, "$push": {"orders": {"$each": ["a", "b", "c"]}},
+    }  # fmt: skip
+    plain = coalesce([update(1, {"$push": {"orders": "a"}}), update(2, {"$push": {"orders": "b"}})])
+    assert [w.guard for w in plain] == [1, 2]
+    clash = coalesce([update(1, {"$push": {"o": {"$each": [1]}}}), update(2, {"$set": {"o": []}})])
+    assert [w.guard for w in clash] == [1, 2]
