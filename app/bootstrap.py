@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 # See projections.relay.Relay: FerretDB 1.24 deadlocks on 100 updates in one command,
 # and its connection pool is shared with concurrent readers.
 FERRETDB_WRITE_CHUNK = 32
+FERRETDB_CONCURRENT_WRITES = 1
 FERRETDB_MAX_POOL = 32
 MONGODB_WRITE_CHUNK = 1000
 
@@ -45,6 +46,11 @@ class ReadStore:
     @property
     def write_chunk(self) -> int:
         return FERRETDB_WRITE_CHUNK if self.is_ferretdb else MONGODB_WRITE_CHUNK
+
+    @property
+    def concurrent_writes(self) -> int | None:
+        """Bulk writes a relay may have in flight; None: no limit."""
+        return FERRETDB_CONCURRENT_WRITES if self.is_ferretdb else None
 
 
 async def connect_read_store(url: str) -> ReadStore:
@@ -132,6 +138,7 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
                 poll_interval=settings.shop_relay_poll_interval,
                 write_chunk=read_store.write_chunk,
                 check_versions=read_store.is_ferretdb,
+                concurrent_writes=read_store.concurrent_writes,
             )
             await relay.setup()
             services.relay = relay

@@ -177,6 +177,7 @@ def rebuild_command(
                         engine, client[settings.mongodb_database], chosen, report=report,
                         write_chunk=store.write_chunk, prepared=index_embedded,
                         check_versions=store.is_ferretdb,
+                        concurrent_writes=store.concurrent_writes,
                     )  # fmt: skip
             finally:
                 await client.close()

@@ -134,9 +134,13 @@ async def run(
                     await attempt("P4: product and no-op queries", measures.p4_product_query(shop))
             if "P7" in chosen:
                 for subscribers in options.subscribers:
+                    sample = profiles / f"profile-P7-{subscribers}.txt" if profiles else None
                     await attempt(
-                        f"P7: {subscribers} subscribers", measures.p7_fanout(shop, subscribers)
+                        f"P7: {subscribers} subscribers",
+                        measures.p7_fanout(shop, subscribers, sample),
                     )
+                    if sample is not None and sample.exists():
+                        report_profile(f"P7/{subscribers}", sample)
     if not {"P5", "P6", "P8"} & set(chosen):
         return rows
     async with stores.read_store() as mongodb_url:
@@ -227,10 +231,14 @@ def sampled(
     finally:
         if sampler is not None:
             sampler.wait(60)
-            progress(f"{name} server profile: {output}")
-            for package, share in profile.summarize(output).items():
-                progress(f"  {package:<14} self {share['self']:5.1f}%  "
-                         f"inclusive {share['inclusive']:5.1f}%")  # fmt: skip
+            report_profile(name, output)
+
+
+def report_profile(name: str, output: Path) -> None:
+    progress(f"{name} server profile: {output}")
+    for package, share in profile.summarize(output).items():
+        progress(f"  {package:<14} self {share['self']:5.1f}%  "
+                 f"inclusive {share['inclusive']:5.1f}%")  # fmt: skip
 
 
 def render(rows: list[Row]) -> None:

@@ -10,6 +10,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiosqlite
@@ -17,6 +18,7 @@ import sqlalchemy as sa
 from pymongo import AsyncMongoClient, UpdateOne
 
 from app.bootstrap import ReadStore
+from bench import profile
 from bench.harness import (
     GraphQLClient,
     NotYetConsistent,
@@ -183,7 +185,7 @@ async def p4_product_query(shop: Shop) -> Row:
     )  # fmt: skip
 
 
-async def p7_fanout(shop: Shop, subscribers: int) -> Row:
+async def p7_fanout(shop: Shop, subscribers: int, profile_to: Path | None = None) -> Row:
     """``subscribers`` connections watch one product; five restocks; arrival after the send."""
     product = shop.products[0]
     changes = 5
@@ -204,6 +206,9 @@ async def p7_fanout(shop: Shop, subscribers: int) -> Row:
             await asyncio.gather(*(subscribe() for _ in range(min(250, subscribers - start))))
         progress(f"P7: {subscribers} subscribers open")
         per_subscription = (shop.server.rss_bytes() - before) / subscribers
+        sampler = None
+        if profile_to is not None and shop.server.process is not None:
+            sampler = profile.start(shop.server.process.pid, 10, profile_to)
         for _ in range(changes):
             sent = loop.time()
 
@@ -215,6 +220,8 @@ async def p7_fanout(shop: Shop, subscribers: int) -> Row:
             result = await client.post(RESTOCK, {"id": product})
             shop.version = max(shop.version, int(result["restockProduct"]["version"]))
             await asyncio.wait_for(asyncio.gather(*receivers), 60)
+        if sampler is not None:
+            sampler.wait(60)
     s = summary(latencies)
     return Row(
         f"P7/{subscribers}", f"fan-out of one change to {subscribers} subscribers",
@@ -283,7 +290,7 @@ async def p6_relay(stores: Stores, store: ReadStore) -> Row:
     await mongo.drop_database(db)
     relay = Relay(
         engine, db, all_projections(), Progress(), write_chunk=chunk, lease=Lease(db),
-        check_versions=store.is_ferretdb,
+        check_versions=store.is_ferretdb, concurrent_writes=store.concurrent_writes,
     )  # fmt: skip
     await relay.setup()
     await stores.index_ids()

@@ -63,6 +63,7 @@ async def rebuild(
     write_chunk: int = 1000,
     prepared: Callable[[], Awaitable[object]] | None = None,
     check_versions: bool = False,
+    concurrent_writes: int | None = None,
 ) -> RebuildResult:
     """Rebuilds ``projections`` and swaps them in; ``report(applied, head)`` shows progress.
 
@@ -79,7 +80,7 @@ async def rebuild(
         relay = Relay(
             engine, db, projections, Progress(),
             batch_size=batch_size, write_chunk=write_chunk, suffix=SUFFIX,
-            check_versions=check_versions,
+            check_versions=check_versions, concurrent_writes=concurrent_writes,
         )  # fmt: skip
         await relay.setup()
         if prepared is not None:

@@ -80,8 +80,11 @@ async def apply_writes(
     *,
     check_versions: bool = False,
     known: VersionCache | None = None,
+    gate: asyncio.Semaphore | None = None,
 ) -> None:
     """Per collection, in order: runs of inserts unordered, updates ordered, in chunks.
+
+    ``gate`` bounds the bulk writes in flight across concurrent callers (see Relay).
 
     ``check_versions``: decide the version guards here instead of in the filter
     (see :func:`_checked`), with ``known`` versions from earlier batches. ``db`` is a
@@ -95,11 +98,11 @@ async def apply_writes(
         collection = db[name]
         for segment in _segments(collection_writes):
             if not check_versions:
-                await _send(collection, [write.operation for write in segment], chunk)
+                await _send(collection, [write.operation for write in segment], chunk, gate)
                 continue
             operations, versions = await _checked(collection, segment, known.of(name))
             try:
-                await _send(collection, operations, chunk)
+                await _send(collection, operations, chunk, gate)
             except BaseException:
                 known.forget(name)  # some of these writes may have landed, some not
                 raise
@@ -119,15 +122,21 @@ def _segments(writes: list[Write]) -> list[list[Write]]:
     return [segment for segment in segments if segment]
 
 
-async def _send(collection: Any, operations: list[MongoWrite], chunk: int) -> None:
+async def _send(
+    collection: Any,
+    operations: list[MongoWrite],
+    chunk: int,
+    gate: asyncio.Semaphore | None = None,
+) -> None:
     for inserts, run in itertools.groupby(operations, lambda op: isinstance(op, InsertOne)):
         batch = list(run)
         for start in range(0, len(batch), chunk):
             part = batch[start : start + chunk]
-            if inserts:
-                await _insert_new(collection, part)
-            else:
-                await collection.bulk_write(part, ordered=True)
+            async with gate or contextlib.nullcontext():
+                if inserts:
+                    await _insert_new(collection, part)
+                else:
+                    await collection.bulk_write(part, ordered=True)
 
 
 _MISSING = object()
@@ -208,10 +217,13 @@ async def _checked(
 class Relay:
     """Applies outbox events to projections; :meth:`wake` it when a command commits.
 
-    ``write_chunk`` bounds the operations sent in one bulk write. FerretDB 1.24
-    keeps one pooled SQLite connection per update of a command open until the
-    command ends and deadlocks at 100, so FerretDB needs small chunks (the app
-    detects it from ``buildInfo``, see ``app.bootstrap.connect_read_store``).
+    ``write_chunk`` bounds the operations sent in one bulk write, and
+    ``concurrent_writes`` the bulk writes in flight at once (projections are applied
+    side by side). FerretDB 1.24 keeps one pooled SQLite connection per update of a
+    command open until the command ends and deadlocks when its 100 are taken, so
+    FerretDB gets chunks of 32, one at a time per relay: a rebuild's relay may write
+    beside the live one (the app detects FerretDB from ``buildInfo``, see
+    ``app.bootstrap.connect_read_store``).
     """
 
     def __init__(
@@ -227,6 +239,7 @@ class Relay:
         lease: Lease | None = None,
         suffix: str = "",
         check_versions: bool = False,
+        concurrent_writes: int | None = None,
     ) -> None:
         self.engine = engine
         self.db = db
@@ -238,6 +251,7 @@ class Relay:
         # FerretDB: version guards decided by the relay (see _checked), not in the filter.
         self.check_versions = check_versions
         self.known = VersionCache()
+        self.write_gate = asyncio.Semaphore(concurrent_writes) if concurrent_writes else None
         self.lease = lease or Lease(db)
         # A rebuild writes into "<collection><suffix>" under "<projection><suffix>" checkpoints.
         self.suffix = suffix
@@ -349,7 +363,7 @@ class Relay:
             self.merged_until[projection.name] = position
         await apply_writes(
             self.db, writes, self.write_chunk, self.suffix,
-            check_versions=self.check_versions, known=self.known,
+            check_versions=self.check_versions, known=self.known, gate=self.write_gate,
         )  # fmt: skip
         await self.save_checkpoint(projection.name, position)
         self.positions[projection.name] = position

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -23,6 +24,7 @@ from projections import relay as relay_module
 from projections.lease import Lease
 from projections.products import ProductsProjection
 from projections.progress import Progress
+from projections.registry import all_projections
 from projections.relay import Relay
 
 Db = AsyncDatabase[dict[str, Any]]
@@ -257,3 +259,30 @@ async def test_only_one_relay_holds_the_lease(db: Db) -> None:
     assert await first.acquire()  # renewal
     await first.release()
     assert await second.acquire()
+
+
+async def test_a_relay_keeps_its_bulk_writes_in_flight_within_its_limit(
+    bus: CommandBus, engine: AsyncEngine, db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FerretDB deadlocks when concurrent bulk updates hold its 100 SQLite connections;
+    the projections run side by side, but one bulk write at a time goes out."""
+    in_flight, most = 0, 0
+    real_bulk_write = AsyncCollection.bulk_write
+
+    async def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        try:
+            return await real_bulk_write(self, *args, **kwargs)
+        finally:
+            in_flight -= 1
+
+    monkeypatch.setattr(AsyncCollection, "bulk_write", counted)
+    products = [await create(bus, f"SKU-{n}", stock=5) for n in range(40)]
+    for product in products:
+        await bus.execute(RestockProduct(product, 1))
+    relay = Relay(engine, db, all_projections(), Progress(), write_chunk=4, concurrent_writes=1)
+    await relay.setup()
+    assert await relay.run_once() == 80
+    assert most == 1
