@@ -192,8 +192,8 @@ async def test_a_failed_batch_is_retried_against_the_documents_not_remembered_ve
     await bus.execute(RestockProduct(second, 3))
     real_send = relay_module._send
 
-    async def first_only(collection: Any, operations: list[Any], chunk: int) -> None:
-        await real_send(collection, operations[:1], chunk)
+    async def first_only(collection: Any, operations: list[Any], *args: Any) -> None:
+        await real_send(collection, operations[:1], *args)
         raise Crash
 
     monkeypatch.setattr(relay_module, "_send", first_only)
