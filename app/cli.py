@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import uvicorn
@@ -53,18 +53,17 @@ def serve(
             typer.echo(f"role {role} shares the read store with other processes: set MONGODB_URL")
             raise typer.Exit(code=2)
         _ensure_read_store(settings)
-    config = uvicorn.Config(
-        create_app(settings, role),
-        host=host,
-        port=port,
-        log_config=None,
-        ws="websockets-sansio",
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(create_app(settings, role), host, port))
     server.run()
     if not server.started:
         raise typer.Exit(code=3)
+
+
+def uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
+    """How the server runs its ASGI app (the benchmark's server runs the same)."""
+    return uvicorn.Config(
+        app, host=host, port=port, log_config=None, ws="websockets-sansio", lifespan="on"
+    )
 
 
 @cli.command("install-read-store")

@@ -13,6 +13,7 @@ import uvicorn
 
 from app import logging as shop_logging
 from app.asgi import create_app
+from app.cli import uvicorn_config
 from app.settings import Role, Settings
 from schema.build import build_schema
 from schema.mutations import Mutation
@@ -42,10 +43,7 @@ def main() -> None:
     settings = Settings()
     shop_logging.configure(settings.log_level, settings.log_format)
     app = create_app(settings, Role.ALL, build_schema(BenchQuery, BenchMutation))
-    uvicorn.run(
-        app, host="127.0.0.1", port=args.port, log_config=None,
-        ws="websockets-sansio", lifespan="on",
-    )  # fmt: skip
+    uvicorn.Server(uvicorn_config(app, "127.0.0.1", args.port)).run()
 
 
 if __name__ == "__main__":
