@@ -32,8 +32,11 @@ log = logging.getLogger(__name__)
 
 # See projections.relay.Relay: FerretDB 1.24 deadlocks on 100 updates in one command,
 # and its connection pool is shared with concurrent readers.
-FERRETDB_WRITE_CHUNK = 32
-FERRETDB_CONCURRENT_WRITES = 1
+# Updates in flight hold FerretDB's pooled SQLite connections (100) until their command
+# ends: 16 x 3 per relay leaves room for a rebuild's relay beside the live one, and
+# for reads.
+FERRETDB_WRITE_CHUNK = 16
+FERRETDB_CONCURRENT_WRITES = 3
 FERRETDB_MAX_POOL = 32
 MONGODB_WRITE_CHUNK = 1000
 

@@ -154,7 +154,8 @@ async def p3_lag(shop: Shop) -> list[Row]:
             await asyncio.sleep(max(0.0, start + n / rate - loop.time()))  # pacing, not sync
             tasks.append(asyncio.create_task(one()))
         await asyncio.gather(*tasks)
-        if not all(v in arrived for v in answered):
+        while not all(v in arrived for v in answered):  # every order's event, or fail
+            all_arrived.clear()
             await asyncio.wait_for(all_arrived.wait(), 120)
         listener.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -221,9 +221,9 @@ class Relay:
     ``concurrent_writes`` the bulk writes in flight at once (projections are applied
     side by side). FerretDB 1.24 keeps one pooled SQLite connection per update of a
     command open until the command ends and deadlocks when its 100 are taken, so
-    FerretDB gets chunks of 32, one at a time per relay: a rebuild's relay may write
-    beside the live one (the app detects FerretDB from ``buildInfo``, see
-    ``app.bootstrap.connect_read_store``).
+    FerretDB gets chunks of 16, three at a time per relay: 48 connections at most,
+    so a rebuild's relay fits beside the live one (the app detects FerretDB from
+    ``buildInfo``, see ``app.bootstrap.connect_read_store``).
     """
 
     def __init__(
