@@ -191,29 +191,22 @@ class CommandBus:
         metadata: dict[str, Any] | None,
     ) -> CommandOutcome:
         """One command in its own transaction, run again if it lost a race."""
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
-                return await self._execute_once(command, handler, key, metadata)
-            except IntegrityError:
-                if attempt == ATTEMPTS:
-                    raise
-                log.info("command %s lost a race, running it again", type(command).__name__)
-        raise AssertionError("unreachable")
 
-    async def _execute_once(
-        self,
-        command: Command,
-        handler: Handler,
-        key: str | None,
-        metadata: dict[str, Any] | None,
-    ) -> CommandOutcome:
         async def work(uow: UnitOfWork) -> tuple[CommandOutcome, int | None]:
             uow.next_command(metadata)
             return await self._run(command, handler, key, uow)
 
-        outcome, written = await self._transactions.run(work)
-        self._notify(written)
-        return outcome
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                outcome, written = await self._transactions.run(work)
+            except IntegrityError:
+                if attempt == ATTEMPTS:
+                    raise
+                log.info("command %s lost a race, running it again", type(command).__name__)
+            else:
+                self._notify(written)
+                return outcome
+        raise AssertionError("unreachable")
 
     async def _run(
         self, command: Command, handler: Handler, key: str | None, uow: UnitOfWork

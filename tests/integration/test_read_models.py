@@ -50,15 +50,15 @@ async def test_customer_figures_count_orders_that_are_not_cancelled(
     assert (document["orderCount"], document["lifetimeValueCents"]) == (1, 1250)
 
 
+async def mug_ada_and_bob(shop: Shop) -> tuple[str, str, str]:
+    return await shop.product("MUG", stock=100), await shop.customer(), await shop.customer("Bob")
+
+
 async def test_order_history_pages_newest_first_up_to_what_the_orders_model_holds(
     engine: AsyncEngine, db: Db
 ) -> None:
     shop = Shop(engine, db)
-    mug, ada, bob = (
-        await shop.product("MUG", stock=100),
-        await shop.customer(),
-        await shop.customer("Bob"),
-    )
+    mug, ada, bob = await mug_ada_and_bob(shop)
     placed = [await shop.order(ada if n % 3 else bob, (mug, 1)) for n in range(1, 25)]
     await shop.sync()
     ada_orders = [o for n, o in enumerate(placed, 1) if n % 3][::-1]
@@ -84,11 +84,7 @@ async def test_a_rename_reaches_every_order_but_line_names_stay_as_ordered(
     engine: AsyncEngine, db: Db
 ) -> None:
     shop = Shop(engine, db)
-    mug, ada, bob = (
-        await shop.product("MUG", stock=100),
-        await shop.customer(),
-        await shop.customer("Bob"),
-    )
+    mug, ada, bob = await mug_ada_and_bob(shop)
     ada_orders = [await shop.order(ada, (mug, 1)) for _ in range(25)]
     bob_order = await shop.order(bob, (mug, 1))
     await shop.sync()
