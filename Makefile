@@ -20,7 +20,7 @@ postgres:
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	@touch $(STAMP)
 
 run: setup
@@ -34,7 +34,6 @@ test: setup postgres
 
 # make bench - P1-P8 on fresh embedded stores, one table (bench/results/latest.json); ARGS=--quick
 bench: setup
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/cqrs-shop bench $(ARGS)
 
 lint: setup
