@@ -1,0 +1,48 @@
+"""The benchmark's own tools: goals, the side-by-side report, profile attribution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.harness import Row, percentile
+from bench.profile import package_of, summarize
+from bench.report import compare
+
+
+def test_goals_read_ratios_or_absolute_values() -> None:
+    assert Row("P1", "x", 60, 100, "req/s", ">= 0.6").met()
+    assert not Row("P1", "x", 50, 100, "req/s", ">= 0.6").met()
+    assert Row("P3", "x", 20.0, None, "ms p99", "<= 25 ms").met()
+    assert not Row("P3", "x", 30.0, None, "ms p99", "<= 25 ms").met()
+    assert Row("P7", "x", 30.0, None, "ms p99", "").met() is None
+
+
+def test_percentiles_by_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert (percentile(values, 50), percentile(values, 99), percentile(values, 100)) == (
+        50.0, 99.0, 100.0,
+    )  # fmt: skip
+    assert percentile([2.0, 1.0], 50) == 1.0
+
+
+def test_the_report_puts_each_measure_before_and_after() -> None:
+    before = {"rows": [{"id": "P1", "what": "w", "goal": ">= 1", "measured": 1.0,
+                        "baseline": 2.0, "ratio": 0.5, "unit": "r/s", "met": False}]}  # fmt: skip
+    after = {"rows": [{**before["rows"][0], "measured": 3.0, "ratio": 1.5, "met": True}]}
+    lines = compare(before, after).splitlines()
+    assert (
+        lines[2] == "| P1 | w | >= 1 | 1.0 r/s ÷ 2.0 = **0.50** | 3.0 r/s ÷ 2.0 = **1.50** | yes |"
+    )
+
+
+def test_profile_samples_are_summed_by_package(tmp_path: Path) -> None:
+    stacks = tmp_path / "profile.txt"
+    stacks.write_text(
+        "main (app/asgi.py:1);execute (sqlalchemy/engine/base.py:9) 3\n"
+        "main (app/asgi.py:1);<lambda> (<string>:1) 1\n"
+    )
+    assert package_of("run (asyncio/runners.py:118)") == "asyncio"
+    shares = summarize(stacks)
+    assert shares["sqlalchemy"] == {"self": 75.0, "inclusive": 75.0}
+    assert shares["python"]["self"] == 25.0
+    assert "app" not in shares  # never a leaf here, so not among the self shares
