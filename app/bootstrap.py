@@ -166,7 +166,12 @@ async def _keep_ids_indexed(data_dir: Path, interval: float = 30.0) -> None:
     """Indexes the collections created since (a rebuild's, for one); see ``index_document_ids``."""
     while True:
         await asyncio.sleep(interval)
-        if created := await asyncio.to_thread(index_document_ids, data_dir):
+        try:
+            created = await asyncio.to_thread(index_document_ids, data_dir)
+        except Exception:  # an optimisation: log it, never let it take readiness down
+            log.exception("indexing FerretDB collections failed")
+            continue
+        if created:
             log.info("indexed _id lookups of %d new FerretDB collections", created)
 
 

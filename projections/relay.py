@@ -144,14 +144,15 @@ VERSION_READS = 16
 
 
 class VersionCache:
-    """The versions of documents this relay wrote itself, per collection (bounded).
+    """The versions of documents this relay wrote itself, per collection (the newest
+    ``size`` per collection: a few MB each).
 
     Valid only while the relay is the one writer: it is cleared when the lease is
     (re)taken, after a failed write, and for a collection after an update of many
     documents.
     """
 
-    def __init__(self, size: int = 100_000) -> None:
+    def __init__(self, size: int = 20_000) -> None:
         self.size = size
         self._versions: dict[str, dict[Any, Any]] = {}
 
