@@ -46,7 +46,7 @@ def bench(
     seconds: Annotated[float | None, typer.Option(help="Seconds per closed-loop run.")] = None,
     history_orders: Annotated[int | None, typer.Option(help="Orders for P5.")] = None,
     profile: Annotated[
-        bool, typer.Option(help="Sample the server with py-spy during P1 and P4.")
+        bool, typer.Option(help="Sample the server with py-spy during P1, P4 and P7.")
     ] = False,
 ) -> None:
     """Runs each measure next to its baseline in one run and prints the ratios."""
