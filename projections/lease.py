@@ -1,12 +1,14 @@
 """A time-bound lease in Mongo, so only one relay process applies events at a time.
 
-There is no fencing token: a relay that stalls past its lease may still finish one
-batch after another took over. That is safe because every projection write is
-version-guarded and checkpoints only move forward.
+There is no fencing token. The relay checks, before each bulk write, that it
+still holds the lease for longer than a safety margin by its own monotonic clock,
+and renews it (or stops) when not (``Relay``'s write gate). What is left is a
+stall between that check and the write reaching Mongo.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,6 +27,7 @@ class Lease:
         self.name = name
         self.ttl = timedelta(seconds=ttl)
         self.owner = str(uuid.uuid4())
+        self._held_until = 0.0  # monotonic; conservative: counted from before the request
 
     async def acquire(self) -> bool:
         """Takes the lease if free or expired, or renews it if ours; whether we hold it.
@@ -33,6 +36,7 @@ class Lease:
         the lease, and a holder gives it up at once.
         """
         collection = self.db[COLLECTION]
+        asked_at = time.monotonic()
         now = datetime.now(UTC)
         await self._ensure_document()
         current = await collection.find_one({"_id": self.name})
@@ -45,9 +49,16 @@ class Lease:
             {"_id": self.name, "$or": [{"owner": self.owner}, {"expiresAt": {"$lt": now}}]},
             {"$set": {"owner": self.owner, "expiresAt": now + self.ttl}},
         )
-        return result.matched_count == 1
+        held = result.matched_count == 1
+        self._held_until = asked_at + self.ttl.total_seconds() if held else 0.0
+        return held
+
+    def held_for(self) -> float:
+        """Seconds this process can still be sure it holds the lease (≤ 0: it cannot)."""
+        return self._held_until - time.monotonic()
 
     async def release(self) -> None:
+        self._held_until = 0.0
         await self.db[COLLECTION].update_one(
             {"_id": self.name, "owner": self.owner}, {"$set": {"expiresAt": EPOCH}}
         )

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pymongo import IndexModel, InsertOne, UpdateOne
@@ -29,6 +29,8 @@ from projections.projection import MongoWrite, Projection, Write, coalesce
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 5.0
+# A bulk write goes out only while the lease is ours for at least this long.
+LEASE_MARGIN = 3.0
 DUPLICATE_KEY = 11000
 
 
@@ -80,7 +82,7 @@ async def apply_writes(
     *,
     check_versions: bool = False,
     known: VersionCache | None = None,
-    gate: asyncio.Semaphore | None = None,
+    gate: WriteGate | None = None,
 ) -> None:
     """Per collection, in order: runs of inserts unordered, updates ordered, in chunks.
 
@@ -126,7 +128,7 @@ async def _send(
     collection: Any,
     operations: list[MongoWrite],
     chunk: int,
-    gate: asyncio.Semaphore | None = None,
+    gate: WriteGate | None = None,
 ) -> None:
     for inserts, run in itertools.groupby(operations, lambda op: isinstance(op, InsertOne)):
         batch = list(run)
@@ -141,6 +143,40 @@ async def _send(
 
 _MISSING = object()
 VERSION_READS = 16
+
+
+class LeaseLost(RuntimeError):
+    """The relay could not renew its lease in the middle of a batch; it stops writing."""
+
+
+class WriteGate:
+    """What every bulk write of a running relay passes: a bound on writes in flight,
+    and the lease (renewed when less than ``margin`` seconds are left for sure)."""
+
+    def __init__(
+        self, lease: Lease, limit: int | None, margin: float, checking: Callable[[], bool]
+    ) -> None:
+        self.lease = lease
+        self.margin = margin
+        # Whether the relay runs under its lease now (not, say, in a rebuild's catch-up).
+        self.checking = checking
+        self._slots = asyncio.Semaphore(limit) if limit else None
+
+    async def __aenter__(self) -> None:
+        if self._slots is not None:
+            await self._slots.acquire()
+        try:
+            renew = self.checking() and self.lease.held_for() < self.margin
+            if renew and not await self.lease.acquire():
+                raise LeaseLost("another relay holds the lease now")
+        except BaseException:
+            if self._slots is not None:
+                self._slots.release()
+            raise
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._slots is not None:
+            self._slots.release()
 
 
 class VersionCache:
@@ -252,7 +288,6 @@ class Relay:
         # FerretDB: version guards decided by the relay (see _checked), not in the filter.
         self.check_versions = check_versions
         self.known = VersionCache()
-        self.write_gate = asyncio.Semaphore(concurrent_writes) if concurrent_writes else None
         self.lease = lease or Lease(db)
         # A rebuild writes into "<collection><suffix>" under "<projection><suffix>" checkpoints.
         self.suffix = suffix
@@ -262,6 +297,9 @@ class Relay:
         self.merged_until: dict[str, int] = {}
         self.head = 0
         self.running = False
+        self.write_gate = WriteGate(
+            self.lease, concurrent_writes, LEASE_MARGIN, checking=lambda: self.running
+        )
         self._wake = asyncio.Event()
 
     def wake(self, position: int | None = None) -> None:
@@ -313,6 +351,12 @@ class Relay:
                     self.running = True
                     applied = await self.run_once()
                     backoff = 0.1
+                except LeaseLost:
+                    # Another relay took over during the batch: stand by; if the lease
+                    # comes back, positions and remembered versions are loaded afresh.
+                    log.warning("relay lost its lease during a batch; standing by")
+                    self.running = False
+                    continue
                 except Exception as error:
                     # Whatever broke this batch (a store error, an unparseable reply),
                     # the relay must live on: the batch is retried, and retries are no-ops

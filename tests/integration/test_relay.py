@@ -20,12 +20,14 @@ from domain.commands import (
 )
 from domain.events import RecordedEvent
 from projections import checkpoints
+from projections import lease as lease_module
 from projections import relay as relay_module
 from projections.lease import Lease
 from projections.products import ProductsProjection
 from projections.progress import Progress
 from projections.registry import all_projections
 from projections.relay import Relay
+from tests.conftest import eventually
 
 Db = AsyncDatabase[dict[str, Any]]
 
@@ -286,3 +288,38 @@ async def test_a_relay_keeps_its_bulk_writes_in_flight_within_its_limit(
     await relay.setup()
     assert await relay.run_once() == 80
     assert most == 1
+
+
+async def test_a_running_relay_stops_writing_once_another_took_its_lease(
+    bus: CommandBus, engine: AsyncEngine, db: Db
+) -> None:
+    """Its lease ran out during a (long) batch and another relay took it: the next
+    bulk write finds out, and nothing more is written."""
+    await create(bus)
+    mine = Lease(db, ttl=0.001)  # ends before the batch writes: each write must renew it
+    relay = Relay(engine, db, [ProductsProjection()], Progress(), write_chunk=32, lease=mine)
+    await relay.setup()
+    assert await mine.acquire()
+    relay.running = True  # as inside run(), which holds the lease
+    assert await eventually(lambda: Lease(db).acquire())  # another relay takes it over
+    with pytest.raises(relay_module.LeaseLost):
+        await relay.run_once()
+    assert await documents(db) == []
+
+
+async def test_a_running_relay_renews_its_lease_mid_batch_and_goes_on(
+    bus: CommandBus, engine: AsyncEngine, db: Db
+) -> None:
+    await create(bus)
+    mine = Lease(db, ttl=0.001)
+    relay = Relay(engine, db, [ProductsProjection()], Progress(), write_chunk=32, lease=mine)
+    await relay.setup()
+    assert await mine.acquire()
+    relay.running = True
+    before = await db[lease_module.COLLECTION].find_one({"_id": "relay"})
+    assert await relay.run_once() == 1
+    assert len(await documents(db)) == 1
+    after = await db[lease_module.COLLECTION].find_one({"_id": "relay"})
+    assert before is not None
+    assert after is not None
+    assert (after["owner"], after["expiresAt"] > before["expiresAt"]) == (mine.owner, True)
