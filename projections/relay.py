@@ -222,9 +222,11 @@ async def _checked(
     the documents a segment guards (by ``_id``, concurrently), applies the guard
     itself, and follows its own writes to the end of the segment. Equivalent to
     the filter as long as no one else writes these documents meanwhile, which the
-    relay lease ensures.
+    relay lease ensures. Versions in ``known`` (left by this relay's earlier
+    batches) are not read again. Returns the writes to send and the versions they
+    leave behind.
     """
-    keys = {write.key for write in writes if write.guard is not None}
+    keys = {w.key for w in writes if w.guard is not None and w.key not in known}
     gate = asyncio.Semaphore(VERSION_READS)
 
     async def version_of(key: Any) -> tuple[Any, Any]:

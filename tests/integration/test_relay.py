@@ -323,3 +323,26 @@ async def test_a_running_relay_renews_its_lease_mid_batch_and_goes_on(
     assert before is not None
     assert after is not None
     assert (after["owner"], after["expiresAt"] > before["expiresAt"]) == (mine.owner, True)
+
+
+async def test_a_relay_checking_versions_reads_only_those_it_does_not_know(
+    bus: CommandBus, engine: AsyncEngine, db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pid = await create(bus)
+    await bus.execute(RestockProduct(pid, 1))
+    relay = make_relay(engine, db, check_versions=True)
+    await relay.setup()
+    await relay.run_once()  # created, then restocked: the version it left is known
+    reads: list[Any] = []
+    real_find_one = AsyncCollection.find_one
+
+    async def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        reads.append(args[0] if args else kwargs.get("filter"))
+        return await real_find_one(self, *args, **kwargs)
+
+    monkeypatch.setattr(AsyncCollection, "find_one", counted)
+    await bus.execute(RestockProduct(pid, 2))
+    assert await relay.run_once() == 1
+    assert reads == []
+    [doc] = await documents(db)
+    assert (doc["stockOnHand"], doc["version"]) == (8, 3)
