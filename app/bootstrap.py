@@ -26,7 +26,7 @@ from domain.store import create_engine, create_schema
 from projections.feeds import Feeds
 from projections.progress import CheckpointFollower, Progress
 from projections.registry import all_projections
-from projections.relay import Relay
+from projections.relay import Relay, RelayOptions
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,15 @@ class ReadStore:
     def concurrent_writes(self) -> int | None:
         """Bulk writes a relay may have in flight; None: no limit."""
         return FERRETDB_CONCURRENT_WRITES if self.is_ferretdb else None
+
+    @property
+    def relay_options(self) -> RelayOptions:
+        """How a relay (live or rebuilding) writes here; FerretDB gets its workarounds."""
+        return RelayOptions(
+            write_chunk=self.write_chunk,
+            check_versions=self.is_ferretdb,
+            concurrent_writes=self.concurrent_writes,
+        )
 
 
 async def connect_read_store(url: str) -> ReadStore:
@@ -139,9 +148,7 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
                 services.progress,
                 batch_size=settings.shop_relay_batch_size,
                 poll_interval=settings.shop_relay_poll_interval,
-                write_chunk=read_store.write_chunk,
-                check_versions=read_store.is_ferretdb,
-                concurrent_writes=read_store.concurrent_writes,
+                **read_store.relay_options,
             )
             await relay.setup()
             services.relay = relay

@@ -174,9 +174,7 @@ def rebuild_command(
 
                     result = await rebuild(
                         engine, client[settings.mongodb_database], chosen, report=report,
-                        write_chunk=store.write_chunk, prepared=index_embedded,
-                        check_versions=store.is_ferretdb,
-                        concurrent_writes=store.concurrent_writes,
+                        prepared=index_embedded, **store.relay_options,
                     )  # fmt: skip
             finally:
                 await client.close()

@@ -289,13 +289,12 @@ async def p2_command_bus(stores: Stores, options: Options) -> Row:
 
 async def p6_relay(stores: Stores, store: ReadStore) -> Row:
     """All projections over the seeded outbox, from zero ÷ as many raw bulk upserts by _id."""
-    mongo, chunk = store.client, store.write_chunk
+    mongo, chunk = store.client, store.write_chunk  # the raw upserts use the relay's chunks
     engine = create_engine(stores.database_url)
     db = mongo["bench_p6"]
     await mongo.drop_database(db)
     relay = Relay(
-        engine, db, all_projections(), Progress(), write_chunk=chunk, lease=Lease(db),
-        check_versions=store.is_ferretdb, concurrent_writes=store.concurrent_writes,
+        engine, db, all_projections(), Progress(), lease=Lease(db), **store.relay_options,
     )  # fmt: skip
     await relay.setup()
     await stores.index_ids()

@@ -12,7 +12,7 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 from pymongo import IndexModel, InsertOne, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
@@ -139,6 +139,14 @@ async def _send(
                     await _insert_new(collection, part)
                 else:
                     await collection.bulk_write(part, ordered=True)
+
+
+class RelayOptions(TypedDict):
+    """How a relay writes to one kind of read store (``app.bootstrap.ReadStore``)."""
+
+    write_chunk: int
+    check_versions: bool
+    concurrent_writes: int | None
 
 
 _MISSING = object()
