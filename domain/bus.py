@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -36,6 +36,16 @@ class _Request:
     key: str | None
     metadata: dict[str, Any] | None
     future: asyncio.Future[CommandOutcome]
+
+
+def _answer(request: _Request, result: CommandOutcome | BaseException) -> None:
+    """Gives the caller its outcome or error, unless it has one already."""
+    if request.future.done():
+        return
+    if isinstance(result, BaseException):
+        request.future.set_exception(result)
+    else:
+        request.future.set_result(result)
 
 
 def _consume(future: asyncio.Future[CommandOutcome]) -> None:
@@ -123,30 +133,24 @@ class CommandBus:
                 await self._write_group(group)
             except BaseException as error:  # never leave a caller waiting
                 for request in group:
-                    if not request.future.done():
-                        request.future.set_exception(error)
+                    _answer(request, error)
                 if not isinstance(error, Exception):
                     raise
 
     async def _write_group(self, group: list[_Request]) -> None:
         if len(group) == 1:
-            await self._settle(group[0], self._execute_alone)
+            await self._settle(group[0])
             return
         try:
             results, written = await self._transactions.run(lambda uow: self._run_group(uow, group))
         except Exception as error:  # a write undone, a lost race, a fault: one by one
             log.info("a group of %d commands runs again one by one (%r)", len(group), error)
             for request in group:
-                await self._settle(request, self._execute_alone)
+                await self._settle(request)
             return
         self._notify(written)
         for request, result in results:
-            if request.future.done():
-                continue
-            if isinstance(result, DomainError):
-                request.future.set_exception(result)
-            else:
-                request.future.set_result(result)
+            _answer(request, result)
 
     async def _run_group(
         self, uow: UnitOfWork, group: list[_Request]
@@ -169,19 +173,16 @@ class CommandBus:
             written = position if position is not None else written
         return results, written
 
-    async def _settle(
-        self,
-        request: _Request,
-        run: Callable[..., Awaitable[CommandOutcome]],
-    ) -> None:
+    async def _settle(self, request: _Request) -> None:
+        """Runs one queued command in its own transaction and answers its caller."""
         try:
-            outcome = await run(request.command, request.handler, request.key, request.metadata)
+            outcome = await self._execute_alone(
+                request.command, request.handler, request.key, request.metadata
+            )
         except Exception as error:
-            if not request.future.done():
-                request.future.set_exception(error)
+            _answer(request, error)
         else:
-            if not request.future.done():
-                request.future.set_result(outcome)
+            _answer(request, outcome)
 
     async def _execute_alone(
         self,
