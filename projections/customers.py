@@ -10,7 +10,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from domain import events as ev
 from domain.events import RecordedEvent
-from projections.projection import Write, guarded, insert_once
+from projections.projection import Projector, Write, dispatch, guarded, insert_once
 
 COLLECTION = "customers"
 
@@ -20,8 +20,7 @@ class CustomersProjection:
     indexes: dict[str, Sequence[IndexModel]] = {COLLECTION: []}
 
     def project(self, event: RecordedEvent) -> list[Write]:
-        handler = _HANDLERS.get(event.type)
-        return [] if handler is None else handler(event)
+        return dispatch(_HANDLERS, event)
 
 
 def _registered(e: RecordedEvent) -> list[Write]:
@@ -53,7 +52,7 @@ def _orders(sign: int) -> Callable[[RecordedEvent], list[Write]]:
     return handle
 
 
-_HANDLERS: dict[str, Callable[[RecordedEvent], list[Write]]] = {
+_HANDLERS: dict[str, Projector] = {
     ev.CUSTOMER_REGISTERED: _registered,
     ev.CUSTOMER_RENAMED: _renamed,
     ev.CUSTOMER_ADDRESS_UPDATED: _address_updated,

@@ -6,7 +6,7 @@ The shipping queue is this collection's PLACED orders, oldest first (index
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, IndexModel, UpdateMany
@@ -16,7 +16,7 @@ from domain import events as ev
 from domain.events import RecordedEvent
 from projections import paging
 from projections.paging import Page
-from projections.projection import Write, guarded, insert_once
+from projections.projection import Projector, Write, dispatch, guarded, insert_once
 
 COLLECTION = "orders"
 Db = AsyncDatabase[dict[str, Any]]
@@ -32,8 +32,7 @@ class OrdersProjection:
     }
 
     def project(self, event: RecordedEvent) -> list[Write]:
-        handler = _HANDLERS.get(event.type)
-        return [] if handler is None else handler(event)
+        return dispatch(_HANDLERS, event)
 
 
 def _placed(e: RecordedEvent) -> list[Write]:
@@ -80,7 +79,7 @@ def _customer_renamed(e: RecordedEvent) -> list[Write]:
     return [Write(COLLECTION, operation, key=None)]
 
 
-_HANDLERS: dict[str, Callable[[RecordedEvent], list[Write]]] = {
+_HANDLERS: dict[str, Projector] = {
     ev.ORDER_PLACED: _placed,
     ev.ORDER_CANCELLED: _cancelled,
     ev.ORDER_SHIPPED: _shipped,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -15,7 +15,7 @@ from domain.events import RecordedEvent
 from domain.products import normalise_sku
 from projections import paging
 from projections.paging import InvalidCursor, Page
-from projections.projection import Write, guarded, insert_once
+from projections.projection import Projector, Write, dispatch, guarded, insert_once
 
 COLLECTION = "products"
 Document = dict[str, Any]
@@ -35,8 +35,7 @@ class ProductsProjection:
     }
 
     def project(self, event: RecordedEvent) -> list[Write]:
-        handler = _HANDLERS.get(event.type)
-        return [] if handler is None else handler(event)
+        return dispatch(_HANDLERS, event)
 
 
 def _created(e: RecordedEvent) -> list[Write]:
@@ -121,7 +120,7 @@ def _order_shipped(e: RecordedEvent) -> list[Write]:
     return _stock_moves(e, stockOnHand=-1, stockReserved=-1)
 
 
-_HANDLERS: dict[str, Callable[[RecordedEvent], list[Write]]] = {
+_HANDLERS: dict[str, Projector] = {
     ev.PRODUCT_CREATED: _created,
     ev.PRODUCT_DETAILS_UPDATED: _details_updated,
     ev.PRODUCT_PRICE_CHANGED: _price_changed,

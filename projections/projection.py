@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -45,6 +45,15 @@ class Projection(Protocol):
     indexes: dict[str, Sequence[IndexModel]]
 
     def project(self, event: RecordedEvent) -> list[Write]: ...
+
+
+Projector = Callable[[RecordedEvent], list[Write]]
+
+
+def dispatch(projectors: Mapping[str, Projector], event: RecordedEvent) -> list[Write]:
+    """The writes of the projector for ``event``'s type; none for types it ignores."""
+    projector = projectors.get(event.type)
+    return [] if projector is None else projector(event)
 
 
 def newer_than(document_id: Any, event: RecordedEvent) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from domain import events as ev
 from domain.events import RecordedEvent
-from projections.projection import Write, guarded, insert_once
+from projections.projection import Projector, Write, dispatch, guarded, insert_once
 
 COLLECTION = "product_sales"
 
@@ -22,8 +22,7 @@ class ProductSalesProjection:
     }
 
     def project(self, event: RecordedEvent) -> list[Write]:
-        handler = _HANDLERS.get(event.type)
-        return [] if handler is None else handler(event)
+        return dispatch(_HANDLERS, event)
 
 
 def _created(e: RecordedEvent) -> list[Write]:
@@ -66,7 +65,7 @@ def _sales(sign: int) -> Callable[[RecordedEvent], list[Write]]:
     return handle
 
 
-_HANDLERS: dict[str, Callable[[RecordedEvent], list[Write]]] = {
+_HANDLERS: dict[str, Projector] = {
     ev.PRODUCT_CREATED: _created,
     ev.PRODUCT_DETAILS_UPDATED: _renamed,
     ev.ORDER_PLACED: _sales(+1),
