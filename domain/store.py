@@ -10,6 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from domain.model import metadata
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# Its own advisory lock key (the outbox has another); the same in every process.
+SCHEMA_LOCK_KEY = 0x5E0B0D
 
 
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
@@ -56,8 +58,16 @@ def _begin(conn: sa.Connection) -> None:
 
 
 async def create_schema(engine: AsyncEngine) -> None:
-    """Creates the missing tables; safe to run at every start and from several processes."""
+    """Creates the missing tables; safe to run at every start and from several processes.
+
+    On PostgreSQL two processes creating the same table at once collide in the
+    catalogue (a duplicate key in ``pg_type``) instead of one waiting for the other,
+    so a transaction-scoped advisory lock makes them take turns; the second then
+    finds the tables there. SQLite's ``BEGIN IMMEDIATE`` serialises them already.
+    """
     async with engine.connect() as conn:
         await conn.execution_options(write=True)
         async with conn.begin():
+            if conn.dialect.name == "postgresql":
+                await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(SCHEMA_LOCK_KEY)))
             await conn.run_sync(metadata.create_all, checkfirst=True)
