@@ -25,6 +25,7 @@ from domain.bus import CommandBus
 from domain.store import create_engine, create_schema
 from projections.feeds import Feeds
 from projections.progress import CheckpointFollower, Progress
+from projections.readdb import ReadDatabase
 from projections.registry import all_projections
 from projections.relay import Relay, RelayOptions
 
@@ -126,7 +127,7 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
         read_store = await connect_read_store(mongo_url)
         mongo = read_store.client
         stack.push_async_callback(mongo.close)
-        db = mongo[settings.mongodb_database]
+        db = ReadDatabase(mongo[settings.mongodb_database])
 
         services = Services(
             settings=settings,

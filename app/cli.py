@@ -31,7 +31,7 @@ from app.ferretdb import (
 from app.settings import Role, Settings
 from domain.bus import CommandBus
 from domain.store import create_engine, create_schema
-from projections.rebuild import rebuild
+from projections.rebuild import RebuildRunning, rebuild
 from projections.registry import all_projections, projection_names
 
 cli = typer.Typer(help="A CQRS GraphQL shop server.", no_args_is_help=True)
@@ -174,8 +174,12 @@ def rebuild_command(
 
                     result = await rebuild(
                         engine, client[settings.mongodb_database], chosen, report=report,
-                        prepared=index_embedded, **store.relay_options,
+                        prepared=index_embedded, say=progress.console.print,
+                        **store.relay_options,
                     )  # fmt: skip
+            except RebuildRunning as running:
+                typer.echo(f"not rebuilt: {running}", err=True)
+                raise typer.Exit(code=1) from running
             finally:
                 await client.close()
                 await engine.dispose()

@@ -1,15 +1,35 @@
-"""One checkpoint document per projection, in Mongo beside the documents it vouches for."""
+"""One checkpoint document per projection, in Mongo beside the documents it vouches for.
+
+``{_id: name, position, head, epoch, attemptedUntil, collections, rebuilding, ...}``
+
+- ``epoch``: the newest relay tenure that wrote here (see ``projections.lease``).
+  Writes that carry an epoch are *fenced*: they apply only while no newer epoch
+  has written the document, so a relay that lost its lease cannot move the
+  checkpoint any more. A relay fences every checkpoint when its tenure starts.
+- ``attemptedUntil``: the end of the newest batch any relay may have started to
+  write; announced *before* writing (see ``Relay.run_once`` and
+  ``projection.coalesce``).
+- ``collections``: which physical collection serves each of the projection's read
+  models (absent: the collection of the same name). A rebuild switches them with
+  the position in one single-document update, so readers never see a half swap.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
 COLLECTION = "projection_checkpoints"
 Document = dict[str, Any]
+
+
+class Fenced(RuntimeError):
+    """A newer relay tenure has written this checkpoint; an older one may not."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,8 +40,10 @@ class Checkpoint:
     updated_at: datetime | None
     last_error: str | None
     rebuilding: bool = False
-    merged_until: int = 0
-    """The end of the last batch whose updates were merged (see ``Relay.apply``)."""
+    attempted_until: int = 0
+    """The end of the newest batch a relay may have started writing."""
+    epoch: int = 0
+    collections: dict[str, str] = field(default_factory=dict)
 
 
 async def load_all(db: AsyncDatabase[Document]) -> dict[str, Checkpoint]:
@@ -34,21 +56,61 @@ async def load_all(db: AsyncDatabase[Document]) -> dict[str, Checkpoint]:
             updated_at=doc.get("updatedAt"),
             last_error=doc.get("lastError"),
             rebuilding=bool(doc.get("rebuilding", False)),
-            merged_until=int(doc.get("mergedUntil", 0)),
+            # mergedUntil: what releases before the epoch called it
+            attempted_until=max(int(doc.get("attemptedUntil", 0)), int(doc.get("mergedUntil", 0))),
+            epoch=int(doc.get("epoch", 0)),
+            collections=dict(doc.get("collections") or {}),
         )
     return checkpoints
 
 
-async def save(db: AsyncDatabase[Document], name: str, position: int, head: int) -> None:
-    """Moves the checkpoint forward; ``$max`` keeps it from ever going back."""
-    await db[COLLECTION].update_one(
-        {"_id": name},
+def _fenced(name: str, epoch: int | None) -> Document:
+    if epoch is None:
+        return {"_id": name}
+    return {"_id": name, "epoch": {"$lte": epoch}}
+
+
+def _epoch(epoch: int | None) -> Document:
+    return {} if epoch is None else {"epoch": epoch}
+
+
+async def fence(db: AsyncDatabase[Document], names: Iterable[str], epoch: int) -> None:
+    """Starts tenure ``epoch`` on these checkpoints: writes of older epochs now fail.
+
+    Raises :class:`Fenced` if a newer epoch got there first.
+    """
+    names = list(names)
+    collection = db[COLLECTION]
+    await collection.bulk_write(
+        [UpdateOne({"_id": n}, {"$setOnInsert": {"epoch": 0}}, upsert=True) for n in names],
+        ordered=False,
+    )
+    await collection.update_many(
+        {"_id": {"$in": names}, "$or": [{"epoch": {"$lte": epoch}}, {"epoch": {"$exists": False}}]},
+        {"$set": {"epoch": epoch}},
+    )
+    newer = await collection.count_documents({"_id": {"$in": names}, "epoch": {"$gt": epoch}})
+    if newer:
+        raise Fenced(f"a relay tenure newer than {epoch} has started")
+
+
+async def save(
+    db: AsyncDatabase[Document], name: str, position: int, head: int, epoch: int | None = None
+) -> None:
+    """Moves the checkpoint forward; ``$max`` keeps it from ever going back.
+
+    With an ``epoch``, only while no newer tenure has written it (else :class:`Fenced`).
+    """
+    result = await db[COLLECTION].update_one(
+        _fenced(name, epoch),
         {
             "$max": {"position": position, "head": head},
-            "$set": {"updatedAt": datetime.now(UTC), "lastError": None},
+            "$set": {"updatedAt": datetime.now(UTC), "lastError": None, **_epoch(epoch)},
         },
-        upsert=True,
+        upsert=epoch is None,
     )
+    if result.matched_count == 0 and epoch is not None:
+        raise Fenced(f"checkpoint {name}: a relay tenure newer than {epoch} has started")
 
 
 async def record_error(db: AsyncDatabase[Document], name: str, error: str) -> None:
@@ -59,10 +121,53 @@ async def record_error(db: AsyncDatabase[Document], name: str, error: str) -> No
     )
 
 
-async def announce_merged(db: AsyncDatabase[Document], name: str, until: int) -> None:
-    """Records, before writing them, that updates up to ``until`` are being merged.
+async def announce(
+    db: AsyncDatabase[Document], attempts: Mapping[str, int], epoch: int | None = None
+) -> None:
+    """Records, before a batch writes anything, how far each projection's writes may go.
 
-    A batch of merged updates is all or nothing per document only if it completes;
-    a relay taking over after a crash must not merge again below this position.
+    A batch written half-way leaves documents holding some of its events but not all;
+    a merged update is only right where no earlier attempt may have written (see
+    ``projection.coalesce``), so no relay merges below an announced end. One round
+    trip for all projections of a batch. With an ``epoch``: fenced, as :func:`save`.
     """
-    await db[COLLECTION].update_one({"_id": name}, {"$max": {"mergedUntil": until}}, upsert=True)
+    if not attempts:
+        return
+    result = await db[COLLECTION].bulk_write(
+        [
+            UpdateOne(
+                _fenced(name, epoch),
+                {"$max": {"attemptedUntil": until}, "$set": _epoch(epoch)}
+                if epoch is not None
+                else {"$max": {"attemptedUntil": until}},
+                upsert=epoch is None,
+            )
+            for name, until in attempts.items()
+        ],
+        ordered=False,
+    )
+    if epoch is not None and result.matched_count < len(attempts):
+        raise Fenced(f"a relay tenure newer than {epoch} has started")
+
+
+async def switch(
+    db: AsyncDatabase[Document],
+    name: str,
+    position: int,
+    head: int,
+    collections: dict[str, str],
+    epoch: int,
+) -> None:
+    """Switches projection ``name`` to rebuilt ``collections`` at ``position``, in one
+    update (fenced, as :func:`save`): readers see the old or the new, never a mix."""
+    result = await db[COLLECTION].update_one(
+        _fenced(name, epoch),
+        {
+            "$set": {
+                "position": position, "head": head, "collections": collections,
+                "epoch": epoch, "updatedAt": datetime.now(UTC), "lastError": None,
+            }
+        },
+    )  # fmt: skip
+    if result.matched_count == 0:
+        raise Fenced(f"checkpoint {name}: a relay tenure newer than {epoch} has started")

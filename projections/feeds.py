@@ -19,6 +19,9 @@ from projections.progress import Progress
 log = logging.getLogger(__name__)
 
 Document = dict[str, Any]
+# Back-off of a feed whose read failed: from the first retry to the longest wait.
+RETRY_FIRST = 0.05
+RETRY_MOST = 5.0
 Loader = Callable[[], Awaitable[Document | None]]
 
 
@@ -59,11 +62,9 @@ class Feed:
                 self._reload.clear()
                 as_of = self.progress.position(self.projection)
                 try:
-                    document = await self.load()
-                    if document is None:
-                        raise DocumentMissing(f"no {self.projection} document {self.key}")
-                except Exception as error:  # every follower gets it; the feed ends
-                    self.error = error
+                    document = await self._load()
+                except DocumentMissing as missing:  # every follower gets it; the feed ends
+                    self.error = missing
                     self._publish()
                     return
                 if self.document is None or document["version"] > self.document["version"]:
@@ -71,6 +72,25 @@ class Feed:
                 self.as_of = as_of
                 self._publish()
                 await _first(changed.wait(), self._reload.wait())
+
+    async def _load(self) -> Document:
+        """The document; a failed read is tried again (backing off) until it succeeds,
+        so a passing fault of the read store ends nobody's subscription."""
+        backoff = RETRY_FIRST
+        while True:
+            try:
+                document = await self.load()
+            except Exception:
+                log.warning(
+                    "reading %s document %s failed; again in %.1fs",
+                    self.projection, self.key, backoff, exc_info=True,
+                )  # fmt: skip
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, RETRY_MOST)
+                continue
+            if document is None:
+                raise DocumentMissing(f"no {self.projection} document {self.key}")
+            return document
 
     def _publish(self) -> None:
         loaded, self._loaded = self._loaded, asyncio.Event()

@@ -17,7 +17,7 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
-from projections import checkpoints
+from projections import checkpoints, readdb
 from projections.recent import RecentEvents
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,9 @@ class CheckpointFollower:
         self.needed = needed
 
     async def poll_once(self) -> None:
-        for name, checkpoint in (await checkpoints.load_all(self.db)).items():
+        stored = await checkpoints.load_all(self.db)
+        readdb.switch(self.db, stored.values())  # before progress: see projections.readdb
+        for name, checkpoint in stored.items():
             self.progress.advance(name, checkpoint.position)
 
     async def run(self) -> None:

@@ -78,9 +78,10 @@ def coalesce(writes: Sequence[Write]) -> list[Write]:
 
     The merged update is guarded by the first event and sets the last one's version:
     it applies all of them or none. That equals applying them one by one unless the
-    document already holds some but not all of them, which only a batch interrupted
-    half-way can leave behind: the relay merges only above the positions such a
-    batch may have reached (``checkpoints.announce_merged``).
+    document already holds some but not all of them, which only an earlier attempt
+    interrupted half-way can leave behind: the relay announces the end of every
+    batch before writing it and merges only above every end announced before
+    (``checkpoints.announce``).
 
     Only ``$set``, ``$inc`` and ``$push`` (with ``$each``) merge; anything else
     touching the document (an insert, an update of many documents) ends the run.

@@ -1,28 +1,32 @@
-"""Rebuilding projections from position 0 into fresh collections, then swapping them in.
+"""Rebuilding projections from position 0 into fresh collections, then switching to them.
 
-1. The named projections are marked REBUILDING and replayed from the whole outbox
-   into ``<collection>__rebuild`` collections, while the live ones keep serving.
-2. The rebuild asks the running relay for its lease (a handover) and, holding it,
-   catches up to the head, so no live write can interleave with the swap.
-3. Each fresh collection replaces its live one and the checkpoints are set to the
-   rebuilt position; the lease is released and the live relay carries on from there.
-
-With MongoDB the swap is one ``renameCollection`` with ``dropTarget`` per collection.
-FerretDB 1.24 lacks ``dropTarget``, so there it drops and renames: for a few
-milliseconds readers of that collection see it empty.
+1. One rebuild at a time: a rebuild holds the ``rebuild`` lease (renewed while it
+   runs, so one that dies frees it). Its lease epoch names the generation of fresh
+   collections it writes, ``<collection>__g<epoch>``.
+2. The named projections are marked REBUILDING and replayed from the whole outbox
+   into the fresh collections, while the live ones keep serving.
+3. The rebuild asks the running relay for its lease (a handover, which expires if
+   the rebuild dies) and, in that tenure, fences the live checkpoints and catches up
+   to the head, so no live write can interleave with the switch.
+4. Each projection's checkpoint takes the rebuilt position and names the fresh
+   collections in one update (see ``projections.readdb``): readers switch from a
+   complete old collection to a complete new one, never through an empty one. The
+   lease is released and the live relay carries on from there, in a new tenure.
+5. After a grace period, by when every process has switched, the replaced
+   collections are dropped. A rebuild that died leaves fresh collections nobody
+   serves; the next rebuild drops them first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import OperationFailure
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from domain import outbox
@@ -30,15 +34,22 @@ from projections import checkpoints
 from projections.lease import Lease
 from projections.progress import Progress
 from projections.projection import Projection
-from projections.relay import Relay
+from projections.relay import LEASE_MARGIN, LeaseLost, Relay
 
 log = logging.getLogger(__name__)
 
-SUFFIX = "__rebuild"
+REBUILD_LEASE = "rebuild"
+GENERATION = "__g"
 HANDOVER_TIMEOUT = 60.0
+# Longer than any process takes to learn of a switch (CheckpointFollower: 1 s at most).
+GRACE = 10.0
 
 Db = AsyncDatabase[dict[str, Any]]
 Report = Callable[[int, int], None]
+
+
+class RebuildRunning(RuntimeError):
+    """Another rebuild holds the rebuild lease."""
 
 
 def collections_of(projection: Projection) -> list[str]:
@@ -64,49 +75,116 @@ async def rebuild(
     prepared: Callable[[], Awaitable[object]] | None = None,
     check_versions: bool = False,
     concurrent_writes: int | None = None,
+    grace: float = GRACE,
+    say: Callable[[str], None] = log.info,
 ) -> RebuildResult:
-    """Rebuilds ``projections`` and swaps them in; ``report(applied, head)`` shows progress.
+    """Rebuilds ``projections`` and switches to them; ``report(applied, head)`` shows progress.
 
     ``prepared()`` is awaited once the fresh collections exist (the embedded store
-    indexes them there).
+    indexes them there); ``say`` tells what it waits for. Raises :class:`RebuildRunning`
+    if another rebuild runs.
     """
+    async with _rebuild_lease(db) as generation:
+        relay = Relay(
+            engine, db, projections, Progress(),
+            batch_size=batch_size, write_chunk=write_chunk, suffix=f"{GENERATION}{generation}",
+            check_versions=check_versions, concurrent_writes=concurrent_writes,
+        )  # fmt: skip
+        result, replaced = await _rebuild(engine, db, relay, report, prepared)
+        if replaced:
+            say(f"switched; dropping the replaced collections in {grace:.0f} s")
+            await asyncio.sleep(grace)  # readers in other processes switch meanwhile
+            for collection in replaced:
+                await db.drop_collection(collection)
+    return result
+
+
+async def _rebuild(
+    engine: AsyncEngine,
+    db: Db,
+    relay: Relay,
+    report: Report,
+    prepared: Callable[[], Awaitable[object]] | None,
+) -> tuple[RebuildResult, list[str]]:
+    projections = relay.projections
     names = [p.name for p in projections]
     await _set_rebuilding(db, names, True)
     try:
-        for projection in projections:
-            for collection in collections_of(projection):
-                await db.drop_collection(collection + SUFFIX)
-            await db[checkpoints.COLLECTION].delete_one({"_id": projection.name + SUFFIX})
-        relay = Relay(
-            engine, db, projections, Progress(),
-            batch_size=batch_size, write_chunk=write_chunk, suffix=SUFFIX,
-            check_versions=check_versions, concurrent_writes=concurrent_writes,
-        )  # fmt: skip
+        await _drop_unserved(db, projections)
+        for name in relay.checkpoint_names:
+            await db[checkpoints.COLLECTION].delete_one({"_id": name})
         await relay.setup()
         if prepared is not None:
             await prepared()
         applied = await _catch_up(engine, relay, report, 0)
 
-        lease = Lease(db)
-        await lease.request_handover()
+        lease = relay.lease
+        await _take(lease)
         try:
-            await _take(lease)
+            assert lease.epoch is not None
+            await relay.begin_tenure(lease.epoch, reload=False)
+            await checkpoints.fence(db, names, lease.epoch)
             applied = await _catch_up(engine, relay, report, applied)
             position = min(relay.positions.values())
+            served = await checkpoints.load_all(db)
+            replaced = []
             for projection in projections:
-                await _swap(db, projection)
-                await db[checkpoints.COLLECTION].update_one(
-                    {"_id": projection.name},
-                    {"$set": {"position": position, "head": relay.head,
-                              "updatedAt": datetime.now(UTC), "lastError": None}},
-                    upsert=True,
-                )  # fmt: skip
-                await db[checkpoints.COLLECTION].delete_one({"_id": projection.name + SUFFIX})
+                if lease.held_for() < LEASE_MARGIN and not await lease.renew():
+                    raise LeaseLost("the rebuild lost the relay lease before switching")
+                fresh = {c: c + relay.suffix for c in collections_of(projection)}
+                old = served[projection.name].collections
+                await checkpoints.switch(
+                    db, projection.name, position, relay.head, fresh, lease.epoch
+                )
+                await db[checkpoints.COLLECTION].delete_one({"_id": projection.name + relay.suffix})
+                replaced += [old.get(c, c) for c in fresh if old.get(c, c) != fresh[c]]
+                log.info("switched to the rebuilt %s projection", projection.name)
         finally:
             await lease.release()
     finally:
         await _set_rebuilding(db, names, False)
-    return RebuildResult(names, position, applied)
+    return RebuildResult(names, position, applied), replaced
+
+
+@contextlib.asynccontextmanager
+async def _rebuild_lease(db: Db) -> AsyncIterator[int]:
+    """Holds the rebuild lease (kept renewed) for the block; yields its epoch."""
+    lease = Lease(db, name=REBUILD_LEASE)
+    if not await lease.acquire():
+        raise RebuildRunning("another rebuild is running")
+    assert lease.epoch is not None
+    try:
+        async with asyncio.TaskGroup() as group:
+            keeper = group.create_task(_keep(lease))
+            try:
+                yield lease.epoch
+            finally:
+                keeper.cancel()
+    except BaseExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    finally:
+        await lease.release()
+
+
+async def _keep(lease: Lease) -> None:
+    while True:
+        await asyncio.sleep(lease.ttl.total_seconds() / 3)
+        if not await lease.renew():
+            raise RebuildRunning("the rebuild lease was lost; another rebuild took over")
+
+
+async def _drop_unserved(db: Db, projections: Sequence[Projection]) -> None:
+    """Drops fresh collections of rebuilds that died, and replaced ones not yet dropped."""
+    stored = await checkpoints.load_all(db)
+    existing = set(await db.list_collection_names())
+    for projection in projections:
+        served = stored[projection.name].collections if projection.name in stored else {}
+        for collection in collections_of(projection):
+            now = served.get(collection, collection)
+            for name in existing:
+                generation = name.startswith(collection + GENERATION)
+                if name != now and (generation or name == collection + "__rebuild"):
+                    await db.drop_collection(name)
 
 
 async def _catch_up(engine: AsyncEngine, relay: Relay, report: Report, applied: int) -> int:
@@ -124,21 +202,13 @@ async def _catch_up(engine: AsyncEngine, relay: Relay, report: Report, applied: 
 async def _take(lease: Lease) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + HANDOVER_TIMEOUT
-    while not await lease.acquire():
+    while True:
+        await lease.request_handover()  # again and again: a request nobody renews expires
+        if await lease.acquire():
+            return
         if loop.time() > deadline:
             raise TimeoutError("the running relay did not hand over its lease")
         await asyncio.sleep(0.05)
-
-
-async def _swap(db: Db, projection: Projection) -> None:
-    for collection in collections_of(projection):
-        fresh = db[collection + SUFFIX]
-        try:
-            await fresh.rename(collection, dropTarget=True)
-        except OperationFailure:
-            await db.drop_collection(collection)
-            await fresh.rename(collection)
-    log.info("swapped in the rebuilt %s projection", projection.name)
 
 
 async def _set_rebuilding(db: Db, names: list[str], rebuilding: bool) -> None:

@@ -1,8 +1,8 @@
 """The outbox relay: reads events in commit order and applies them to every projection.
 
-Delivery is at least once: a batch is written to Mongo first and the checkpoint
-moved after, so a crash in between replays the batch, and the projections'
-version guards turn the replay into no-ops.
+Delivery is at least once: a batch is announced, written to Mongo, and only then
+is the checkpoint moved, so a crash in between replays the batch, and the
+projections' version guards turn the replay into no-ops.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from domain import outbox
 from domain.events import RecordedEvent
-from projections import checkpoints
+from projections import checkpoints, readdb
 from projections.lease import Lease
 from projections.progress import Progress
 from projections.projection import MongoWrite, Projection, Write, coalesce
@@ -154,28 +154,40 @@ VERSION_READS = 16
 
 
 class LeaseLost(RuntimeError):
-    """The relay could not renew its lease in the middle of a batch; it stops writing."""
+    """The relay's tenure ended (its lease was taken, or a newer epoch fenced its
+    checkpoints) in the middle of a batch; it stops writing."""
+
+
+class ProjectionsFailed(Exception):
+    """Some projections' part of a batch failed; each retries on its own (the others'
+    writes and checkpoints stand). ``failures``: the error of each, by name."""
+
+    def __init__(self, failures: dict[str, BaseException]) -> None:
+        super().__init__("; ".join(f"{name}: {error!r}" for name, error in failures.items()))
+        self.failures = failures
 
 
 class WriteGate:
-    """What every bulk write of a running relay passes: a bound on writes in flight,
-    and the lease (renewed when less than ``margin`` seconds are left for sure)."""
+    """What every bulk write of a relay passes: a bound on writes in flight, and, for a
+    relay in a tenure (``tenure()`` is its epoch, None outside one), the lease:
+    renewed when less than ``margin`` seconds are left for sure, or the write is refused.
+    """
 
     def __init__(
-        self, lease: Lease, limit: int | None, margin: float, checking: Callable[[], bool]
+        self, lease: Lease, limit: int | None, margin: float, tenure: Callable[[], int | None]
     ) -> None:
         self.lease = lease
         self.margin = margin
-        # Whether the relay runs under its lease now (not, say, in a rebuild's catch-up).
-        self.checking = checking
+        self.tenure = tenure
         self._slots = asyncio.Semaphore(limit) if limit else None
 
     async def __aenter__(self) -> None:
         if self._slots is not None:
             await self._slots.acquire()
         try:
-            renew = self.checking() and self.lease.held_for() < self.margin
-            if renew and not await self.lease.acquire():
+            epoch = self.tenure()
+            renew = epoch is not None and self.lease.held_for() < self.margin
+            if renew and (not await self.lease.renew() or self.lease.epoch != epoch):
                 raise LeaseLost("another relay holds the lease now")
         except BaseException:
             if self._slots is not None:
@@ -271,6 +283,20 @@ class Relay:
     FerretDB gets chunks of 16, three at a time per relay: 48 connections at most,
     so a rebuild's relay fits beside the live one (the app detects FerretDB from
     ``buildInfo``, see ``app.bootstrap.connect_read_store``).
+
+    **Tenures.** :meth:`run` applies events only while it holds the lease. Each new
+    tenure (a new lease epoch) fences every checkpoint with its epoch and reloads
+    what the relay remembers (positions, versions, announced batches), since others
+    may have written meanwhile. Within a tenure, every bulk write first checks the
+    lease (:class:`WriteGate`) and every checkpoint move is fenced by the epoch.
+
+    **Batches.** Before a batch writes anything, the end of each projection's part is
+    announced (``checkpoints.announce``); a projection's updates are merged
+    (``projection.coalesce``) only when its part starts above every end announced
+    before, that is where no earlier attempt, this relay's or a dead one's, can have
+    left a document holding some of the part's events but not all. Each projection's
+    part is written and checkpointed on its own: one that fails retries after its
+    own back-off and never undoes or holds up the others.
     """
 
     def __init__(
@@ -302,14 +328,19 @@ class Relay:
         # A rebuild writes into "<collection><suffix>" under "<projection><suffix>" checkpoints.
         self.suffix = suffix
         self.positions: dict[str, int] = {}
-        # Per projection: below this position a batch may have been cut half-way, so
-        # updates are not merged there (see projection.coalesce).
-        self.merged_until: dict[str, int] = {}
+        # Per projection: the end of the newest batch any relay may have started writing.
+        self.attempted: dict[str, int] = {}
+        self.epoch: int | None = None
+        """The tenure this relay writes in: its checkpoint moves are fenced by it and its
+        bulk writes check the lease. None: outside any (a rebuild's first pass, tests)."""
         self.head = 0
         self.running = False
+        """Whether :meth:`run` holds the lease now."""
         self.write_gate = WriteGate(
-            self.lease, concurrent_writes, LEASE_MARGIN, checking=lambda: self.running
+            self.lease, concurrent_writes, LEASE_MARGIN, tenure=lambda: self.epoch
         )
+        self._retry_at: dict[str, float] = {}
+        self._backoff: dict[str, float] = {}
         self._wake = asyncio.Event()
 
     def wake(self, position: int | None = None) -> None:
@@ -318,26 +349,45 @@ class Relay:
             self.head = max(self.head, position)
         self._wake.set()
 
+    @property
+    def checkpoint_names(self) -> list[str]:
+        return [projection.name + self.suffix for projection in self.projections]
+
     async def setup(self) -> None:
         """Creates the projections' indexes and loads their checkpoints."""
+        stored = await checkpoints.load_all(self.db)
+        readdb.switch(self.db, stored.values())
         for projection in self.projections:
             await prepare_collections(self.db, projection, self.suffix)
         await self.load_positions()
 
+    async def begin_tenure(self, epoch: int, *, reload: bool = True) -> None:
+        """Writes from now on in tenure ``epoch``: fences the checkpoints, then (``reload``)
+        loads them afresh; raises :class:`LeaseLost` if a newer tenure got there first."""
+        try:
+            await checkpoints.fence(self.db, self.checkpoint_names, epoch)
+        except checkpoints.Fenced as error:
+            raise LeaseLost(str(error)) from error
+        if reload:
+            await self.load_positions()
+        self.epoch = epoch
+
     async def load_positions(self) -> None:
         """Takes each projection's position from its stored checkpoint.
 
-        Called whenever this relay (re)gains the lease: someone else may have written
+        Called whenever this relay starts a tenure: someone else may have written
         meanwhile, so the versions it remembered are dropped too.
         """
         self.known.clear()
         self.progress.recent_events.clear()
+        self._retry_at.clear()
         stored = await checkpoints.load_all(self.db)
+        readdb.switch(self.db, stored.values())  # before progress: see projections.readdb
         for projection in self.projections:
             checkpoint = stored.get(projection.name + self.suffix)
             position = checkpoint.position if checkpoint else 0
             self.positions[projection.name] = position
-            self.merged_until[projection.name] = checkpoint.merged_until if checkpoint else 0
+            self.attempted[projection.name] = checkpoint.attempted_until if checkpoint else 0
             self.progress.advance(projection.name, position)
 
     async def run(self) -> None:
@@ -351,71 +401,112 @@ class Relay:
                 try:
                     if not await self.lease.acquire():
                         self.running = False
-                        await self._idle(
-                            min(self.poll_interval, self.lease.ttl.total_seconds() / 3)
-                        )
+                        await self._idle(self._standby_interval)
                         continue
-                    if not self.running:
-                        # Whoever held the lease meanwhile (a rebuild) may have moved them.
-                        await self.load_positions()
+                    if self.lease.epoch != self.epoch or not self.running:
+                        assert self.lease.epoch is not None
+                        await self.begin_tenure(self.lease.epoch)
                     self.running = True
                     applied = await self.run_once()
                     backoff = 0.1
                 except LeaseLost:
-                    # Another relay took over during the batch: stand by; if the lease
-                    # comes back, positions and remembered versions are loaded afresh.
-                    log.warning("relay lost its lease during a batch; standing by")
+                    # Another relay took over: stand by; a later tenure starts afresh.
+                    log.warning("relay lost its lease; standing by")
                     self.running = False
+                    continue
+                except ProjectionsFailed:
+                    # Logged and recorded per projection; each waits its own back-off.
                     continue
                 except Exception as error:
                     # Whatever broke this batch (a store error, an unparseable reply),
                     # the relay must live on: the batch is retried, and retries are no-ops
                     # for what was already applied.
                     log.exception("relay batch failed; retrying in %.1fs", backoff)
-                    await self._record_error(error)
+                    await self._record_errors({p.name: error for p in self.projections})
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF)
                     continue
                 if applied < self.batch_size:
-                    await self._idle(min(self.poll_interval, self.lease.ttl.total_seconds() / 3))
+                    await self._idle(self._standby_interval)
         finally:
             self.running = False
             with contextlib.suppress(PyMongoError, asyncio.CancelledError):
                 await asyncio.shield(self.lease.release())
 
+    @property
+    def _standby_interval(self) -> float:
+        interval = min(self.poll_interval, self.lease.ttl.total_seconds() / 3)
+        if self._retry_at:
+            soonest = min(self._retry_at.values()) - asyncio.get_running_loop().time()
+            interval = min(interval, max(soonest, 0.0))
+        return interval
+
     async def run_once(self) -> int:
-        """Applies one batch of events to every projection behind; how many events it read."""
-        start = min(self.positions.values(), default=0)
+        """Applies one batch of events to every projection behind; how many events it read.
+
+        Raises :class:`ProjectionsFailed` after the others are done if some projections
+        failed (they retry after their back-off), :class:`LeaseLost` if the tenure ended.
+        """
+        now = asyncio.get_running_loop().time()
+        ready = [p for p in self.projections if self._retry_at.get(p.name, now) <= now]
+        if not ready:
+            return 0
+        start = min(self.positions[p.name] for p in ready)
         async with self.engine.connect() as conn:
             events = await outbox.read_after(conn, start, self.batch_size)
             self.head = max(self.head, await outbox.head(conn))
-        work = [
-            (projection, behind)
-            for projection in self.projections
+        parts = [
+            (projection, behind, [w for event in behind for w in projection.project(event)])
+            for projection in ready
             if (behind := [e for e in events if e.position > self.positions[projection.name]])
         ]
+        if not parts:
+            return len(events)
+        mergeable = {p.name: behind[0].position > self.attempted[p.name] for p, behind, _ in parts}
+        announced = {p.name: behind[-1].position for p, behind, writes in parts if writes}
+        await checkpoints.announce(
+            self.db, {name + self.suffix: end for name, end in announced.items()}, self.epoch
+        )
+        for name, end in announced.items():
+            self.attempted[name] = max(self.attempted[name], end)
         # Projections own separate collections and checkpoints: apply them side by side,
-        # so one batch costs the slowest projection's round trips, not their sum.
-        try:
-            async with asyncio.TaskGroup() as group:
-                for projection, behind in work:
-                    group.create_task(self.apply(projection, behind))
-        except BaseExceptionGroup as failed:
-            raise failed.exceptions[0] from failed
+        # so one batch costs the slowest projection's round trips, not their sum; and
+        # each on its own, so one's failure does not cut another's writes half-way.
+        results = await asyncio.gather(
+            *(self.apply(p, behind, writes, mergeable[p.name]) for p, behind, writes in parts),
+            return_exceptions=True,
+        )
+        failures: dict[str, BaseException] = {}
+        for (projection, _, _), result in zip(parts, results, strict=True):
+            if isinstance(result, BaseException):
+                failures[projection.name] = result
+            else:
+                self._backoff.pop(projection.name, None)
+                self._retry_at.pop(projection.name, None)
+        for error in failures.values():
+            if isinstance(error, LeaseLost | checkpoints.Fenced):
+                raise LeaseLost(str(error)) from error
+            if not isinstance(error, Exception):
+                raise error  # a cancellation, an exit: not a projection's fault
+        if failures:
+            await self._failed(failures)
+            raise ProjectionsFailed(failures) from next(iter(failures.values()))
         return len(events)
 
-    async def apply(self, projection: Projection, events: list[RecordedEvent]) -> None:
-        writes = [write for event in events for write in projection.project(event)]
+    async def apply(
+        self,
+        projection: Projection,
+        events: list[RecordedEvent],
+        writes: list[Write] | None = None,
+        merge: bool = False,
+    ) -> None:
+        """Writes one projection's part of a batch (``writes``: its projected writes),
+        then moves its checkpoint; ``merge``: the part may be merged (see run_once)."""
+        if writes is None:
+            writes = [write for event in events for write in projection.project(event)]
         position = events[-1].position
-        merged = coalesce(writes)
-        if len(merged) < len(writes):
-            # Some document takes several updates: cut half-way, this batch would leave
-            # it holding some but not all, so no relay may merge below its end. Said
-            # before writing, merged or not (a later relay may cut batches elsewhere).
-            await checkpoints.announce_merged(self.db, projection.name + self.suffix, position)
-            if events[0].position > self.merged_until.get(projection.name, 0):
-                writes = merged
-            self.merged_until[projection.name] = position
+        if merge:
+            writes = coalesce(writes)
         await apply_writes(
             self.db, writes, self.write_chunk, self.suffix,
             check_versions=self.check_versions, known=self.known, gate=self.write_gate,
@@ -428,13 +519,27 @@ class Relay:
         self.progress.advance(projection.name, position, keys)
 
     async def save_checkpoint(self, name: str, position: int) -> None:
-        await checkpoints.save(self.db, name + self.suffix, position, max(self.head, position))
+        await checkpoints.save(
+            self.db, name + self.suffix, position, max(self.head, position), self.epoch
+        )
+
+    async def _failed(self, failures: dict[str, BaseException]) -> None:
+        loop = asyncio.get_running_loop()
+        for name, error in failures.items():
+            backoff = self._backoff.get(name, 0.05) * 2
+            self._backoff[name] = min(backoff, MAX_BACKOFF)
+            self._retry_at[name] = loop.time() + self._backoff[name]
+            log.error(
+                "projection %s failed; retrying in %.1fs", name, self._backoff[name],
+                exc_info=error,
+            )  # fmt: skip
+        await self._record_errors(failures)
 
     async def _idle(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
 
-    async def _record_error(self, error: Exception) -> None:
-        for projection in self.projections:
+    async def _record_errors(self, errors: dict[str, BaseException]) -> None:
+        for name, error in errors.items():
             with contextlib.suppress(PyMongoError):
-                await checkpoints.record_error(self.db, projection.name + self.suffix, repr(error))
+                await checkpoints.record_error(self.db, name + self.suffix, repr(error))

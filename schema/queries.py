@@ -10,6 +10,7 @@ from strawberry.types.nodes import SelectedField, Selection
 from projections import audit, checkpoints, customers, dashboard, history, lease, orders, sales
 from projections import products as product_views
 from projections.paging import InvalidCursor, Page
+from projections.rebuild import REBUILD_LEASE
 from projections.registry import all_projections
 from schema.consistency import wait_for
 from schema.context import Info, bad_input
@@ -257,6 +258,8 @@ class Query:
         db = info.context.db
         stored = await checkpoints.load_all(db)
         relay_alive = await lease.holder_alive(db)
+        # A rebuild that died leaves its flags behind; its lease tells whether it runs.
+        rebuild_alive = await lease.holder_alive(db, REBUILD_LEASE)
         head = max((c.head for c in stored.values()), default=0)
         statuses = []
         for projection in all_projections():
@@ -264,7 +267,7 @@ class Query:
             position = checkpoint.position if checkpoint else 0
             lag = max(head - position, 0)
             last_error = checkpoint.last_error if checkpoint else None
-            if checkpoint and checkpoint.rebuilding:
+            if checkpoint and checkpoint.rebuilding and rebuild_alive:
                 state = "REBUILDING"
             elif not relay_alive:
                 state = "STOPPED"

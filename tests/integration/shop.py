@@ -17,7 +17,9 @@ from domain.commands import (
     PlaceOrder,
     RegisterCustomer,
 )
+from projections import checkpoints
 from projections.progress import Progress
+from projections.readdb import ReadDatabase
 from projections.registry import all_projections
 from projections.relay import Relay
 
@@ -32,8 +34,8 @@ class Shop:
 
     def __init__(self, engine: AsyncEngine, db: Db) -> None:
         self.bus = CommandBus(engine)
-        self.db = db
-        self.relay = Relay(engine, db, all_projections(), Progress(), write_chunk=32)
+        self.db = ReadDatabase(db)
+        self.relay = Relay(engine, self.db, all_projections(), Progress(), write_chunk=32)
 
     async def do(self, command: Command) -> str:
         outcome = await self.bus.execute(command)
@@ -63,5 +65,7 @@ class Shop:
 
 
 async def snapshot(db: Db) -> dict[str, list[dict[str, Any]]]:
-    """Every read-model document, by collection and id."""
-    return {name: await db[name].find({}).sort("_id").to_list() for name in COLLECTIONS}
+    """Every read-model document, by collection and id, from the collections serving now."""
+    served = ReadDatabase(db)
+    served.switch((await checkpoints.load_all(db)).values())
+    return {name: await served[name].find({}).sort("_id").to_list() for name in COLLECTIONS}

@@ -50,7 +50,9 @@ async def test_a_rebuild_equals_the_live_projections(engine: AsyncEngine, db: Db
     await shop.sync()
     live = await snapshot(db)
     seen: list[tuple[int, int]] = []
-    result = await rebuild(engine, db, all_projections(), report=lambda *a: seen.append(a))
+    result = await rebuild(
+        engine, db, all_projections(), report=lambda *a: seen.append(a), grace=0
+    )
     assert await snapshot(db) == live
     assert result.position == shop.relay.head
     assert seen[-1] == (result.position, result.position)
@@ -58,7 +60,9 @@ async def test_a_rebuild_equals_the_live_projections(engine: AsyncEngine, db: Db
     assert {name: (c.position, c.rebuilding) for name, c in stored.items()} == {
         p.name: (result.position, False) for p in all_projections()
     }
-    assert "products__rebuild" not in await db.list_collection_names()
+    names = await db.list_collection_names()
+    assert "products" not in names  # replaced, then dropped
+    assert stored["products"].collections == {"products": "products__g1"}
 
 
 async def test_a_rebuild_under_a_running_relay_and_live_writes_loses_nothing(
@@ -70,7 +74,7 @@ async def test_a_rebuild_under_a_running_relay_and_live_writes_loses_nothing(
     running = asyncio.create_task(shop.relay.run())
     try:
         writes = asyncio.create_task(some_business(shop, "2"))
-        await rebuild(engine, db, all_projections(), batch_size=7)
+        await rebuild(engine, db, all_projections(), batch_size=7, grace=0)
         await writes
         await some_business(shop, "3")
         async with engine.connect() as conn:
@@ -110,7 +114,7 @@ async def test_projection_status_says_rebuilding_meanwhile(engine: AsyncEngine, 
     progress_checks: list[asyncio.Task[None]] = []
     await rebuild(
         engine, db, all_projections(),
-        report=lambda *_: progress_checks.append(asyncio.ensure_future(watch())),
+        report=lambda *_: progress_checks.append(asyncio.ensure_future(watch())), grace=0,
     )  # fmt: skip
     await asyncio.gather(*progress_checks)
     assert states[0] is True
