@@ -13,7 +13,8 @@ from domain.commands import AddressData
 from domain.errors import Problems, ValidationFailed
 
 EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
-COUNTRY = re.compile(r"[A-Z]{2}")
+# Checked before upper-casing: "ß".upper() is "SS" and "ﬀ".upper() is "FF".
+COUNTRY = re.compile(r"[A-Za-z]{2}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,13 +36,15 @@ class Address:
             problems.add(validation.text_length(value, f"{path}.{field}", 1, 200))
         if data.line2 is not None:
             problems.add(validation.max_length(data.line2, f"{path}.line2", 200))
-        country = data.country.strip().upper()
+        country = data.country.strip()
         if COUNTRY.fullmatch(country) is None:
             problems.add(
                 ValidationFailed(
                     f"{path}.country must be two letters (ISO 3166-1 alpha-2)", f"{path}.country"
                 )
             )
+        else:
+            country = country.upper()
         line2 = (data.line2 or "").strip() or None
         return cls(data.line1.strip(), line2, data.city.strip(), data.postal_code.strip(), country)
 
@@ -65,7 +68,7 @@ def email_key(email: str) -> str:
     return email.strip().casefold()
 
 
-def _check_name(problems: Problems, name: str) -> None:
+def check_name(problems: Problems, name: str) -> None:
     problems.add(validation.text_length(name, "name", 1, 200))
 
 
@@ -80,14 +83,22 @@ class Customer(Aggregate):
 
     @classmethod
     def register(
-        cls, *, id: str, email: str, name: str, address: AddressData, now: datetime
+        cls,
+        *,
+        id: str,
+        email: str,
+        name: str,
+        address: AddressData,
+        now: datetime,
+        problems: Problems | None = None,
     ) -> Customer:
-        """Checks every input together; uniqueness of the email is the handler's job."""
-        problems = Problems()
+        """Checks every input together, reported with ``problems`` the handler found
+        already (an email taken)."""
+        problems = Problems() if problems is None else problems
         email = email.strip()
         if len(email) > 254 or EMAIL.fullmatch(email) is None:
             problems.add(ValidationFailed("email is not a valid address", "email"))
-        _check_name(problems, name)
+        check_name(problems, name)
         parsed = Address.parse(address, problems)
         problems.raise_if_any()
         customer = cls(id=id, email=email, name=name.strip(), address=parsed, registered_at=now)
@@ -103,7 +114,7 @@ class Customer(Aggregate):
         """Renaming to the current name is a no-op."""
         problems = Problems()
         problems.add(self.version_conflict(expected_version))
-        _check_name(problems, name)
+        check_name(problems, name)
         problems.raise_if_any()
         if name.strip() == self.name:
             return

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from domain.aggregate import Aggregate
@@ -25,7 +26,7 @@ from domain.commands import (
     UpdateCustomerAddress,
     UpdateProduct,
 )
-from domain.customers import Address, Customer
+from domain.customers import Address, Customer, check_name
 from domain.errors import (
     Duplicate,
     InsufficientStock,
@@ -33,16 +34,28 @@ from domain.errors import (
     NotFound,
     Problems,
 )
-from domain.orders import Order, OrderLine, check_lines
-from domain.products import Product, ProductStatus, normalise_sku
+from domain.orders import Order, OrderLine, check_lines, check_reason, check_tracking_number
+from domain.products import (
+    Product,
+    ProductStatus,
+    check_price,
+    check_restock,
+    check_update,
+    normalise_sku,
+)
 from domain.repositories import A, Repository
 from domain.uow import UnitOfWork
 
 Handler = Callable[[Any, UnitOfWork], Awaitable[Aggregate]]
+InputCheck = Callable[[Problems], object]
 
 
 async def create_product(cmd: CreateProduct, uow: UnitOfWork) -> Aggregate:
+    """Checks the SKU's uniqueness first, so a taken SKU is reported with the other problems."""
+    problems = Problems()
     sku = normalise_sku(cmd.sku)
+    if await uow.products.sku_exists(sku):
+        problems.add(Duplicate(f"a product with SKU {sku} exists already", "sku"))
     product = Product.create(
         id=str(uuid.uuid4()),
         sku=sku,
@@ -52,26 +65,41 @@ async def create_product(cmd: CreateProduct, uow: UnitOfWork) -> Aggregate:
         price_cents=cmd.price_cents,
         initial_stock=cmd.initial_stock,
         now=uow.now,
+        problems=problems,
     )
-    if await uow.products.sku_exists(sku):
-        raise Duplicate(f"a product with SKU {sku} exists already", "sku")
     uow.products.add(product)
     return product
 
 
-async def _existing(repository: Repository[A], aggregate_id: str, what: str) -> A:
+async def _existing(
+    repository: Repository[A], aggregate_id: str, what: str, check_input: InputCheck
+) -> A:
+    """The aggregate; if it is missing, ``NOT_FOUND`` with whatever is wrong with the input.
+
+    Given the aggregate, its own method checks the input (and the state) together.
+    """
     aggregate = await repository.get(aggregate_id)
-    if aggregate is None:
-        raise NotFound(f"no {what} with id {aggregate_id}", "id")
-    return aggregate
+    if aggregate is not None:
+        return aggregate
+    problems = Problems()
+    problems.add(NotFound(f"no {what} with id {aggregate_id}", "id"))
+    check_input(problems)
+    problems.raise_if_any()
+    raise AssertionError("unreachable: a problem was added")
 
 
-async def _product(uow: UnitOfWork, product_id: str) -> Product:
-    return await _existing(uow.products, product_id, "product")
+async def _product(uow: UnitOfWork, product_id: str, check_input: InputCheck) -> Product:
+    return await _existing(uow.products, product_id, "product", check_input)
+
+
+def _nothing_to_check(problems: Problems) -> None:
+    return None
 
 
 async def update_product(cmd: UpdateProduct, uow: UnitOfWork) -> Aggregate:
-    product = await _product(uow, cmd.product_id)
+    check = partial(check_update, name=cmd.name, description=cmd.description,
+                    category=cmd.category)  # fmt: skip
+    product = await _product(uow, cmd.product_id, check)
     product.update_details(
         name=cmd.name,
         description=cmd.description,
@@ -83,45 +111,54 @@ async def update_product(cmd: UpdateProduct, uow: UnitOfWork) -> Aggregate:
 
 
 async def change_product_price(cmd: ChangeProductPrice, uow: UnitOfWork) -> Aggregate:
-    product = await _product(uow, cmd.product_id)
+    product = await _product(uow, cmd.product_id, partial(check_price, price_cents=cmd.price_cents))
     product.change_price(cmd.price_cents, expected_version=cmd.expected_version, now=uow.now)
     return product
 
 
 async def restock_product(cmd: RestockProduct, uow: UnitOfWork) -> Aggregate:
-    product = await _product(uow, cmd.product_id)
+    product = await _product(uow, cmd.product_id, partial(check_restock, quantity=cmd.quantity))
     product.restock(cmd.quantity, now=uow.now)
     return product
 
 
 async def discontinue_product(cmd: DiscontinueProduct, uow: UnitOfWork) -> Aggregate:
-    product = await _product(uow, cmd.product_id)
+    product = await _product(uow, cmd.product_id, _nothing_to_check)
     product.discontinue(expected_version=cmd.expected_version, now=uow.now)
     return product
 
 
 async def register_customer(cmd: RegisterCustomer, uow: UnitOfWork) -> Aggregate:
+    """Checks the email's uniqueness first, so a taken email is reported with the rest."""
+    problems = Problems()
+    if await uow.customers.email_exists(cmd.email):
+        problems.add(
+            Duplicate(f"a customer with email {cmd.email.strip()} exists already", "email")
+        )
     customer = Customer.register(
-        id=str(uuid.uuid4()), email=cmd.email, name=cmd.name, address=cmd.address, now=uow.now
+        id=str(uuid.uuid4()),
+        email=cmd.email,
+        name=cmd.name,
+        address=cmd.address,
+        now=uow.now,
+        problems=problems,
     )
-    if await uow.customers.email_exists(customer.email):
-        raise Duplicate(f"a customer with email {customer.email} exists already", "email")
     uow.customers.add(customer)
     return customer
 
 
-async def _customer(uow: UnitOfWork, customer_id: str) -> Customer:
-    return await _existing(uow.customers, customer_id, "customer")
+async def _customer(uow: UnitOfWork, customer_id: str, check_input: InputCheck) -> Customer:
+    return await _existing(uow.customers, customer_id, "customer", check_input)
 
 
 async def rename_customer(cmd: RenameCustomer, uow: UnitOfWork) -> Aggregate:
-    customer = await _customer(uow, cmd.customer_id)
+    customer = await _customer(uow, cmd.customer_id, partial(check_name, name=cmd.name))
     customer.rename(cmd.name, expected_version=cmd.expected_version)
     return customer
 
 
 async def update_customer_address(cmd: UpdateCustomerAddress, uow: UnitOfWork) -> Aggregate:
-    customer = await _customer(uow, cmd.customer_id)
+    customer = await _customer(uow, cmd.customer_id, partial(Address.parse, cmd.address))
     customer.update_address(cmd.address, expected_version=cmd.expected_version)
     return customer
 
@@ -175,12 +212,12 @@ async def place_order(cmd: PlaceOrder, uow: UnitOfWork) -> Aggregate:
     return order
 
 
-async def _order(uow: UnitOfWork, order_id: str) -> Order:
-    return await _existing(uow.orders, order_id, "order")
+async def _order(uow: UnitOfWork, order_id: str, check_input: InputCheck) -> Order:
+    return await _existing(uow.orders, order_id, "order", check_input)
 
 
 async def cancel_order(cmd: CancelOrder, uow: UnitOfWork) -> Aggregate:
-    order = await _order(uow, cmd.order_id)
+    order = await _order(uow, cmd.order_id, partial(check_reason, reason=cmd.reason))
     order.cancel(cmd.reason, expected_version=cmd.expected_version, now=uow.now)
     for line in order.lines:
         await uow.stock.release(line.product_id, line.quantity)
@@ -188,7 +225,8 @@ async def cancel_order(cmd: CancelOrder, uow: UnitOfWork) -> Aggregate:
 
 
 async def ship_order(cmd: ShipOrder, uow: UnitOfWork) -> Aggregate:
-    order = await _order(uow, cmd.order_id)
+    check = partial(check_tracking_number, tracking_number=cmd.tracking_number)
+    order = await _order(uow, cmd.order_id, check)
     order.ship(cmd.tracking_number, expected_version=cmd.expected_version, now=uow.now)
     for line in order.lines:
         await uow.stock.ship(line.product_id, line.quantity)

@@ -70,6 +70,14 @@ def check_lines(problems: Problems, lines: Sequence[OrderLineRequest]) -> set[in
     return valid_quantity
 
 
+def check_reason(problems: Problems, reason: str) -> None:
+    problems.add(validation.text_length(reason, "reason", 1, 500))
+
+
+def check_tracking_number(problems: Problems, tracking_number: str) -> None:
+    problems.add(validation.text_length(tracking_number, "trackingNumber", 1, 100))
+
+
 @dataclass(kw_only=True)
 class Order(Aggregate):
     aggregate_type = "Order"
@@ -124,9 +132,9 @@ class Order(Aggregate):
     def cancel(self, reason: str, *, expected_version: int | None, now: datetime) -> None:
         problems = Problems()
         problems.add(self.version_conflict(expected_version))
-        problems.add(validation.text_length(reason, "reason", 1, 500))
+        check_reason(problems, reason)
+        problems.add(self._not_placed("cancelled"))
         problems.raise_if_any()
-        self._check_placed("cancelled")
         self.status, self.cancelled_at, self.cancel_reason = (
             OrderStatus.CANCELLED,
             now,
@@ -143,9 +151,9 @@ class Order(Aggregate):
     def ship(self, tracking_number: str, *, expected_version: int | None, now: datetime) -> None:
         problems = Problems()
         problems.add(self.version_conflict(expected_version))
-        problems.add(validation.text_length(tracking_number, "trackingNumber", 1, 100))
+        check_tracking_number(problems, tracking_number)
+        problems.add(self._not_placed("shipped"))
         problems.raise_if_any()
-        self._check_placed("shipped")
         self.status, self.shipped_at = OrderStatus.SHIPPED, now
         self.tracking_number = tracking_number.strip()
         self.raise_event(
@@ -167,6 +175,7 @@ class Order(Aggregate):
             for line in self.lines
         ]
 
-    def _check_placed(self, action: str) -> None:
-        if self.status is not OrderStatus.PLACED:
-            raise InvalidState(f"order {self.id} is {self.status.value} and cannot be {action}")
+    def _not_placed(self, action: str) -> InvalidState | None:
+        if self.status is OrderStatus.PLACED:
+            return None
+        return InvalidState(f"order {self.id} is {self.status.value} and cannot be {action}")

@@ -12,6 +12,7 @@ from domain.aggregate import Aggregate
 from domain.errors import InvalidState, Problems, ValidationFailed
 
 SKU = re.compile(r"[A-Z0-9_-]{1,64}")
+_ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 MAX_PRICE_CENTS = 100_000_000
 MAX_INITIAL_STOCK = 1_000_000
 MAX_RESTOCK = 1_000_000
@@ -23,11 +24,16 @@ class ProductStatus(StrEnum):
 
 
 def normalise_sku(sku: str) -> str:
-    """SKUs are case-insensitive: stored and looked up upper-cased."""
-    return sku.strip().upper()
+    """SKUs are case-insensitive: stored and looked up upper-cased.
+
+    Only ASCII letters are upper-cased: ``str.upper`` turns ``ß`` into ``SS`` and
+    ``ﬀ`` into ``FF``, which would slip past the ``A-Z`` check afterwards.
+    """
+    sku = sku.strip()
+    return sku.upper() if sku.isascii() else sku.translate(_ASCII_UPPER)
 
 
-def _check_details(
+def check_details(
     problems: Problems, name: str | None, description: str | None, category: str | None
 ) -> None:
     if name is not None:
@@ -38,8 +44,23 @@ def _check_details(
         problems.add(validation.text_length(category, "category", 1, 100))
 
 
-def _check_price(problems: Problems, price_cents: int, field: str = "priceCents") -> None:
-    problems.add(validation.int_range(price_cents, field, 0, MAX_PRICE_CENTS))
+def check_update(
+    problems: Problems, name: str | None, description: str | None, category: str | None
+) -> None:
+    if name is None and description is None and category is None:
+        problems.add(ValidationFailed("give at least one of name, description and category"))
+    check_details(problems, name, description, category)
+
+
+def check_price(problems: Problems, price_cents: int) -> None:
+    problems.add(validation.int_range(price_cents, "priceCents", 0, MAX_PRICE_CENTS))
+
+
+def check_restock(problems: Problems, quantity: int) -> bool:
+    """Checks the quantity alone; whether it is valid."""
+    problem = validation.int_range(quantity, "quantity", 1, MAX_RESTOCK)
+    problems.add(problem)
+    return problem is None
 
 
 @dataclass(kw_only=True)
@@ -73,12 +94,14 @@ class Product(Aggregate):
         price_cents: int,
         initial_stock: int,
         now: datetime,
+        problems: Problems | None = None,
     ) -> Product:
-        """Checks every input together; uniqueness of the SKU is the handler's job."""
-        problems = Problems()
+        """Checks every input together, reported with ``problems`` the handler found
+        already (a SKU taken)."""
+        problems = Problems() if problems is None else problems
         problems.add(validation.pattern(sku, "sku", SKU, "1-64 characters of A-Z, 0-9, - and _"))
-        _check_details(problems, name, description, category)
-        _check_price(problems, price_cents)
+        check_details(problems, name, description, category)
+        check_price(problems, price_cents)
         problems.add(validation.int_range(initial_stock, "initialStock", 0, MAX_INITIAL_STOCK))
         problems.raise_if_any()
         product = cls(
@@ -115,9 +138,7 @@ class Product(Aggregate):
         """Changes the given fields; giving only the current values is a no-op."""
         problems = Problems()
         problems.add(self.version_conflict(expected_version))
-        if name is None and description is None and category is None:
-            problems.add(ValidationFailed("give at least one of name, description and category"))
-        _check_details(problems, name, description, category)
+        check_update(problems, name, description, category)
         problems.raise_if_any()
         wanted = {
             "name": None if name is None else name.strip(),
@@ -138,7 +159,7 @@ class Product(Aggregate):
         """A price equal to the current one is a no-op: no event."""
         problems = Problems()
         problems.add(self.version_conflict(expected_version))
-        _check_price(problems, price_cents)
+        check_price(problems, price_cents)
         problems.raise_if_any()
         if price_cents == self.price_cents:
             return
@@ -149,9 +170,9 @@ class Product(Aggregate):
 
     def restock(self, quantity: int, *, now: datetime) -> None:
         problems = Problems()
-        problems.add(validation.int_range(quantity, "quantity", 1, MAX_RESTOCK))
+        check_restock(problems, quantity)
+        problems.add(self.inactive("restocked"))
         problems.raise_if_any()
-        self.check_active("restocked")
         self.stock_on_hand += quantity
         self.updated_at = now
         self.raise_event(
@@ -161,12 +182,13 @@ class Product(Aggregate):
     def discontinue(self, *, expected_version: int | None, now: datetime) -> None:
         problems = Problems()
         problems.add(self.version_conflict(expected_version))
+        problems.add(self.inactive("discontinued again"))
         problems.raise_if_any()
-        self.check_active("discontinued again")
         self.status = ProductStatus.DISCONTINUED
         self.updated_at = now
         self.raise_event(events.PRODUCT_DISCONTINUED)
 
-    def check_active(self, action: str) -> None:
-        if self.status is not ProductStatus.ACTIVE:
-            raise InvalidState(f"product {self.sku} is discontinued and cannot be {action}")
+    def inactive(self, action: str) -> InvalidState | None:
+        if self.status is ProductStatus.ACTIVE:
+            return None
+        return InvalidState(f"product {self.sku} is discontinued and cannot be {action}")

@@ -19,7 +19,9 @@ from domain.commands import (
     OrderLineRequest,
     PlaceOrder,
     RegisterCustomer,
+    RenameCustomer,
     ShipOrder,
+    UpdateCustomerAddress,
 )
 from domain.errors import DomainError, Duplicate, InsufficientStock
 from domain.model import order_lines, orders, products
@@ -159,3 +161,39 @@ async def test_concurrent_orders_never_take_the_same_unit(
     assert all(isinstance(r, InsufficientStock) for r in results if isinstance(r, BaseException))
     assert await stock(engine, mug) == (10, 10)
     assert await order_count(engine) == 10
+
+
+def codes(error: DomainError) -> set[tuple[str, str | None]]:
+    return {(p.code, p.field) for p in error.problems}
+
+
+async def test_a_taken_email_and_a_bad_field_are_reported_together(bus: CommandBus) -> None:
+    await customer(bus, "ada@example.org")
+    with pytest.raises(DomainError) as raised:
+        await bus.execute(RegisterCustomer("ADA@example.org", "", HOME))
+    assert codes(raised.value) == {("DUPLICATE", "email"), ("VALIDATION_FAILED", "name")}
+
+
+async def test_an_unknown_order_and_a_bad_field_are_reported_together(bus: CommandBus) -> None:
+    with pytest.raises(DomainError) as raised:
+        await bus.execute(CancelOrder("nope", ""))
+    assert codes(raised.value) == {("NOT_FOUND", "id"), ("VALIDATION_FAILED", "reason")}
+    with pytest.raises(DomainError) as raised:
+        await bus.execute(RenameCustomer("nope", ""))
+    assert codes(raised.value) == {("NOT_FOUND", "id"), ("VALIDATION_FAILED", "name")}
+    bad = AddressData(line1="x", city="y", postal_code="z", country="ß")
+    with pytest.raises(DomainError) as raised:
+        await bus.execute(UpdateCustomerAddress("nope", bad))
+    assert codes(raised.value) == {("NOT_FOUND", "id"), ("VALIDATION_FAILED", "address.country")}
+
+
+async def test_shipping_a_cancelled_order_without_tracking_reports_both(
+    bus: CommandBus,
+) -> None:
+    mug = await product(bus, "MUG", 5)
+    placed = await bus.execute(order(await customer(bus), (mug, 1)))
+    assert placed.id is not None
+    await bus.execute(CancelOrder(placed.id, "no"))
+    with pytest.raises(DomainError) as raised:
+        await bus.execute(ShipOrder(placed.id, ""))
+    assert codes(raised.value) == {("VALIDATION_FAILED", "trackingNumber"), ("INVALID_STATE", None)}

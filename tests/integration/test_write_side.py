@@ -244,3 +244,42 @@ async def test_a_later_position_never_becomes_visible_before_an_earlier_one(
     async with engine.connect() as reader:
         positions = [e.position for e in await outbox.read_after(reader, 0, 10)]
     assert positions == [p1, p1 + 1]
+
+
+def codes(error: DomainError) -> set[tuple[str, str | None]]:
+    return {(p.code, p.field) for p in error.problems}
+
+
+async def test_an_unknown_product_and_a_bad_field_are_reported_together(bus: CommandBus) -> None:
+    with pytest.raises(DomainError) as raised:
+        await bus.execute(UpdateProduct("nope", name=" ", description="d" * 5001))
+    assert codes(raised.value) == {
+        ("NOT_FOUND", "id"), ("VALIDATION_FAILED", "name"), ("VALIDATION_FAILED", "description")
+    }  # fmt: skip
+    for command, field in ((ChangeProductPrice("nope", -1), "priceCents"),
+                           (RestockProduct("nope", 0), "quantity")):  # fmt: skip
+        with pytest.raises(DomainError) as raised:
+            await bus.execute(command)
+        assert codes(raised.value) == {("NOT_FOUND", "id"), ("VALIDATION_FAILED", field)}
+
+
+async def test_a_taken_sku_and_a_bad_field_are_reported_together(bus: CommandBus) -> None:
+    await bus.execute(new_product("mug-1"))
+    with pytest.raises(DomainError) as raised:
+        await bus.execute(new_product("MUG-1", name=""))
+    assert codes(raised.value) == {("DUPLICATE", "sku"), ("VALIDATION_FAILED", "name")}
+
+
+async def test_restocking_a_discontinued_product_by_zero_reports_both(bus: CommandBus) -> None:
+    created = await bus.execute(new_product())
+    assert created.id is not None
+    await bus.execute(DiscontinueProduct(created.id))
+    with pytest.raises(DomainError) as raised:
+        await bus.execute(RestockProduct(created.id, 0))
+    assert codes(raised.value) == {("VALIDATION_FAILED", "quantity"), ("INVALID_STATE", None)}
+
+
+async def test_a_sku_that_only_upper_cases_into_ascii_is_refused(bus: CommandBus) -> None:
+    with pytest.raises(DomainError) as raised:
+        await bus.execute(new_product("straße"))
+    assert codes(raised.value) == {("VALIDATION_FAILED", "sku")}

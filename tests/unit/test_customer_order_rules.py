@@ -149,3 +149,22 @@ def test_only_placed_orders_can_be_shipped_or_cancelled() -> None:
         cancelled.ship("TRACK-2", expected_version=None, now=NOW)
     with pytest.raises(InvalidState):
         cancelled.cancel("again", expected_version=None, now=NOW)
+
+
+@pytest.mark.parametrize("country", ["ß", "ﬀ", "ǆ", "\uff24e"])
+def test_a_country_is_two_ascii_letters_before_upper_casing(country: str) -> None:
+    """`ß` upper-cases to `SS` and `ﬀ` to `FF`: two letters, but not an ISO code."""
+    with pytest.raises(ValidationFailed) as raised:
+        register(address=AddressData("Main St 1", "Berlin", "10115", country=country))
+    assert raised.value.field == "address.country"
+
+
+def test_cancelling_a_shipped_order_without_a_reason_reports_both() -> None:
+    shipped = placed_order()
+    shipped.ship("TRACK-1", expected_version=None, now=NOW)
+    with pytest.raises(Rejected) as raised:
+        shipped.cancel(" ", expected_version=5, now=NOW)
+    assert {(p.code, p.field) for p in raised.value.problems} == {
+        ("VERSION_CONFLICT", "expectedVersion"), ("VALIDATION_FAILED", "reason"),
+        ("INVALID_STATE", None),
+    }  # fmt: skip

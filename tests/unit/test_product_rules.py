@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from domain.errors import DomainError, InvalidState, Rejected, ValidationFailed, VersionConflict
-from domain.products import Product, ProductStatus
+from domain.products import Product, ProductStatus, normalise_sku
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 LATER = datetime(2026, 1, 2, tzinfo=UTC)
@@ -202,3 +202,32 @@ def test_discontinuing_twice_is_an_invalid_state() -> None:
     assert product.status is ProductStatus.DISCONTINUED
     with pytest.raises(InvalidState):
         product.discontinue(expected_version=None, now=LATER)
+
+
+@pytest.mark.parametrize("sku", ["straße", "ﬀ-1", "\u017fku", "MUG-Ⅻ", "\uff4d\uff55\uff47"])
+def test_only_ascii_letters_are_upper_cased_so_other_letters_stay_refused(sku: str) -> None:
+    """`ß`.upper() is `SS` and `ﬀ`.upper() is `FF`: upper-casing first would let them in."""
+    with pytest.raises(ValidationFailed) as raised:
+        create(sku=normalise_sku(sku))
+    assert raised.value.field == "sku"
+
+
+def test_ascii_skus_are_trimmed_and_upper_cased() -> None:
+    assert normalise_sku("  mug-1_a ") == "MUG-1_A"
+
+
+def test_restock_reports_the_quantity_and_the_state_together() -> None:
+    product = create()
+    product.discontinue(expected_version=None, now=LATER)
+    with pytest.raises(Rejected) as raised:
+        product.restock(0, now=LATER)
+    assert problems(raised.value) == {("VALIDATION_FAILED", "quantity"), ("INVALID_STATE", None)}
+
+
+def test_discontinuing_again_with_a_stale_version_reports_both() -> None:
+    product = create()
+    product.discontinue(expected_version=None, now=LATER)
+    with pytest.raises(Rejected) as raised:
+        product.discontinue(expected_version=1, now=LATER)
+    assert problems(raised.value) == {("VERSION_CONFLICT", "expectedVersion"),
+                                      ("INVALID_STATE", None)}  # fmt: skip
