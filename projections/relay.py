@@ -455,18 +455,26 @@ class Relay:
         async with self.engine.connect() as conn:
             events = await outbox.read_after(conn, start, self.batch_size)
             self.head = max(self.head, await outbox.head(conn))
-        parts = [
-            (projection, behind, [w for event in behind for w in projection.project(event)])
-            for projection in ready
-            if (behind := [e for e in events if e.position > self.positions[projection.name]])
-        ]
-        if not parts:
+        parts: list[tuple[Projection, list[RecordedEvent], list[Write]]] = []
+        failures: dict[str, BaseException] = {}
+        for projection in ready:
+            behind = [e for e in events if e.position > self.positions[projection.name]]
+            try:
+                if behind:
+                    writes = [w for event in behind for w in projection.project(event)]
+                    parts.append((projection, behind, writes))
+            except Exception as fault:  # a projector's fault: that projection's alone
+                failures[projection.name] = fault
+        if not parts and not failures:
             return len(events)
         mergeable = {p.name: behind[0].position > self.attempted[p.name] for p, behind, _ in parts}
         announced = {p.name: behind[-1].position for p, behind, writes in parts if writes}
-        await checkpoints.announce(
-            self.db, {name + self.suffix: end for name, end in announced.items()}, self.epoch
-        )
+        try:
+            await checkpoints.announce(
+                self.db, {name + self.suffix: end for name, end in announced.items()}, self.epoch
+            )
+        except checkpoints.Fenced as fenced:
+            raise LeaseLost(str(fenced)) from fenced
         for name, end in announced.items():
             self.attempted[name] = max(self.attempted[name], end)
         # Projections own separate collections and checkpoints: apply them side by side,
@@ -476,7 +484,6 @@ class Relay:
             *(self.apply(p, behind, writes, mergeable[p.name]) for p, behind, writes in parts),
             return_exceptions=True,
         )
-        failures: dict[str, BaseException] = {}
         for (projection, _, _), result in zip(parts, results, strict=True):
             if isinstance(result, BaseException):
                 failures[projection.name] = result

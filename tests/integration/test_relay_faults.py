@@ -1,0 +1,310 @@
+"""The relay under faults: retried batches, lost leases, handovers, rebuilds that die.
+
+Each test here reproduces a finding of an outside review (issue 8) that lost or
+doubled events; each runs with both ways of applying version guards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from pymongo.asynchronous.database import AsyncDatabase
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from domain.bus import CommandBus
+from domain.commands import CreateProduct, RestockProduct
+from domain.events import RecordedEvent
+from projections import checkpoints
+from projections import lease as lease_module
+from projections import rebuild as rebuild_module
+from projections.lease import Lease
+from projections.products import ProductsProjection, find_product
+from projections.progress import Progress
+from projections.projection import Write
+from projections.readdb import ReadDatabase
+from projections.rebuild import REBUILD_LEASE, RebuildRunning, rebuild
+from projections.registry import all_projections
+from projections.relay import LeaseLost, ProjectionsFailed, Relay
+from tests.conftest import eventually
+from tests.integration.shop import Shop, snapshot
+
+Db = AsyncDatabase[dict[str, Any]]
+
+pytestmark = pytest.mark.usefixtures("guard_mode")
+
+
+class Crash(Exception):
+    pass
+
+
+def make_relay(engine: AsyncEngine, db: Db, **options: Any) -> Relay:
+    options.setdefault("write_chunk", 32)
+    return Relay(engine, db, [ProductsProjection()], Progress(), **options)
+
+
+async def create(bus: CommandBus, sku: str = "MUG-1", stock: int = 0) -> str:
+    outcome = await bus.execute(
+        CreateProduct(sku=sku, name="Mug", category="c", price_cents=100, initial_stock=stock)
+    )
+    assert outcome.id is not None
+    return outcome.id
+
+
+async def stock_of(db: Db, product_id: str) -> tuple[int, int]:
+    document = await find_product(db, product_id)
+    assert document is not None
+    return document["stockOnHand"], document["version"]
+
+
+async def lapse(lease: Lease) -> None:
+    """As if its holder stalled past the lease: expired by the store's clock and by its own."""
+    await lease.db[lease_module.COLLECTION].update_one(
+        {"_id": lease.name}, {"$set": {"renewedAt": lease_module.EPOCH}}
+    )
+    lease._held_until = 0.0  # its own monotonic clock has moved on as far
+
+
+@pytest.mark.parametrize("retried_by", ["the same relay", "a restarted relay"])
+async def test_a_retried_batch_does_not_merge_over_events_its_first_attempt_wrote(
+    bus: CommandBus,
+    engine: AsyncEngine,
+    db: Db,
+    monkeypatch: pytest.MonkeyPatch,
+    retried_by: str,
+) -> None:
+    """[restock +2] is written but its checkpoint is not; +3 commits; the retry reads
+    both. Merged into one update guarded by the first, it would be skipped whole by
+    the document (already at the first) and +3 lost."""
+    pid = await create(bus)
+    relay = make_relay(engine, db)
+    await relay.setup()
+    await relay.run_once()
+    await bus.execute(RestockProduct(pid, 2))
+
+    async def dies(name: str, position: int) -> None:
+        raise Crash
+
+    monkeypatch.setattr(relay, "save_checkpoint", dies)
+    with pytest.raises(Exception):  # noqa: B017, PT011 - whatever the relay makes of it
+        await relay.run_once()
+    monkeypatch.undo()
+    assert await stock_of(db, pid) == (2, 2)  # written, not checkpointed
+    await bus.execute(RestockProduct(pid, 3))
+
+    retry = relay if retried_by == "the same relay" else make_relay(engine, db)
+    if retry is not relay:
+        await retry.setup()
+    assert await eventually(retry.run_once) == 2
+    assert await stock_of(db, pid) == (5, 3)
+
+
+async def test_one_projection_failing_neither_cuts_nor_holds_up_the_others(
+    bus: CommandBus, engine: AsyncEngine, db: Db
+) -> None:
+    pid = await create(bus)
+    for _ in range(20):
+        await bus.execute(RestockProduct(pid, 1))
+
+    class Broken:
+        name = "broken"
+        indexes: dict[str, Any] = {"broken": []}
+
+        def project(self, event: RecordedEvent) -> list[Write]:
+            raise Crash("a projector bug")
+
+    relay = Relay(
+        engine, db, [ProductsProjection(), Broken()], Progress(), write_chunk=1, batch_size=10
+    )
+    await relay.setup()
+    with pytest.raises(ProjectionsFailed) as failed:
+        await relay.run_once()
+    assert set(failed.value.failures) == {"broken"}
+    assert relay.positions["products"] == 10  # every write of its part, and its checkpoint
+    assert (await checkpoints.load_all(db))["products"].position == 10
+    assert await relay.run_once() == 10  # the broken one backs off; products goes on
+    assert relay.positions == {"products": 20, "broken": 0}
+    assert await stock_of(db, pid) == (19, 20)
+    assert "a projector bug" in ((await checkpoints.load_all(db))["broken"].last_error or "")
+
+
+async def test_a_relay_whose_lease_lapsed_can_write_nothing_and_reloads_on_its_next_tenure(
+    bus: CommandBus, engine: AsyncEngine, db: Db
+) -> None:
+    """A stalls past its lease; B takes over, applies, releases; A resumes. Before,
+    A's lease came back as a renewal and A wrote from its stale positions and
+    remembered versions (applying B's events twice)."""
+    pid = await create(bus)
+    a, b = make_relay(engine, db), make_relay(engine, db)
+    await a.setup()
+    await b.setup()
+    assert await a.lease.acquire()
+    assert a.lease.epoch is not None
+    await a.begin_tenure(a.lease.epoch)
+    await a.run_once()
+    await bus.execute(RestockProduct(pid, 10))
+    await lapse(a.lease)
+
+    assert await b.lease.acquire()
+    assert b.lease.epoch == a.lease.epoch + 1
+    await b.begin_tenure(b.lease.epoch)
+    assert await b.run_once() == 1
+    assert await stock_of(db, pid) == (10, 2)
+
+    # A wakes up mid-flight, still in its old tenure: fenced, it writes nothing.
+    await bus.execute(RestockProduct(pid, 100))
+    with pytest.raises(LeaseLost):
+        await a.run_once()
+    with pytest.raises(checkpoints.Fenced):
+        await checkpoints.save(db, "products", 99, 99, a.epoch)
+    assert await stock_of(db, pid) == (10, 2)
+
+    await b.lease.release()
+    running = asyncio.create_task(a.run())
+    try:
+        await a.progress.wait_for("products", 3, within=10)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+    assert a.epoch == b.lease.epoch + 1  # a new tenure, everything reloaded
+    assert await stock_of(db, pid) == (110, 3)
+
+
+async def test_a_handover_asked_for_by_a_rebuild_that_died_expires(db: Db) -> None:
+    holder = Lease(db)
+    assert await holder.acquire()
+    dead = Lease(db, ttl=0.3)
+    await dead.request_handover()  # and is never heard of again
+    assert not await holder.acquire()  # gives the lease up for the handover
+    relay = Lease(db)
+    assert not await relay.acquire()  # nobody but the requester may take it meanwhile
+    assert await eventually(relay.acquire, within=10)
+
+
+async def test_a_lease_expires_by_the_stores_clock_not_the_callers(
+    db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    holder = Lease(db, ttl=60)
+    assert await holder.acquire()
+    document = await db[lease_module.COLLECTION].find_one({"_id": "relay"})
+    assert document is not None
+    now = await lease_module.store_time(db)
+    assert now - document["renewedAt"] < lease_module.timedelta(seconds=5)
+    # A machine whose wall clock runs a day ahead cannot take it.
+    real = lease_module.datetime
+
+    class Ahead(real):  # type: ignore[misc, valid-type]
+        @classmethod
+        def now(cls, tz: Any = None) -> Any:
+            return real.now(tz) + lease_module.timedelta(days=1)
+
+    monkeypatch.setattr(lease_module, "datetime", Ahead)
+    assert not await Lease(db).acquire()
+    assert await lease_module.holder_alive(db)
+
+
+async def test_two_rebuilds_never_run_at_once_and_a_dead_ones_lease_frees_itself(
+    engine: AsyncEngine, db: Db
+) -> None:
+    shop = Shop(engine, db)
+    await shop.product("MUG")
+    other = Lease(db, name=REBUILD_LEASE, ttl=0.5)
+    assert await other.acquire()
+    with pytest.raises(RebuildRunning):
+        await rebuild(engine, db, all_projections(), grace=0)
+    # The other rebuild dies; its lease lapses and the next rebuild runs.
+    result = await eventually(lambda: _rebuild_unless_running(engine, db), within=15, interval=0.1)
+    assert result.position == 1
+
+
+async def _rebuild_unless_running(engine: AsyncEngine, db: Db) -> Any:
+    try:
+        return await rebuild(engine, db, all_projections(), grace=0)
+    except RebuildRunning:
+        return None
+
+
+async def test_readers_never_see_a_rebuilds_switch(
+    engine: AsyncEngine, db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, FerretDB's drop-then-rename showed readers an empty collection: a
+    product NOT_FOUND, an events read that jumped past events."""
+    shop = Shop(engine, db)
+    shop.relay.poll_interval = 0.05
+    products = [await shop.product(f"P{n}") for n in range(5)]
+    await shop.sync()
+    head = shop.relay.positions["audit_trail"]
+    shop.bus.on_commit(shop.relay.wake)
+    running = asyncio.create_task(shop.relay.run())
+    misses: list[str] = []
+    done = asyncio.Event()
+
+    async def read() -> None:
+        while not done.is_set():
+            for product in products:
+                if await find_product(shop.db, product) is None:
+                    misses.append(product)
+            events = await shop.db["events"].count_documents({"_id": {"$lte": head}})
+            if events != head:
+                misses.append(f"{events} events")
+
+    reader = asyncio.create_task(read())
+    try:
+        await rebuild(engine, db, all_projections(), grace=2)  # returns once it dropped the old
+        done.set()
+        await reader
+    finally:
+        done.set()
+        running.cancel()
+        await asyncio.gather(running, reader, return_exceptions=True)
+    assert misses == []
+    assert shop.db.serving["products"].startswith("products__g")
+
+
+async def test_a_rebuild_that_dies_while_switching_leaves_every_projection_whole(
+    engine: AsyncEngine, db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shop = Shop(engine, db)
+    mug = await shop.product("MUG")
+    await shop.order(await shop.customer(), (mug, 2))
+    await shop.sync()
+    live = await snapshot(db)
+    real_switch = checkpoints.switch
+    switched: list[str] = []
+
+    async def dies_after_two(*args: Any, **kwargs: Any) -> None:
+        if len(switched) == 2:
+            raise Crash("killed while switching")
+        switched.append(args[1])
+        await real_switch(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoints, "switch", dies_after_two)
+    with pytest.raises(Crash):
+        await rebuild(engine, db, all_projections(), grace=0)
+    monkeypatch.undo()
+    assert await snapshot(db) == live  # two switched, the rest still the old ones
+    stored = await checkpoints.load_all(db)
+    assert {name for name, c in stored.items() if c.collections} == set(switched)
+
+    await rebuild(engine, db, all_projections(), grace=0)
+    assert await snapshot(db) == live
+    names = set(await db.list_collection_names())
+    served = ReadDatabase(db)
+    served.switch((await checkpoints.load_all(db)).values())
+    generations = {n for n in names if rebuild_module.GENERATION in n}
+    assert generations == {served[c].name for c in live}  # the dead rebuild's are gone
+
+
+async def test_a_write_to_a_fenced_checkpoint_is_refused(db: Db) -> None:
+    await checkpoints.fence(db, ["products"], 3)
+    await checkpoints.save(db, "products", 5, 5, 3)
+    await checkpoints.fence(db, ["products"], 4)
+    with pytest.raises(checkpoints.Fenced):
+        await checkpoints.save(db, "products", 9, 9, 3)
+    with pytest.raises(checkpoints.Fenced):
+        await checkpoints.announce(db, {"products": 9}, 3)
+    with pytest.raises(checkpoints.Fenced):
+        await checkpoints.fence(db, ["products"], 3)
+    stored = (await checkpoints.load_all(db))["products"]
+    assert (stored.position, stored.attempted_until, stored.epoch) == (5, 0, 4)
