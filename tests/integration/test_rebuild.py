@@ -50,9 +50,7 @@ async def test_a_rebuild_equals_the_live_projections(engine: AsyncEngine, db: Db
     await shop.sync()
     live = await snapshot(db)
     seen: list[tuple[int, int]] = []
-    result = await rebuild(
-        engine, db, all_projections(), report=lambda *a: seen.append(a), grace=0
-    )
+    result = await rebuild(engine, db, all_projections(), report=lambda *a: seen.append(a), grace=0)
     assert await snapshot(db) == live
     assert result.position == shop.relay.head
     assert seen[-1] == (result.position, result.position)
