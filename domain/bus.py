@@ -12,9 +12,9 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from domain import idempotency
+from domain import idempotency, validation
 from domain.commands import Command
-from domain.errors import DomainError, IdempotencyKeyReused, ValidationFailed
+from domain.errors import DomainError, IdempotencyKeyReused, Problems, ValidationFailed
 from domain.handlers import HANDLERS, Handler
 from domain.idempotency import CommandOutcome
 from domain.uow import UnitOfWork, utcnow
@@ -51,6 +51,24 @@ def _answer(request: _Request, result: CommandOutcome | BaseException) -> None:
 def _consume(future: asyncio.Future[CommandOutcome]) -> None:
     if not future.cancelled():
         future.exception()
+
+
+def _check_input(command: Command, key: str | None) -> None:
+    """Refuses, before the store is touched, text it could not keep and a bad key."""
+    problems = Problems()
+    for problem in validation.invalid_text(command):
+        problems.add(problem)
+    if key is not None:
+        if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+            problems.add(
+                ValidationFailed(
+                    f"idempotencyKey must be 1-{MAX_IDEMPOTENCY_KEY_LENGTH} characters",
+                    "idempotencyKey",
+                )
+            )
+        else:
+            problems.add(validation.text_problem(key, "idempotencyKey"))
+    problems.raise_if_any()
 
 
 class _BatchAborted(Exception):
@@ -106,13 +124,7 @@ class CommandBus:
         Cancelling the caller does not cancel a command already queued: like a
         transaction already sent, it runs (and an idempotency key keeps a retry safe).
         """
-        if idempotency_key is not None and not (
-            1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH
-        ):
-            raise ValidationFailed(
-                f"idempotencyKey must be 1-{MAX_IDEMPOTENCY_KEY_LENGTH} characters",
-                "idempotencyKey",
-            )
+        _check_input(command, idempotency_key)
         handler = self.handlers[type(command)]
         if not self.group_commit:
             return await self._execute_alone(command, handler, idempotency_key, metadata)

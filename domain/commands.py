@@ -6,11 +6,18 @@ idempotency key is checked against.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from domain.validation import INPUT_NAME
 
 
 class Command:
     """Marker base class of every command."""
+
+
+# The metadata of a field given as the mutation's ``id`` argument: problems with it
+# name the field ``id``.
+ID_ARGUMENT = {INPUT_NAME: "id"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +32,7 @@ class CreateProduct(Command):
 
 @dataclass(frozen=True, slots=True)
 class UpdateProduct(Command):
-    product_id: str
+    product_id: str = field(metadata=ID_ARGUMENT)
     name: str | None = None
     description: str | None = None
     category: str | None = None
@@ -34,20 +41,20 @@ class UpdateProduct(Command):
 
 @dataclass(frozen=True, slots=True)
 class ChangeProductPrice(Command):
-    product_id: str
+    product_id: str = field(metadata=ID_ARGUMENT)
     price_cents: int
     expected_version: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class RestockProduct(Command):
-    product_id: str
+    product_id: str = field(metadata=ID_ARGUMENT)
     quantity: int
 
 
 @dataclass(frozen=True, slots=True)
 class DiscontinueProduct(Command):
-    product_id: str
+    product_id: str = field(metadata=ID_ARGUMENT)
     expected_version: int | None = None
 
 
@@ -69,14 +76,14 @@ class RegisterCustomer(Command):
 
 @dataclass(frozen=True, slots=True)
 class RenameCustomer(Command):
-    customer_id: str
+    customer_id: str = field(metadata=ID_ARGUMENT)
     name: str
     expected_version: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class UpdateCustomerAddress(Command):
-    customer_id: str
+    customer_id: str = field(metadata=ID_ARGUMENT)
     address: AddressData
     expected_version: int | None = None
 
@@ -96,13 +103,13 @@ class PlaceOrder(Command):
 
 @dataclass(frozen=True, slots=True)
 class CancelOrder(Command):
-    order_id: str
+    order_id: str = field(metadata=ID_ARGUMENT)
     reason: str
     expected_version: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ShipOrder(Command):
-    order_id: str
+    order_id: str = field(metadata=ID_ARGUMENT)
     tracking_number: str
     expected_version: int | None = None

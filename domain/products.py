@@ -16,6 +16,8 @@ _ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRST
 MAX_PRICE_CENTS = 100_000_000
 MAX_INITIAL_STOCK = 1_000_000
 MAX_RESTOCK = 1_000_000
+# stockOnHand is a 32-bit integer in the contract (GraphQL Int) and on PostgreSQL.
+MAX_STOCK_ON_HAND = 2_147_483_647
 
 
 class ProductStatus(StrEnum):
@@ -170,7 +172,12 @@ class Product(Aggregate):
 
     def restock(self, quantity: int, *, now: datetime) -> None:
         problems = Problems()
-        check_restock(problems, quantity)
+        if check_restock(problems, quantity) and self.stock_on_hand + quantity > MAX_STOCK_ON_HAND:
+            problems.add(
+                ValidationFailed(
+                    f"quantity would take stockOnHand past {MAX_STOCK_ON_HAND:,}", "quantity"
+                )
+            )
         problems.add(self.inactive("restocked"))
         problems.raise_if_any()
         self.stock_on_hand += quantity

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import re
 
 from domain.errors import ValidationFailed
+
+# A command field's metadata key naming it in the input when its camelCase name is
+# not that name (an aggregate's id given as the mutation's ``id`` argument).
+INPUT_NAME = "input_name"
 
 
 def text_length(value: str, field: str, minimum: int, maximum: int) -> ValidationFailed | None:
@@ -33,3 +39,60 @@ def pattern(value: str, field: str, regex: re.Pattern[str], rule: str) -> Valida
     if regex.fullmatch(value) is None:
         return ValidationFailed(f"{field} must be {rule}", field)
     return None
+
+
+def invalid_text(value: object, path: str = "") -> list[ValidationFailed]:
+    """A problem for each string in ``value`` that neither store could keep.
+
+    ``value`` is a command (a frozen dataclass), walked through nested dataclasses and
+    tuples; each problem's ``field`` is the input path (``address.postalCode``,
+    ``lines.1.productId``). PostgreSQL refuses U+0000 in text, and a lone surrogate
+    cannot be encoded as UTF-8 at all; SQLite would keep the first and fail on the
+    second, so both are refused alike, before anything is read or written.
+    """
+    problems: list[ValidationFailed] = []
+    _walk(value, path, problems)
+    return problems
+
+
+def text_problem(value: str, field: str) -> ValidationFailed | None:
+    if "\x00" in value or not _encodable(value):
+        return ValidationFailed(
+            f"{field} must be valid text: no NUL characters or unpaired surrogates", field
+        )
+    return None
+
+
+def _encodable(value: str) -> bool:
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _walk(value: object, path: str, problems: list[ValidationFailed]) -> None:
+    if isinstance(value, str):
+        if (problem := text_problem(value, path)) is not None:
+            problems.append(problem)
+    elif isinstance(value, tuple | list):
+        for i, item in enumerate(value):
+            _walk(item, f"{path}.{i}" if path else str(i), problems)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for name, field in _input_fields(type(value)):
+            _walk(getattr(value, name), f"{path}.{field}" if path else field, problems)
+
+
+@functools.cache
+def _input_fields(cls: type) -> tuple[tuple[str, str], ...]:
+    """Each field's attribute name and input name (``INPUT_NAME`` metadata, else camelCase)."""
+    return tuple(
+        (f.name, f.metadata.get(INPUT_NAME) or _camel(f.name)) for f in dataclasses.fields(cls)
+    )
+
+
+def _camel(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(word.capitalize() for word in rest)

@@ -197,3 +197,19 @@ async def test_shipping_a_cancelled_order_without_tracking_reports_both(
     with pytest.raises(DomainError) as raised:
         await bus.execute(ShipOrder(placed.id, ""))
     assert codes(raised.value) == {("VALIDATION_FAILED", "trackingNumber"), ("INVALID_STATE", None)}
+
+
+@pytest.mark.parametrize("bad", ["\x00", "\udfff"])
+async def test_order_and_address_text_neither_store_can_keep_is_refused_with_its_path(
+    bus: CommandBus, engine: AsyncEngine, bad: str
+) -> None:
+    mug = await product(bus, "MUG", 5)
+    ada = await customer(bus)
+    with pytest.raises(DomainError) as raised:
+        await bus.execute(order(ada, (mug, 1), (f"x{bad}", 1)))
+    assert codes(raised.value) == {("VALIDATION_FAILED", "lines.1.productId")}
+    address = AddressData(line1="Main St 1", city="Berlin", postal_code=f"1{bad}", country="DE")
+    with pytest.raises(DomainError) as raised:
+        await bus.execute(RegisterCustomer("bob@example.org", "Bob", address))
+    assert codes(raised.value) == {("VALIDATION_FAILED", "address.postalCode")}
+    assert await order_count(engine) == 0

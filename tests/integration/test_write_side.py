@@ -283,3 +283,36 @@ async def test_a_sku_that_only_upper_cases_into_ascii_is_refused(bus: CommandBus
     with pytest.raises(DomainError) as raised:
         await bus.execute(new_product("straße"))
     assert codes(raised.value) == {("VALIDATION_FAILED", "sku")}
+
+
+async def test_restocking_past_the_32_bit_stock_limit_is_refused_on_quantity(
+    bus: CommandBus, engine: AsyncEngine
+) -> None:
+    """stockOnHand is a 32-bit column on PostgreSQL and a 32-bit Int in the contract."""
+    created = await bus.execute(new_product(initial_stock=0))
+    assert created.id is not None
+    async with engine.begin() as conn:
+        await conn.execute(sa.update(products).values(stock_on_hand=2_147_483_647 - 1_000_000))
+    await bus.execute(RestockProduct(created.id, 1_000_000))  # exactly at the limit
+    with pytest.raises(DomainError) as raised:
+        await bus.execute(RestockProduct(created.id, 1))
+    assert codes(raised.value) == {("VALIDATION_FAILED", "quantity")}
+    async with engine.connect() as conn:
+        assert await conn.scalar(sa.select(products.c.stock_on_hand)) == 2_147_483_647
+
+
+@pytest.mark.parametrize("bad", ["nul \x00 inside", "lone \ud800 surrogate"])
+async def test_text_neither_store_can_keep_is_refused_with_its_field(
+    bus: CommandBus, engine: AsyncEngine, bad: str
+) -> None:
+    with pytest.raises(DomainError) as raised:
+        await bus.execute(new_product(name=bad, description=bad))
+    assert codes(raised.value) == {("VALIDATION_FAILED", "name"),
+                                   ("VALIDATION_FAILED", "description")}  # fmt: skip
+    with pytest.raises(DomainError) as raised:
+        await bus.execute(new_product(), idempotency_key=f"key {bad}")
+    assert codes(raised.value) == {("VALIDATION_FAILED", "idempotencyKey")}
+    with pytest.raises(DomainError) as raised:
+        await bus.execute(UpdateProduct(bad, name="x"))
+    assert codes(raised.value) == {("VALIDATION_FAILED", "id")}
+    assert await counts(engine) == (0, 0, 0)

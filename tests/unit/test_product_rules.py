@@ -231,3 +231,13 @@ def test_discontinuing_again_with_a_stale_version_reports_both() -> None:
         product.discontinue(expected_version=1, now=LATER)
     assert problems(raised.value) == {("VERSION_CONFLICT", "expectedVersion"),
                                       ("INVALID_STATE", None)}  # fmt: skip
+
+
+def test_restock_may_not_take_stock_on_hand_past_32_bits() -> None:
+    product = create(initial_stock=0)
+    product.stock_on_hand = 2_147_483_647 - 10
+    product.restock(10, now=LATER)
+    with pytest.raises(ValidationFailed) as raised:
+        product.restock(1, now=LATER)
+    assert raised.value.field == "quantity"
+    assert product.stock_on_hand == 2_147_483_647
