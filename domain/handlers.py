@@ -7,7 +7,7 @@ command's outcome.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -205,11 +205,17 @@ async def place_order(cmd: PlaceOrder, uow: UnitOfWork) -> Aggregate:
         shipping_address=address or customer.address,
         now=uow.now,
     )
-    for i, ordered in enumerate(priced):
+    for i, ordered in _in_product_order(priced):
         if not await uow.stock.reserve(ordered.product_id, ordered.quantity):
             raise InsufficientStock(f"{ordered.sku} sold out meanwhile", f"lines.{i}.quantity")
     uow.orders.add(order)
     return order
+
+
+def _in_product_order(lines: Sequence[OrderLine]) -> list[tuple[int, OrderLine]]:
+    """The lines with their indexes, by product id: every transaction locks product rows
+    in that one order, so two never wait for each other's rows in a circle."""
+    return sorted(enumerate(lines), key=lambda numbered: numbered[1].product_id)
 
 
 async def _order(uow: UnitOfWork, order_id: str, check_input: InputCheck) -> Order:
@@ -219,7 +225,7 @@ async def _order(uow: UnitOfWork, order_id: str, check_input: InputCheck) -> Ord
 async def cancel_order(cmd: CancelOrder, uow: UnitOfWork) -> Aggregate:
     order = await _order(uow, cmd.order_id, partial(check_reason, reason=cmd.reason))
     order.cancel(cmd.reason, expected_version=cmd.expected_version, now=uow.now)
-    for line in order.lines:
+    for _, line in _in_product_order(order.lines):
         await uow.stock.release(line.product_id, line.quantity)
     return order
 
@@ -228,7 +234,7 @@ async def ship_order(cmd: ShipOrder, uow: UnitOfWork) -> Aggregate:
     check = partial(check_tracking_number, tracking_number=cmd.tracking_number)
     order = await _order(uow, cmd.order_id, check)
     order.ship(cmd.tracking_number, expected_version=cmd.expected_version, now=uow.now)
-    for line in order.lines:
+    for _, line in _in_product_order(order.lines):
         await uow.stock.ship(line.product_id, line.quantity)
     return order
 

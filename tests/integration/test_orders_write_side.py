@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -25,6 +26,7 @@ from domain.commands import (
 )
 from domain.errors import DomainError, Duplicate, InsufficientStock
 from domain.model import order_lines, orders, products
+from domain.repositories import Stock
 
 HOME = AddressData(line1="Main St 1", city="Berlin", postal_code="10115", country="DE")
 
@@ -213,3 +215,31 @@ async def test_order_and_address_text_neither_store_can_keep_is_refused_with_its
         await bus.execute(RegisterCustomer("bob@example.org", "Bob", address))
     assert codes(raised.value) == {("VALIDATION_FAILED", "address.postalCode")}
     assert await order_count(engine) == 0
+
+
+async def test_stock_rows_are_moved_in_product_id_order_whatever_the_line_order(
+    bus: CommandBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One lock order for product rows everywhere, so two transactions never wait on
+    each other's rows in a circle."""
+    ids = sorted([await product(bus, f"P{n}", 9) for n in range(4)])
+    ada = await customer(bus)
+    touched: list[str] = []
+
+    def spy(method: str) -> None:
+        original = getattr(Stock, method)
+
+        async def recorded(self: Stock, product_id: str, quantity: int) -> Any:
+            touched.append(product_id)
+            return await original(self, product_id, quantity)
+
+        monkeypatch.setattr(Stock, method, recorded)
+
+    for method in ("reserve", "release", "ship"):
+        spy(method)
+    backwards = [(p, 1) for p in reversed(ids)]
+    first = await bus.execute(order(ada, *backwards))
+    second = await bus.execute(order(ada, *backwards))
+    await bus.execute(CancelOrder(first.id or "", "no"))
+    await bus.execute(ShipOrder(second.id or "", "T-1"))
+    assert touched == ids * 4
