@@ -15,11 +15,18 @@ one answer::
     ├── InvalidState            INVALID_STATE
     ├── IdempotencyKeyReused    IDEMPOTENCY_KEY_REUSED
     └── Rejected                several of the above together
+
+A refusal can be stored with an idempotency key (:meth:`DomainError.to_data`) and
+raised again from it (:meth:`DomainError.from_data`) with the same codes, messages
+and fields.
+
+:class:`CommitOutcomeUnknown` is no refusal: the store failed while committing and
+could not say whether the command took effect.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 
 class DomainError(Exception):
@@ -39,6 +46,16 @@ class DomainError(Exception):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r}, field={self.field!r})"
+
+    def to_data(self) -> list[dict[str, str | None]]:
+        """Each problem as ``{"code", "message", "field"}``, JSON-ready."""
+        return [{"code": p.code, "message": p.message, "field": p.field} for p in self.problems]
+
+    @staticmethod
+    def from_data(data: Sequence[Mapping[str, str | None]]) -> DomainError:
+        """The refusal :meth:`to_data` described: one error, or :class:`Rejected` for several."""
+        errors = [_BY_CODE[str(p["code"])](str(p["message"]), p["field"]) for p in data]
+        return errors[0] if len(errors) == 1 else Rejected(errors)
 
 
 class ValidationFailed(DomainError):
@@ -80,6 +97,28 @@ class Rejected(DomainError):
     @property
     def problems(self) -> tuple[DomainError, ...]:
         return self._problems
+
+
+_BY_CODE: dict[str, type[DomainError]] = {
+    cls.code: cls
+    for cls in (
+        ValidationFailed,
+        NotFound,
+        Duplicate,
+        VersionConflict,
+        InsufficientStock,
+        InvalidState,
+        IdempotencyKeyReused,
+    )
+}
+
+
+class CommitOutcomeUnknown(Exception):
+    """The store failed while committing, and whether the command took effect is unknown.
+
+    Retrying with the same idempotency key is safe: it answers the first result if
+    the command did take effect, and runs it if not.
+    """
 
 
 class Problems:
