@@ -1,32 +1,42 @@
-"""The command bus: runs one command in one unit of work, with idempotency keys."""
+"""The command bus: runs commands in units of work, with idempotency keys."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from domain import idempotency, validation
 from domain.commands import Command
-from domain.errors import DomainError, IdempotencyKeyReused, Problems, ValidationFailed
+from domain.errors import (
+    CommitOutcomeUnknown,
+    DomainError,
+    IdempotencyKeyReused,
+    Problems,
+    ValidationFailed,
+)
 from domain.handlers import HANDLERS, Handler
-from domain.idempotency import CommandOutcome
+from domain.idempotency import Answer, CommandOutcome
 from domain.uow import UnitOfWork, utcnow
-from domain.writer import Transactions
+from domain.writer import NotCommitted, Transactions
 
 log = logging.getLogger(__name__)
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
-# A unique constraint can still fire when two transactions race past the same check
-# (two first uses of one idempotency key, two products with one SKU on PostgreSQL).
-# Running the command again lets it see the winner and answer as if it came second.
-ATTEMPTS = 3
+# A transaction that failed before it committed is run again, up to this many times in
+# all: a unique constraint can fire when two transactions race past the same check
+# (two products with one SKU on PostgreSQL; running again sees the winner and answers
+# as if it came second), PostgreSQL can end one of two transactions that wait for
+# each other (deadlock) or cannot be serialised, and a COMMIT can fail (NotCommitted).
+ATTEMPTS = 5
+# SQLSTATEs of a transaction the database ended so that others can go on.
+_RUN_AGAIN_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock, serialization failure
 
 
 @dataclass(eq=False)
@@ -35,22 +45,69 @@ class _Request:
     handler: Handler
     key: str | None
     metadata: dict[str, Any] | None
-    future: asyncio.Future[CommandOutcome]
+    future: asyncio.Future[CommandOutcome] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Ran:
+    """A command that ran in this transaction; its outcome waits for the positions."""
+
+    id: str
+    aggregate_version: int
+    last_event: int | None  # index in the transaction's events, None for a no-op
+
+
+@dataclass(frozen=True, slots=True)
+class _SameAs:
+    """The same key and command as an earlier one in this transaction: its answer."""
+
+    index: int
+
+
+_Step = _Ran | _SameAs | Answer
 
 
 def _answer(request: _Request, result: CommandOutcome | BaseException) -> None:
     """Gives the caller its outcome or error, unless it has one already."""
-    if request.future.done():
+    future = request.future
+    assert future is not None
+    if future.done():
         return
     if isinstance(result, BaseException):
-        request.future.set_exception(result)
+        future.set_exception(result)
     else:
-        request.future.set_result(result)
+        future.set_result(result)
 
 
 def _consume(future: asyncio.Future[CommandOutcome]) -> None:
     if not future.cancelled():
         future.exception()
+
+
+def _may_run_again(error: Exception) -> bool:
+    """Whether ``error`` ended a transaction that took no effect and may just be run again."""
+    if isinstance(error, NotCommitted | IntegrityError):
+        return True
+    if isinstance(error, DBAPIError):
+        # asyncpg and psycopg name it sqlstate, psycopg2 pgcode.
+        code = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
+        return code in _RUN_AGAIN_SQLSTATES
+    return False
+
+
+def _no_op_first(steps: Sequence[_Step]) -> bool:
+    """Whether a command that wrote no event comes before every one that did: its
+    version is then the last position before the transaction's own."""
+    for step in steps:
+        if isinstance(step, _Ran):
+            return step.last_event is None
+    return False
+
+
+def _reused() -> IdempotencyKeyReused:
+    return IdempotencyKeyReused(
+        "this idempotencyKey was used for a different command", "idempotencyKey"
+    )
 
 
 def _check_input(command: Command, key: str | None) -> None:
@@ -71,19 +128,20 @@ def _check_input(command: Command, key: str | None) -> None:
     problems.raise_if_any()
 
 
-class _BatchAborted(Exception):
-    """A command of a group failed after writing; the group runs again one by one."""
-
-
 class CommandBus:
     """Dispatches commands to their handlers and tells listeners of every commit.
 
     With ``group_commit`` (the default), commands that arrive while a transaction is
     being written wait and then run together in the next one, in arrival order, each
     seeing the ones before it: the same result as running them one after another,
-    for the price of one commit. A command refused before it wrote anything just
-    answers its error; one that fails after writing (a reservation it must undo, a
-    lost race) aborts the group, which then runs again one command per transaction.
+    for the price of one commit. A refused command answers its error and keeps
+    nothing it wrote (it ran in a savepoint), and the group goes on.
+
+    A transaction that fails before its commit (a deadlock, a lost race) took no
+    effect: a group then runs again one command per transaction, and a command alone
+    runs again (:data:`ATTEMPTS`). A failed COMMIT may have taken effect: it is run
+    again only once the store says it did not; if it did, every caller gets its
+    answer; if that cannot be found out, each gets :class:`CommitOutcomeUnknown`.
     """
 
     def __init__(
@@ -119,19 +177,21 @@ class CommandBus:
         idempotency_key: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> CommandOutcome:
-        """Runs ``command``; raises a ``DomainError`` if it is refused, with nothing written.
+        """Runs ``command``; raises a ``DomainError`` if it is refused, with nothing written
+        but the refusal, recorded under ``idempotency_key`` (see ``domain.idempotency``).
 
         Cancelling the caller does not cancel a command already queued: like a
         transaction already sent, it runs (and an idempotency key keeps a retry safe).
         """
         _check_input(command, idempotency_key)
-        handler = self.handlers[type(command)]
+        request = _Request(command, self.handlers[type(command)], idempotency_key, metadata)
         if not self.group_commit:
-            return await self._execute_alone(command, handler, idempotency_key, metadata)
+            return await self._execute_alone(request)
         future: asyncio.Future[CommandOutcome] = asyncio.get_running_loop().create_future()
         # A caller that was cancelled never reads its answer; that is not an error to log.
         future.add_done_callback(_consume)
-        self._pending.append(_Request(command, handler, idempotency_key, metadata, future))
+        request.future = future
+        self._pending.append(request)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_pending(), name="command writer")
         return await asyncio.shield(future)
@@ -154,96 +214,101 @@ class CommandBus:
             await self._settle(group[0])
             return
         try:
-            results, written = await self._transactions.run(lambda uow: self._run_group(uow, group))
-        except Exception as error:  # a write undone, a lost race, a fault: one by one
+            answers, written = await self._transactions.run(lambda uow: self._run(uow, group))
+        except CommitOutcomeUnknown as error:
+            for request in group:
+                _answer(request, error)
+            return
+        except Exception as error:  # it took no effect: one by one, each with its retries
             log.info("a group of %d commands runs again one by one (%r)", len(group), error)
             for request in group:
                 await self._settle(request)
             return
         self._notify(written)
-        for request, result in results:
-            _answer(request, result)
-
-    async def _run_group(
-        self, uow: UnitOfWork, group: list[_Request]
-    ) -> tuple[list[tuple[_Request, CommandOutcome | DomainError]], int | None]:
-        """Runs the group's commands one after another in ``uow``'s transaction."""
-        results: list[tuple[_Request, CommandOutcome | DomainError]] = []
-        written: int | None = None
-        for request in group:
-            uow.next_command(request.metadata)
-            try:
-                outcome, position = await self._run(
-                    request.command, request.handler, request.key, uow
-                )
-            except DomainError as error:
-                if uow.wrote:
-                    raise _BatchAborted from error
-                results.append((request, error))
-                continue
-            results.append((request, outcome))
-            written = position if position is not None else written
-        return results, written
+        for request, answer in zip(group, answers, strict=True):
+            _answer(request, answer)
 
     async def _settle(self, request: _Request) -> None:
         """Runs one queued command in its own transaction and answers its caller."""
         try:
-            outcome = await self._execute_alone(
-                request.command, request.handler, request.key, request.metadata
-            )
+            outcome = await self._execute_alone(request)
         except Exception as error:
             _answer(request, error)
         else:
             _answer(request, outcome)
 
-    async def _execute_alone(
-        self,
-        command: Command,
-        handler: Handler,
-        key: str | None,
-        metadata: dict[str, Any] | None,
-    ) -> CommandOutcome:
-        """One command in its own transaction, run again if it lost a race."""
-
-        async def work(uow: UnitOfWork) -> tuple[CommandOutcome, int | None]:
-            uow.next_command(metadata)
-            return await self._run(command, handler, key, uow)
-
+    async def _execute_alone(self, request: _Request) -> CommandOutcome:
+        """One command in its own transaction, run again while that may help."""
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                outcome, written = await self._transactions.run(work)
-            except IntegrityError:
-                if attempt == ATTEMPTS:
+                answers, written = await self._transactions.run(
+                    lambda uow: self._run(uow, [request])
+                )
+            except Exception as error:
+                if attempt == ATTEMPTS or not _may_run_again(error):
                     raise
-                log.info("command %s lost a race, running it again", type(command).__name__)
+                log.info("command %s runs again (%r)", type(request.command).__name__, error)
             else:
                 self._notify(written)
-                return outcome
+                [answer] = answers
+                if isinstance(answer, DomainError):
+                    raise answer
+                return answer
         raise AssertionError("unreachable")
 
     async def _run(
-        self, command: Command, handler: Handler, key: str | None, uow: UnitOfWork
-    ) -> tuple[CommandOutcome, int | None]:
-        """The command in ``uow``'s transaction: its outcome and its last event's position."""
-        request_hash = idempotency.fingerprint(command) if key is not None else ""
+        self, uow: UnitOfWork, requests: Sequence[_Request]
+    ) -> tuple[list[Answer], int | None]:
+        """Runs ``requests`` one after another in ``uow``'s transaction, then appends all
+        their events and records their keys' answers: each one's answer, and the last
+        position written."""
+        claimed: dict[str, tuple[int, str]] = {}
+        steps = [await self._step(uow, r, i, claimed) for i, r in enumerate(requests)]
+        positions, head = await uow.append_events(read_head=_no_op_first(steps))
+        answers: list[Answer] = []
+        last: int | None = head
+        for step in steps:
+            if isinstance(step, _Ran):
+                if step.last_event is not None:
+                    last = positions[step.last_event]
+                answers.append(CommandOutcome(step.id, last, step.aggregate_version))
+            elif isinstance(step, _SameAs):
+                answers.append(answers[step.index])
+            else:
+                answers.append(step)
+        await idempotency.record(uow.conn, [(key, answers[i]) for key, (i, _) in claimed.items()])
+        return answers, positions[-1] if positions else None
+
+    async def _step(
+        self,
+        uow: UnitOfWork,
+        request: _Request,
+        index: int,
+        claimed: dict[str, tuple[int, str]],
+    ) -> _Step:
+        """One command of the transaction: its key claimed first, then run in its own
+        savepoint; what it answers, or what its answer waits for."""
+        command, key = request.command, request.key
+        uow.next_command(request.metadata)
         uow.metadata["command"] = type(command).__name__
         if key is not None:
             uow.metadata["idempotencyKey"] = key
-            stored = await idempotency.find(uow.conn, key)
-            if stored is not None:
-                if stored.request_hash != request_hash:
-                    raise IdempotencyKeyReused(
-                        "this idempotencyKey was used for a different command",
-                        "idempotencyKey",
-                    )
-                return stored.outcome, None
-        aggregate = await handler(command, uow)
-        written = await uow.flush()
-        position = written if written is not None else await uow.head()
-        outcome = CommandOutcome(aggregate.id, position, aggregate.version)
-        if key is not None:
-            await idempotency.remember(uow.conn, key, command, request_hash, outcome, uow.now)
-        return outcome, written
+            request_hash = idempotency.fingerprint(command)
+            if key in claimed:  # claimed earlier in this transaction
+                first, first_hash = claimed[key]
+                return _SameAs(first) if first_hash == request_hash else _reused()
+            if not await idempotency.claim(uow.conn, key, command, request_hash, uow.now):
+                recorded = await idempotency.find(uow.conn, key)
+                return recorded.answer if recorded.request_hash == request_hash else _reused()
+            claimed[key] = (index, request_hash)
+        try:
+            aggregate = await request.handler(command, uow)
+            last_event = await uow.flush()
+        except DomainError as refusal:
+            await uow.end_command(refused=True)
+            return refusal
+        await uow.end_command(refused=False)
+        return _Ran(aggregate.id, aggregate.version, last_event)
 
     def _notify(self, written: int | None) -> None:
         if written is not None:

@@ -15,24 +15,14 @@ from domain.model import outbox
 
 # Any constant works; it only has to be the same in every process.
 OUTBOX_LOCK_KEY = 0x5E0B0C
+_INSERT = outbox.insert().returning(outbox.c.event_id, outbox.c.position)
 
 
-async def append(
-    conn: AsyncConnection, events: Sequence[Event], *, now: datetime, metadata: dict[str, Any]
-) -> list[int]:
-    """Appends ``events`` and returns their positions, in order.
-
-    On PostgreSQL a sequence hands out positions at insert time, so two writers can
-    commit them out of order and a relay reading ``position > checkpoint`` would skip
-    the late one. A transaction-scoped advisory lock, taken just before the insert and
-    held until commit, makes positions follow commit order. SQLite already serialises
-    writers (``BEGIN IMMEDIATE``).
-    """
-    if not events:
-        return []
-    if conn.dialect.name == "postgresql":
-        await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(OUTBOX_LOCK_KEY)))
-    rows = [
+def rows(
+    events: Sequence[Event], *, now: datetime, metadata: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The outbox rows of ``events``, each with a new event id, for :func:`insert`."""
+    return [
         {
             "event_id": str(uuid.uuid4()),
             "type": e.type,
@@ -45,9 +35,48 @@ async def append(
         }
         for e in events
     ]
-    stmt = outbox.insert().returning(outbox.c.position, sort_by_parameter_order=True)
-    result = await conn.execute(stmt, rows)
-    return [int(position) for position in result.scalars()]
+
+
+async def lock(conn: AsyncConnection) -> int | None:
+    """Takes the outbox lock until the end of the transaction; the transaction's id.
+
+    On PostgreSQL a sequence hands out positions at insert time, so two writers can
+    commit them out of order and a relay reading ``position > checkpoint`` would skip
+    the late one. A transaction-scoped advisory lock, taken just before the insert and
+    held until commit, makes positions follow commit order. Take it only once the
+    transaction will wait for no row any more (see ``UnitOfWork.append_events``):
+    a transaction holding it while it waits for a row that another one holds, which
+    in turn waits for this lock, is a deadlock.
+
+    The transaction id comes in the same round trip, to find out after a failed
+    COMMIT whether it took effect (``txid_status``). SQLite already serialises
+    writers (``BEGIN IMMEDIATE``): no lock, no id.
+    """
+    if conn.dialect.name != "postgresql":
+        return None
+    stmt = sa.select(sa.func.pg_advisory_xact_lock(OUTBOX_LOCK_KEY), sa.func.txid_current())
+    return int((await conn.execute(stmt)).one()[1])
+
+
+async def insert(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Inserts :func:`rows` (under :func:`lock`) in one statement; their positions, in order."""
+    if not rows:
+        return []
+    # Matched by event id rather than sort_by_parameter_order, which SQLAlchemy can only
+    # honour on SQLite by sending one row per statement.
+    result = await conn.execute(_INSERT, list(rows))
+    positions = {event_id: int(position) for event_id, position in result.all()}
+    return [positions[row["event_id"]] for row in rows]
+
+
+async def append(
+    conn: AsyncConnection, events: Sequence[Event], *, now: datetime, metadata: dict[str, Any]
+) -> list[int]:
+    """Appends ``events`` under the outbox lock and returns their positions, in order."""
+    if not events:
+        return []
+    await lock(conn)
+    return await insert(conn, rows(events, now=now, metadata=metadata))
 
 
 async def head(conn: AsyncConnection) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
@@ -228,14 +229,15 @@ class Stock:
     touches no row instead of overselling.
     """
 
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: AsyncConnection, before_write: Callable[[], Awaitable[None]]) -> None:
         self.conn = conn
-        self.wrote = False
-        """Whether a statement that may change rows was sent (a failure then needs a rollback)."""
+        self.before_write = before_write
+        """Called before each statement that may change rows (the unit of work opens the
+        command's savepoint there)."""
 
     async def reserve(self, product_id: str, quantity: int) -> bool:
         c = products.c
-        self.wrote = True
+        await self.before_write()
         result = await self.conn.execute(
             products.update()
             .where(
@@ -262,7 +264,7 @@ class Stock:
 
     async def _move(self, product_id: str, quantity: int, **values: Any) -> None:
         c = products.c
-        self.wrote = True
+        await self.before_write()
         result = await self.conn.execute(
             products.update()
             .where(c.id == product_id, c.stock_reserved >= quantity)

@@ -16,6 +16,7 @@ run against :class:`SyncBridge`, whose awaits complete at once, and
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -24,11 +25,21 @@ from typing import Any, TypeVar, cast
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from domain.errors import CommitOutcomeUnknown
+from domain.model import outbox
 from domain.store import create_sync_engine
-from domain.uow import UnitOfWork
+from domain.uow import CommitMarker, UnitOfWork
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Work = Callable[[UnitOfWork], Coroutine[Any, Any, T]]
+# How long to keep asking whether a transaction whose COMMIT failed took effect.
+COMMIT_CHECK_SECONDS = 10.0
+
+
+class NotCommitted(Exception):
+    """The COMMIT failed and the transaction did not take effect: safe to run again."""
 
 
 class SyncBridge:
@@ -47,11 +58,27 @@ class SyncBridge:
     async def scalar(self, statement: Any, parameters: Any = None) -> Any:
         return self.sync_connection.scalar(statement, parameters)
 
+    async def begin_nested(self) -> _SyncSavepoint:
+        return _SyncSavepoint(self.sync_connection.begin_nested())
+
     async def commit(self) -> None:
         self.sync_connection.commit()
 
     async def rollback(self) -> None:
         self.sync_connection.rollback()
+
+
+class _SyncSavepoint:
+    """The part of ``AsyncTransaction`` a savepoint is used through."""
+
+    def __init__(self, savepoint: sa.NestedTransaction) -> None:
+        self.savepoint = savepoint
+
+    async def commit(self) -> None:
+        self.savepoint.commit()
+
+    async def rollback(self) -> None:
+        self.savepoint.rollback()
 
 
 def run_inline(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -64,8 +91,19 @@ def run_inline(coroutine: Coroutine[Any, Any, T]) -> T:
     raise RuntimeError("a write transaction waited on something in the writer thread")
 
 
+# What a transaction left: its result, and if its COMMIT failed, the error and its marker.
+_Ran = tuple[T, Exception | None, CommitMarker]
+
+
 class Transactions:
-    """Runs ``work(uow)`` in a write transaction and commits it; rolls back on any error."""
+    """Runs ``work(uow)`` in a write transaction and commits it; rolls back on any error.
+
+    An error before the commit leaves nothing written: it is raised as it is, and the
+    work may run again. A COMMIT that fails is another matter (the connection can die
+    after the server committed): :meth:`committed` finds out, and the work's result
+    is returned if it took effect, :class:`NotCommitted` raised if it did not (safe to
+    run again), :class:`CommitOutcomeUnknown` if that cannot be found out.
+    """
 
     def __init__(self, engine: AsyncEngine, clock: Callable[[], datetime]) -> None:
         self.engine = engine
@@ -78,26 +116,104 @@ class Transactions:
 
     async def run(self, work: Work[T]) -> T:
         if self._thread is None:
-            async with UnitOfWork(self.engine, self.clock) as uow:
-                result = await work(uow)
-                await uow.commit()
+            result, failure, marker = await self._run_async(work)
+        else:
+            loop = asyncio.get_running_loop()
+            result, failure, marker = await loop.run_in_executor(
+                self._thread, self._run_in_thread, work
+            )
+        if failure is None:
             return result
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._run_in_thread, work)
+        committed = await self.committed(marker)
+        if committed:
+            log.warning("the COMMIT reported an error but took effect (%r)", failure)
+            return result
+        if committed is False:
+            raise NotCommitted(f"the COMMIT failed and took no effect: {failure!r}") from failure
+        raise CommitOutcomeUnknown(
+            "the write store failed while committing and whether the command took effect "
+            "is unknown: send it again with the same idempotencyKey"
+        ) from failure
 
-    def _run_in_thread(self, work: Work[T]) -> T:
+    async def _run_async(self, work: Work[T]) -> _Ran[T]:
+        async with UnitOfWork(self.engine, self.clock) as uow:
+            result = await work(uow)
+            try:
+                await uow.commit()
+            except Exception as error:
+                return result, error, uow.marker
+        return result, None, uow.marker
+
+    def _run_in_thread(self, work: Work[T]) -> _Ran[T]:
         assert self._sync_engine is not None
-        with self._sync_engine.connect() as connection:
+        connection = self._sync_engine.connect()
+        committing = False
+        try:
             connection.execution_options(write=True)
             connection.begin()
             bridge = cast(AsyncConnection, SyncBridge(connection))
             uow = UnitOfWork.bound(bridge, self.clock)
             result = run_inline(work(uow))
-            connection.commit()
-        return result
+            committing = True
+            try:
+                run_inline(uow.commit())
+            except Exception as error:
+                return result, error, uow.marker
+            return result, None, uow.marker
+        finally:
+            _close(connection, quietly=committing)
+
+    async def committed(self, marker: CommitMarker) -> bool | None:
+        """Whether the transaction behind ``marker`` took effect, after its COMMIT failed;
+        ``None`` when that cannot be found out within :data:`COMMIT_CHECK_SECONDS`.
+
+        One that appended no events counts as not committed: all it can have kept are
+        idempotency records, and running it again answers the same from them.
+        """
+        if marker.xid is None and marker.event_id is None:
+            return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + COMMIT_CHECK_SECONDS
+        delay = 0.01
+        while True:
+            try:
+                status = await self._commit_status(marker)
+            except Exception:
+                log.warning(
+                    "cannot ask the write store whether a commit took effect", exc_info=True
+                )
+                status = "unreachable"
+            if status in ("committed", "aborted"):
+                return status == "committed"
+            if status is None or loop.time() > deadline:
+                return None
+            await asyncio.sleep(delay)  # in progress, or the store unreachable for now
+            delay = min(2 * delay, 0.5)
+
+    async def _commit_status(self, marker: CommitMarker) -> str | None:
+        """``committed``, ``aborted``, ``in progress``, or ``None`` if the store cannot tell."""
+        async with self.engine.connect() as conn:
+            if marker.xid is not None:
+                status = await conn.scalar(sa.select(sa.func.txid_status(marker.xid)))
+                return None if status is None else str(status)
+            found = await conn.scalar(
+                sa.select(sa.literal(1)).where(outbox.c.event_id == marker.event_id)
+            )
+            return "committed" if found else "aborted"
 
     def close(self) -> None:
         if self._thread is not None:
             self._thread.shutdown(wait=True)
         if self._sync_engine is not None:
             self._sync_engine.dispose()
+
+
+def _close(connection: sa.Connection, *, quietly: bool) -> None:
+    """Closes ``connection``, rolling back whatever is open. Once a COMMIT was sent its
+    outcome is what matters: an error here is then only logged."""
+    try:
+        connection.close()
+    except Exception:
+        if not quietly:
+            raise
+        log.warning("closing the write connection failed after COMMIT", exc_info=True)

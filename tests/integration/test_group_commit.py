@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import re
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -10,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from domain import outbox
+from domain.aggregate import Aggregate
 from domain.bus import CommandBus
 from domain.commands import (
     AddressData,
@@ -17,9 +20,13 @@ from domain.commands import (
     OrderLineRequest,
     PlaceOrder,
     RegisterCustomer,
+    RestockProduct,
 )
-from domain.errors import DomainError, Duplicate, InsufficientStock
+from domain.errors import DomainError, Duplicate, InsufficientStock, InvalidState
+from domain.handlers import HANDLERS
+from domain.idempotency import CommandOutcome
 from domain.model import customers, products
+from domain.uow import UnitOfWork
 
 ADDRESS = AddressData("1 Main Street", "Berlin", "10115", "DE")
 
@@ -108,3 +115,104 @@ async def test_refusals_in_a_group_are_the_same_as_one_by_one(engine: AsyncEngin
         with pytest.raises(DomainError) as refused:
             await alone.execute(command)
         assert (type(refused.value), str(refused.value)) == (type(result), str(result))
+
+
+async def shop(bus: CommandBus, stock: int = 100) -> tuple[str, str]:
+    mug = await bus.execute(CreateProduct("MUG", "Mug", "kitchen", 100, "", stock))
+    buyer = await bus.execute(customer(0))
+    assert mug.id is not None
+    assert buyer.id is not None
+    return mug.id, buyer.id
+
+
+async def test_a_refusal_after_writing_is_undone_alone_and_its_group_commits_once(
+    engine: AsyncEngine,
+) -> None:
+    """A command refused after it wrote rolls back to its savepoint; the group goes on."""
+
+    async def reserve_then_refuse(command: RestockProduct, uow: UnitOfWork) -> Aggregate:
+        assert await uow.stock.reserve(command.product_id, 1)
+        raise InvalidState("refused after reserving a unit", "id")
+
+    bus = CountingBus(engine, handlers={**HANDLERS, RestockProduct: reserve_then_refuse})
+    mug, buyer = await shop(bus)
+    fine = PlaceOrder(buyer, (OrderLineRequest(mug, 1),))
+    commits_before = len(bus.commits)
+    results = await run_together(bus, fine, fine, RestockProduct(mug, 1), fine)
+
+    assert isinstance(results[2], InvalidState)
+    assert [type(r) for i, r in enumerate(results) if i != 2] == [CommandOutcome] * 3
+    assert len(bus.commits) == commits_before + 1
+    async with engine.connect() as conn:
+        assert await conn.scalar(sa.select(products.c.stock_reserved)) == 3
+
+
+class _Deadlock(Exception):
+    sqlstate = "40P01"
+
+
+class _SerializationFailure(Exception):
+    pgcode = "40001"  # psycopg2 names it pgcode, asyncpg and psycopg sqlstate
+
+
+@pytest.mark.parametrize("cause", [_Deadlock, _SerializationFailure])
+@pytest.mark.parametrize("group_commit", [True, False])
+async def test_a_deadlock_or_serialization_failure_runs_the_command_again(
+    engine: AsyncEngine, cause: type[Exception], group_commit: bool
+) -> None:
+    calls: list[Any] = []
+
+    async def fails_once(command: PlaceOrder, uow: UnitOfWork) -> Aggregate:
+        calls.append(command)
+        if len(calls) <= 2:  # the group, then the first command alone or again
+            raise sa.exc.DBAPIError("UPDATE products", {}, cause("deadlock detected"))
+        return await HANDLERS[PlaceOrder](command, uow)
+
+    bus = CommandBus(engine, {**HANDLERS, PlaceOrder: fails_once}, group_commit=group_commit)
+    mug, buyer = await shop(bus)
+    results = await run_together(bus, *[PlaceOrder(buyer, (OrderLineRequest(mug, 1),))] * 3)
+    assert [type(r) for r in results] == [CommandOutcome] * 3
+    async with engine.connect() as conn:
+        assert await conn.scalar(sa.select(products.c.stock_reserved)) == 3
+
+
+@pytest.fixture
+def statements() -> Iterator[list[str]]:
+    """Every statement sent by any engine, and "COMMIT" for each commit."""
+    sent: list[str] = []
+
+    def on_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        sent.append(" ".join(statement.split()))
+
+    def on_commit(conn: Any) -> None:
+        sent.append("COMMIT")
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", on_execute)
+    sa.event.listen(sa.engine.Engine, "commit", on_commit)
+    yield sent
+    sa.event.remove(sa.engine.Engine, "before_cursor_execute", on_execute)
+    sa.event.remove(sa.engine.Engine, "commit", on_commit)
+
+
+async def test_a_group_writes_its_events_in_one_insert_after_every_row_lock(
+    engine: AsyncEngine, statements: list[str]
+) -> None:
+    """Nothing waits for a row while holding the outbox lock: the events of the whole
+    group are appended at its end, in one statement, and then only the idempotency
+    records of the group are written."""
+    bus = CountingBus(engine)
+    mug, buyer = await shop(bus)
+    order = PlaceOrder(buyer, (OrderLineRequest(mug, 1),))
+    statements.clear()
+    await run_together(bus, order, RestockProduct(mug, 5), order, key=None)
+    await run_together(bus, *(PlaceOrder(buyer, (OrderLineRequest(mug, n),)) for n in (1, 2)),
+                       key=None)  # fmt: skip
+    transactions = " ; ".join(statements).split("COMMIT")[:-1]
+    assert len(transactions) == len(bus.commits) - 2  # the two setup commits came before
+    for transaction in transactions:
+        sent = transaction.split(" ; ")
+        appends = [i for i, s in enumerate(sent) if "INSERT INTO outbox" in s]
+        assert len(appends) == 1, sent
+        first = next(i for i, s in enumerate(sent) if "advisory" in s or "INTO outbox" in s)
+        later = sent[first:]
+        assert not [s for s in later if re.search(r"\b(products|customers|orders)\b", s)], later

@@ -59,10 +59,15 @@ async def test_create_writes_the_row_and_its_event_in_one_go(
     assert event.metadata["command"] == "CreateProduct"
 
 
-async def test_refused_command_writes_nothing(bus: CommandBus, engine: AsyncEngine) -> None:
+async def test_refused_command_writes_nothing_but_its_key_record(
+    bus: CommandBus, engine: AsyncEngine
+) -> None:
+    with pytest.raises(DomainError):
+        await bus.execute(new_product(name="", price_cents=-1))
+    assert await counts(engine) == (0, 0, 0)
     with pytest.raises(DomainError):
         await bus.execute(new_product(name="", price_cents=-1), idempotency_key="k")
-    assert await counts(engine) == (0, 0, 0)
+    assert await counts(engine) == (0, 0, 1)  # the refusal, answered again to a repeat
 
 
 async def test_sku_is_unique_case_insensitively(bus: CommandBus, engine: AsyncEngine) -> None:
