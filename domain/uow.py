@@ -150,9 +150,6 @@ class UnitOfWork:
             head = await outbox.head(self.conn)
         return await outbox.insert(self.conn, self.events), head
 
-    async def head(self) -> int:
-        return await outbox.head(self.conn)
-
     async def commit(self) -> None:
         try:
             await self.conn.commit()
