@@ -399,15 +399,7 @@ class Relay:
             while True:
                 self._wake.clear()
                 try:
-                    if not await self.lease.acquire():
-                        self.running = False
-                        await self._idle(self._standby_interval)
-                        continue
-                    if self.lease.epoch != self.epoch or not self.running:
-                        assert self.lease.epoch is not None
-                        await self.begin_tenure(self.lease.epoch)
-                    self.running = True
-                    applied = await self.run_once()
+                    applied = await self.step()
                     backoff = 0.1
                 except LeaseLost:
                     # Another relay took over: stand by; a later tenure starts afresh.
@@ -426,12 +418,24 @@ class Relay:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF)
                     continue
-                if applied < self.batch_size:
+                if applied is None or applied < self.batch_size:
                     await self._idle(self._standby_interval)
         finally:
             self.running = False
             with contextlib.suppress(PyMongoError, asyncio.CancelledError):
                 await asyncio.shield(self.lease.release())
+
+    async def step(self) -> int | None:
+        """One turn of :meth:`run`: takes or renews the lease (starting a tenure if it is
+        a new one) and applies one batch; how many events it read, None on standby."""
+        if not await self.lease.acquire():
+            self.running = False
+            return None
+        if self.lease.epoch != self.epoch or not self.running:
+            assert self.lease.epoch is not None
+            await self.begin_tenure(self.lease.epoch)
+        self.running = True
+        return await self.run_once()
 
     @property
     def _standby_interval(self) -> float:

@@ -308,3 +308,39 @@ async def test_a_write_to_a_fenced_checkpoint_is_refused(db: Db) -> None:
         await checkpoints.fence(db, ["products"], 3)
     stored = (await checkpoints.load_all(db))["products"]
     assert (stored.position, stored.attempted_until, stored.epoch) == (5, 0, 4)
+
+
+async def test_a_relay_paused_before_a_bulk_write_writes_nothing_once_another_took_over(
+    bus: CommandBus, engine: AsyncEngine, db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Paused (a GC pause, a stopped VM) after deciding its writes, before sending them,
+    while another relay takes over and applies the same events: once it resumes, its
+    bulk write must not go out (with guards decided by the relay, it would apply the
+    restock a second time)."""
+    pid = await create(bus)
+    a, b = make_relay(engine, db), make_relay(engine, db)
+    await a.setup()
+    await b.setup()
+    assert await a.lease.acquire()
+    assert a.lease.epoch is not None
+    await a.begin_tenure(a.lease.epoch)
+    await a.run_once()
+    await bus.execute(RestockProduct(pid, 7))
+    paused, resume = asyncio.Event(), asyncio.Event()
+    real_enter = type(a.write_gate).__aenter__
+
+    async def pausing(gate: Any) -> None:
+        if gate is a.write_gate and not resume.is_set():
+            paused.set()
+            await resume.wait()
+        await real_enter(gate)
+
+    monkeypatch.setattr(type(a.write_gate), "__aenter__", pausing)
+    batch = asyncio.create_task(a.run_once())
+    await paused.wait()
+    await lapse(a.lease)
+    assert await b.step() == 1
+    resume.set()
+    with pytest.raises(LeaseLost):
+        await batch
+    assert await stock_of(db, pid) == (7, 2)
