@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup postgres run test lint bench clean
+.PHONY: setup postgres run test test-model lint bench clean
 
 setup: $(STAMP)
 	@$(BIN)/cqrs-shop install-read-store
@@ -31,6 +31,11 @@ test: setup postgres
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# make test-model - a longer search of the read side's randomised model test
+test-model: setup
+	MODEL_EXAMPLES=$${MODEL_EXAMPLES:-100} MODEL_STEPS=$${MODEL_STEPS:-50} \
+	  $(BIN)/pytest tests/integration/test_relay_model.py -p no:cacheprovider $(PYTEST_ARGS)
 
 # make bench - P1-P8 on fresh embedded stores, one table (bench/results/latest.json); ARGS=--quick
 bench: setup

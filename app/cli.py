@@ -31,7 +31,7 @@ from app.ferretdb import (
 from app.settings import Role, Settings
 from domain.bus import CommandBus
 from domain.store import create_engine, create_schema
-from projections.rebuild import RebuildRunning, rebuild
+from projections.rebuild import GRACE, RebuildRunning, rebuild
 from projections.registry import all_projections, projection_names
 
 cli = typer.Typer(help="A CQRS GraphQL shop server.", no_args_is_help=True)
@@ -142,6 +142,14 @@ def rebuild_command(
     names: Annotated[
         list[str] | None, typer.Argument(help="Projections to rebuild; default: all.")
     ] = None,
+    grace: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds to keep the replaced collections for readers "
+            "still switching, before dropping them.",
+        ),
+    ] = GRACE,
 ) -> None:
     """Rebuilds projections from the whole event log into fresh collections, then swaps them in.
 
@@ -174,7 +182,7 @@ def rebuild_command(
 
                     result = await rebuild(
                         engine, client[settings.mongodb_database], chosen, report=report,
-                        prepared=index_embedded, say=progress.console.print,
+                        prepared=index_embedded, say=progress.console.print, grace=grace,
                         **store.relay_options,
                     )  # fmt: skip
             except RebuildRunning as running:

@@ -342,7 +342,7 @@ async def _first(*waits: Awaitable[Any]) -> None:
 
 
 @pytest.mark.parametrize("check_versions", [False, True], ids=["guard-in-filter", "guard-in-relay"])
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(0 if "MODEL_EXAMPLES" in os.environ else 600)
 def test_read_models_always_end_equal_to_a_replay(
     mongo_url: str, tmp_path: Path, check_versions: bool
 ) -> None:

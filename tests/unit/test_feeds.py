@@ -70,3 +70,25 @@ async def test_a_missing_document_ends_every_follower_and_the_next_one_retries()
     stream = feeds.documents("products", "p1", store.load)
     assert (await take(stream))["version"] == 2
     await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_failed_read_is_tried_again_and_ends_no_follower() -> None:
+    """One passing fault of the read store used to end every subscription of the
+    document for good."""
+    progress, store = Progress(), Store()
+    failures = [ConnectionError("read store unreachable")] * 2
+    real_load = store.load
+
+    async def flaky() -> dict[str, Any] | None:
+        if failures:
+            raise failures.pop()
+        return await real_load()
+
+    feeds = Feeds(progress)
+    stream = feeds.documents("products", "p1", flaky)
+    assert (await take(stream))["version"] == 1
+    assert failures == []
+    store.document = {"_id": "p1", "version": 3}
+    progress.advance("products", 3, {"p1"})
+    assert (await take(stream))["version"] == 3
+    await stream.aclose()  # type: ignore[attr-defined]
