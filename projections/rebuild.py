@@ -182,8 +182,10 @@ async def _drop_unserved(db: Db, projections: Sequence[Projection]) -> None:
         for collection in collections_of(projection):
             now = served.get(collection, collection)
             for name in existing:
-                generation = name.startswith(collection + GENERATION)
-                if name != now and (generation or name == collection + "__rebuild"):
+                ours = name in (collection, collection + "__rebuild") or name.startswith(
+                    collection + GENERATION
+                )
+                if ours and name != now:
                     await db.drop_collection(name)
 
 

@@ -294,6 +294,7 @@ async def test_a_rebuild_that_dies_while_switching_leaves_every_projection_whole
     served.switch((await checkpoints.load_all(db)).values())
     generations = {n for n in names if rebuild_module.GENERATION in n}
     assert generations == {served[c].name for c in live}  # the dead rebuild's are gone
+    assert not names & set(live)  # and so are those it replaced but did not drop
 
 
 async def test_a_write_to_a_fenced_checkpoint_is_refused(db: Db) -> None:
