@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import strawberry
+from graphql import GraphQLError
 
 from domain import commands
 from domain.commands import Command
-from domain.errors import DomainError
+from domain.errors import CommitOutcomeUnknown, DomainError
 from schema.context import Info
 from schema.errors import user_errors
 from schema.types import CommandResult, given
@@ -17,6 +18,12 @@ async def execute(info: Info, command: Command, idempotency_key: str | None) -> 
         outcome = await info.context.bus.execute(command, given(idempotency_key))
     except DomainError as error:
         return CommandResult.failed(user_errors(error))
+    except CommitOutcomeUnknown as error:
+        # The store failed while committing and could not say whether it did: the client
+        # retries with the same idempotency key and gets the first result, if there was one.
+        raise GraphQLError(
+            str(error), extensions={"code": "COMMIT_OUTCOME_UNKNOWN", "retryable": True}
+        ) from error
     return CommandResult.succeeded(outcome)
 
 

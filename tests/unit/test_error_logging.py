@@ -7,6 +7,7 @@ import logging
 import pytest
 from graphql import GraphQLError
 
+from domain.errors import CommitOutcomeUnknown
 from schema.build import build_schema
 
 
@@ -21,3 +22,23 @@ def test_only_server_faults_are_logged_as_errors(caplog: pytest.LogCaptureFixtur
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert [r.getMessage() for r in errors] == ["boom"]
     assert any("NOT_YET_CONSISTENT" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_commit_of_unknown_outcome_answers_a_retryable_coded_error() -> None:
+    """The store failed while committing and could not tell whether it did."""
+
+    class Bus:
+        async def execute(self, *args: object, **kwargs: object) -> object:
+            raise CommitOutcomeUnknown("the commit failed; retry with the same idempotencyKey")
+
+    class Context:
+        bus = Bus()
+
+    result = await build_schema().execute(
+        'mutation { restockProduct(id: "p", quantity: 1, idempotencyKey: "k") { success } }',
+        context_value=Context(),
+    )
+    assert result.errors is not None
+    [error] = result.errors
+    assert error.extensions == {"code": "COMMIT_OUTCOME_UNKNOWN", "retryable": True}
+    assert "same idempotencyKey" in error.message
