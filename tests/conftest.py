@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import glob
 import os
@@ -101,7 +102,13 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'write.db'}"
         return
-    server: str = request.getfixturevalue("postgres_url")
+    async with fresh_database(request.getfixturevalue("postgres_url")) as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(server: str) -> AsyncIterator[str]:
+    """A new, empty PostgreSQL database on ``server`` for the block; dropped after it."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     admin = create_async_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
     try:

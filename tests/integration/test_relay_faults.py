@@ -66,6 +66,15 @@ async def lapse(lease: Lease) -> None:
     lease._held_until = 0.0  # its own monotonic clock has moved on as far
 
 
+async def leader_and_standby(engine: AsyncEngine, db: Db) -> tuple[Relay, Relay]:
+    """Two relays (two processes): the first holds the lease and has applied the outbox."""
+    a, b = make_relay(engine, db), make_relay(engine, db)
+    await a.setup()
+    await b.setup()
+    assert await a.step() is not None  # takes the lease, starts a tenure, applies
+    return a, b
+
+
 @pytest.mark.parametrize("retried_by", ["the same relay", "a restarted relay"])
 async def test_a_retried_batch_does_not_merge_over_events_its_first_attempt_wrote(
     bus: CommandBus,
@@ -136,13 +145,7 @@ async def test_a_relay_whose_lease_lapsed_can_write_nothing_and_reloads_on_its_n
     A's lease came back as a renewal and A wrote from its stale positions and
     remembered versions (applying B's events twice)."""
     pid = await create(bus)
-    a, b = make_relay(engine, db), make_relay(engine, db)
-    await a.setup()
-    await b.setup()
-    assert await a.lease.acquire()
-    assert a.lease.epoch is not None
-    await a.begin_tenure(a.lease.epoch)
-    await a.run_once()
+    a, b = await leader_and_standby(engine, db)
     await bus.execute(RestockProduct(pid, 10))
     await lapse(a.lease)
 
@@ -319,13 +322,7 @@ async def test_a_relay_paused_before_a_bulk_write_writes_nothing_once_another_to
     bulk write must not go out (with guards decided by the relay, it would apply the
     restock a second time)."""
     pid = await create(bus)
-    a, b = make_relay(engine, db), make_relay(engine, db)
-    await a.setup()
-    await b.setup()
-    assert await a.lease.acquire()
-    assert a.lease.epoch is not None
-    await a.begin_tenure(a.lease.epoch)
-    await a.run_once()
+    a, b = await leader_and_standby(engine, db)
     await bus.execute(RestockProduct(pid, 7))
     paused, resume = asyncio.Event(), asyncio.Event()
     real_enter = type(a.write_gate).__aenter__

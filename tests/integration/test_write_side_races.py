@@ -7,7 +7,6 @@ Each "process" is a CommandBus with its own engine (its own connection pool), as
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import uuid
 from collections.abc import AsyncIterator
@@ -15,7 +14,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from domain.bus import CommandBus
 from domain.commands import (
@@ -33,24 +32,11 @@ from domain.errors import DomainError
 from domain.idempotency import CommandOutcome
 from domain.model import order_lines, orders, products
 from domain.store import create_engine, create_schema
+from tests.conftest import fresh_database
 
 HOME = AddressData("1 Main Street", "Berlin", "10115", "DE")
 # Deadlocks are found after deadlock_timeout (1 s by default); these tests provoke many.
 FAST_DEADLOCKS = {"server_settings": {"deadlock_timeout": "20ms"}}
-
-
-@contextlib.asynccontextmanager
-async def fresh_database(server: str) -> AsyncIterator[str]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_async_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.exec_driver_sql(f"CREATE DATABASE {name}")
-        yield f"{server}/{name}"
-        async with admin.connect() as conn:
-            await conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
-    finally:
-        await admin.dispose()
 
 
 @pytest.fixture
