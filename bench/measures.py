@@ -294,7 +294,7 @@ async def p6_relay(stores: Stores, store: ReadStore) -> Row:
     db = mongo["bench_p6"]
     await mongo.drop_database(db)
     relay = Relay(
-        engine, db, all_projections(), Progress(), lease=Lease(db), **store.relay_options,
+        engine, db, all_projections(), Progress(), lease=Lease(engine, db), **store.relay_options,
     )  # fmt: skip
     await relay.setup()
     await stores.index_ids()

@@ -25,11 +25,18 @@ from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
 COLLECTION = "projection_checkpoints"
+REBUILDS = "projection_rebuilds"
+FENCE_ATTEMPTS = 5
 Document = dict[str, Any]
 
 
 class Fenced(RuntimeError):
     """A newer relay tenure has written this checkpoint; an older one may not."""
+
+    def __init__(self, message: str, epoch: int = 0) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+        """The newest epoch found, where known."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +46,6 @@ class Checkpoint:
     head: int
     updated_at: datetime | None
     last_error: str | None
-    rebuilding: bool = False
     attempted_until: int = 0
     """The end of the newest batch a relay may have started writing."""
     epoch: int = 0
@@ -55,7 +61,6 @@ async def load_all(db: AsyncDatabase[Document]) -> dict[str, Checkpoint]:
             head=int(doc.get("head", 0)),
             updated_at=doc.get("updatedAt"),
             last_error=doc.get("lastError"),
-            rebuilding=bool(doc.get("rebuilding", False)),
             # mergedUntil: what releases before the epoch called it
             attempted_until=max(int(doc.get("attemptedUntil", 0)), int(doc.get("mergedUntil", 0))),
             epoch=int(doc.get("epoch", 0)),
@@ -85,13 +90,20 @@ async def fence(db: AsyncDatabase[Document], names: Iterable[str], epoch: int) -
         [UpdateOne({"_id": n}, {"$setOnInsert": {"epoch": 0}}, upsert=True) for n in names],
         ordered=False,
     )
-    await collection.update_many(
-        {"_id": {"$in": names}, "$or": [{"epoch": {"$lte": epoch}}, {"epoch": {"$exists": False}}]},
-        {"$set": {"epoch": epoch}},
-    )
-    newer = await collection.count_documents({"_id": {"$in": names}, "epoch": {"$gt": epoch}})
-    if newer:
-        raise Fenced(f"a relay tenure newer than {epoch} has started")
+    for _ in range(FENCE_ATTEMPTS):
+        await collection.update_many(
+            {"_id": {"$in": names},
+             "$or": [{"epoch": {"$lte": epoch}}, {"epoch": {"$exists": False}}]},
+            {"$set": {"epoch": epoch}},
+        )  # fmt: skip
+        found = [d.get("epoch", 0) async for d in collection.find({"_id": {"$in": names}})]
+        if max(found, default=0) > epoch:
+            raise Fenced(f"a relay tenure newer than {epoch} has started", max(found))
+        # On FerretDB a write racing this one can replace a fenced document with what
+        # it read before: fence again until every one holds.
+        if all(found_epoch == epoch for found_epoch in found):
+            return
+    raise Fenced(f"checkpoints kept changing while tenure {epoch} fenced them", epoch)
 
 
 async def save(
@@ -171,3 +183,16 @@ async def switch(
     )  # fmt: skip
     if result.matched_count == 0:
         raise Fenced(f"checkpoint {name}: a relay tenure newer than {epoch} has started")
+
+
+async def set_rebuilding(db: AsyncDatabase[Document], names: Iterable[str], on: bool) -> None:
+    """Marks projections as being rebuilt, in documents of their own: the checkpoints
+    have one writer, the relay holding the lease (a concurrent update on FerretDB
+    can undo another's)."""
+    for name in names:
+        await db[REBUILDS].update_one({"_id": name}, {"$set": {"rebuilding": on}}, upsert=True)
+
+
+async def rebuilding(db: AsyncDatabase[Document]) -> set[str]:
+    """The projections a rebuild marked as being rebuilt."""
+    return {d["_id"] async for d in db[REBUILDS].find({"rebuilding": True})}

@@ -1,26 +1,27 @@
-"""A lease in Mongo with a fencing epoch, so one relay at a time applies events.
+"""A lease with a fencing epoch, so one relay (or one rebuild) at a time writes.
 
-The lease document::
-
-    {_id, owner, epoch, ttl, renewedAt, handoverTo, handoverTtl, handoverAt}
+The lease is a row of ``relay_leases`` in the write store, whose conditional
+UPDATEs are atomic. (A first version kept it in Mongo; on FerretDB 1.24 an update
+finds the document and then replaces it by ``_id`` without checking its filter
+again, so two processes could take the same lease.)
 
 - **Epoch.** Every new tenure (any take-over, including taking back a lease this
   process held before) increments ``epoch``; renewals keep it. The epoch only grows.
   A relay reloads everything it remembers when its epoch changes, and fences its
-  checkpoint moves with it (``projections.checkpoints``): once a newer epoch has
-  written a checkpoint, writes of older epochs to it are refused.
-- **Expiry by the store's clock.** ``renewedAt`` is set by the store itself
-  (``$currentDate``) and compared with the store's own time (``hello.localTime``),
-  so no process compares its wall clock with another machine's. ``ttl`` (a duration)
-  is the holder's. Every change of hands is a compare-and-set on
-  ``(owner, epoch, renewedAt)``: a renewal that lands first makes a take-over miss.
+  checkpoint moves with it (``projections.checkpoints``).
+- **Expiry by the database's clock.** ``expires_at`` is set and compared by the
+  write store itself, so no process compares its clock with another machine's.
 - **Holder's view.** The holder counts its tenure on its own monotonic clock from
   *before* the renewal it sent (:meth:`held_for`), so it stops before any other can
   take over, clocks running at the same rate.
 - **Handover.** A rebuild asks for the lease (:meth:`request_handover`); while that
-  request is fresh (renewed within its ``handoverTtl`` by the store's clock) nobody
-  else takes or renews the lease, and the holder gives it up. A requester that dies
-  lets its request expire like a lease.
+  request is fresh (renewed within the requester's ttl) nobody else takes or
+  renews the lease, and the holder gives it up. A requester that dies lets its
+  request expire like a lease.
+
+The holder also mirrors its lease into the read store (``relay_leases``, stamped
+with the read store's clock) so that processes that only read there, the API's
+``projections`` status and ``/readyz``, can tell whether a relay is alive.
 """
 
 from __future__ import annotations
@@ -30,13 +31,198 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pymongo.asynchronous.collection import AsyncCollection
+import sqlalchemy as sa
 from pymongo.asynchronous.database import AsyncDatabase
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from domain.model import relay_leases
 
 COLLECTION = "relay_leases"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Document = dict[str, Any]
+_row = relay_leases.c
+
+
+def _now(conn: AsyncConnection) -> sa.ColumnElement[float]:
+    """The database's clock in seconds since 1970 (PostgreSQL: not frozen per transaction)."""
+    if conn.dialect.name == "postgresql":
+        return sa.literal_column("extract(epoch from clock_timestamp())")
+    return sa.literal_column("((julianday('now') - 2440587.5) * 86400.0)")
+
+
+class Lease:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        db: AsyncDatabase[Document],
+        name: str = "relay",
+        ttl: float = 10.0,
+    ) -> None:
+        self.engine = engine
+        self.db = db
+        self.name = name
+        self.ttl = timedelta(seconds=ttl)
+        self.owner = str(uuid.uuid4())
+        self.epoch: int | None = None
+        """The epoch of this process's current (or last) tenure."""
+        self._held_until = 0.0  # monotonic; conservative: counted from before the request
+
+    @property
+    def _seconds(self) -> float:
+        return self.ttl.total_seconds()
+
+    async def acquire(self) -> bool:
+        """Renews the lease if this tenure still holds it, else takes it if it is free,
+        released or expired (a new tenure, a new epoch); whether we hold it now.
+
+        While another's handover request is fresh, nobody else takes or renews the
+        lease, and a holder gives it up at once. A holder with more than half its
+        lease left only checks for such a request.
+        """
+        asked_at = time.monotonic()
+        async with self.engine.begin() as conn:
+            row = await self._current(conn)
+            mine = row.owner == self.owner and row.epoch == self.epoch
+            wanted = row.handover_to not in (None, self.owner) and row.handover_until > row.now
+            if wanted:
+                if mine:
+                    await self._release(conn)
+                return False
+            if mine:
+                if self.held_for() > self._seconds / 2:
+                    return True
+                held = await self._renew(conn)
+            else:
+                held = await self._take(conn, row.epoch)
+        if held:
+            self._held_until = asked_at + self._seconds
+            await self._mirror()
+        else:
+            self._held_until = 0.0
+        return held
+
+    async def renew(self) -> bool:
+        """Renews this tenure; False (and no new tenure) if it has ended."""
+        asked_at = time.monotonic()
+        async with self.engine.begin() as conn:
+            held = await self._renew(conn)
+        self._held_until = asked_at + self._seconds if held else 0.0
+        if held:
+            await self._mirror()
+        return held
+
+    def held_for(self) -> float:
+        """Seconds this process can still be sure it holds the lease (≤ 0: it cannot)."""
+        return self._held_until - time.monotonic()
+
+    async def release(self) -> None:
+        """Gives the lease up (keeping its epoch); anyone may take it at once."""
+        async with self.engine.begin() as conn:
+            await self._release(conn)
+
+    async def raise_epoch(self, above: int) -> bool:
+        """Moves this tenure's epoch past ``above`` (a checkpoint fenced by an epoch the
+        lease no longer remembers, say after the write store was restored)."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                relay_leases.update()
+                .where(_row.name == self.name, _row.owner == self.owner, _row.epoch == self.epoch)
+                .values(epoch=above + 1)
+            )
+        if result.rowcount != 1:
+            return False
+        self.epoch = above + 1
+        await self._mirror()
+        return True
+
+    async def request_handover(self) -> None:
+        """Asks the holder to give the lease to us (call it again within the ttl to keep
+        the request fresh while waiting); :meth:`acquire` then gets it."""
+        async with self.engine.begin() as conn:
+            await self._current(conn)
+            await conn.execute(
+                relay_leases.update()
+                .where(_row.name == self.name)
+                .values(handover_to=self.owner, handover_until=_now(conn) + self._seconds)
+            )
+
+    async def _current(self, conn: AsyncConnection) -> Any:
+        insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        await conn.execute(
+            insert(relay_leases)
+            .values(name=self.name, owner=None, epoch=0, expires_at=0.0, handover_to=None,
+                    handover_until=0.0)
+            .on_conflict_do_nothing(index_elements=["name"])
+        )  # fmt: skip
+        query = sa.select(relay_leases, _now(conn).label("now")).where(_row.name == self.name)
+        return (await conn.execute(query)).one()
+
+    async def _renew(self, conn: AsyncConnection) -> bool:
+        if self.epoch is None:
+            return False
+        result = await conn.execute(
+            relay_leases.update()
+            .where(_row.name == self.name, _row.owner == self.owner, _row.epoch == self.epoch)
+            .values(expires_at=_now(conn) + self._seconds)
+        )
+        return bool(result.rowcount == 1)
+
+    async def _take(self, conn: AsyncConnection, seen_epoch: int) -> bool:
+        """A new tenure, if the lease is still as seen and free, released or expired."""
+        now = _now(conn)
+        requested_by_other = sa.and_(
+            _row.handover_to.is_not(None),
+            _row.handover_to != self.owner,
+            _row.handover_until > now,
+        )
+        result = await conn.execute(
+            relay_leases.update()
+            .where(
+                _row.name == self.name,
+                _row.epoch == seen_epoch,
+                sa.or_(_row.owner.is_(None), _row.expires_at <= now),
+                sa.not_(requested_by_other),
+            )
+            .values(
+                owner=self.owner,
+                epoch=seen_epoch + 1,
+                expires_at=now + self._seconds,
+                handover_to=sa.case((_row.handover_to == self.owner, None), else_=_row.handover_to),
+            )
+        )
+        if result.rowcount != 1:
+            return False
+        self.epoch = seen_epoch + 1
+        return True
+
+    async def _release(self, conn: AsyncConnection) -> None:
+        self._held_until = 0.0
+        if self.epoch is not None:
+            await conn.execute(
+                relay_leases.update()
+                .where(_row.name == self.name, _row.owner == self.owner, _row.epoch == self.epoch)
+                .values(owner=None)
+            )
+        await conn.execute(
+            relay_leases.update()
+            .where(_row.name == self.name, _row.handover_to == self.owner)
+            .values(handover_to=None)
+        )
+        await self.db[COLLECTION].update_one(
+            {"_id": self.name, "owner": self.owner}, {"$set": {"owner": None}}
+        )
+
+    async def _mirror(self) -> None:
+        await self.db[COLLECTION].update_one(
+            {"_id": self.name},
+            {
+                "$set": {"owner": self.owner, "epoch": self.epoch, "ttl": self._seconds},
+                "$currentDate": {"renewedAt": True},
+            },
+            upsert=True,
+        )
 
 
 async def store_time(db: AsyncDatabase[Document]) -> datetime:
@@ -52,132 +238,11 @@ def _utc(moment: datetime | None) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def _expired(document: Document, now: datetime) -> bool:
-    return _utc(document.get("renewedAt")) + timedelta(seconds=document.get("ttl", 0)) <= now
-
-
-def _handover_pending(document: Document, now: datetime) -> bool:
-    if document.get("handoverTo") is None:
-        return False
-    ttl = timedelta(seconds=document.get("handoverTtl", 0))
-    return _utc(document.get("handoverAt")) + ttl > now
-
-
-class Lease:
-    def __init__(self, db: AsyncDatabase[Document], name: str = "relay", ttl: float = 10.0) -> None:
-        self.db = db
-        self.name = name
-        self.ttl = timedelta(seconds=ttl)
-        self.owner = str(uuid.uuid4())
-        self.epoch: int | None = None
-        """The epoch of this process's current (or last) tenure."""
-        self._held_until = 0.0  # monotonic; conservative: counted from before the request
-
-    @property
-    def _collection(self) -> AsyncCollection[Document]:
-        return self.db[COLLECTION]
-
-    async def acquire(self) -> bool:
-        """Renews the lease if this tenure still holds it, else takes it if it is free,
-        released or expired (a new tenure, a new epoch); whether we hold it now.
-
-        While another's handover request is fresh, nobody else takes or renews the
-        lease, and a holder gives it up at once.
-        """
-        asked_at = time.monotonic()
-        current = await self._current()
-        now = await store_time(self.db)
-        mine = current.get("owner") == self.owner and current.get("epoch") == self.epoch
-        if current.get("handoverTo") not in (None, self.owner) and _handover_pending(current, now):
-            if mine:
-                await self.release()
-            return False
-        if mine:
-            return await self._renew(asked_at)
-        if current.get("owner") is not None and not _expired(current, now):
-            self._held_until = 0.0
-            return False
-        epoch = int(current.get("epoch", 0)) + 1
-        changes: Document = {"owner": self.owner, "epoch": epoch, "ttl": self.ttl.total_seconds()}
-        if current.get("handoverTo") == self.owner:
-            changes["handoverTo"] = None
-        result = await self._collection.update_one(
-            self._unchanged(current),
-            {"$set": changes, "$currentDate": {"renewedAt": True}},
-        )
-        held = result.matched_count == 1
-        if held:
-            self.epoch = epoch
-        self._held_until = asked_at + self.ttl.total_seconds() if held else 0.0
-        return held
-
-    async def renew(self) -> bool:
-        """Renews this tenure; False (and no new tenure) if it has ended."""
-        return await self._renew(time.monotonic())
-
-    async def _renew(self, asked_at: float) -> bool:
-        if self.epoch is None:
-            return False
-        result = await self._collection.update_one(
-            {"_id": self.name, "owner": self.owner, "epoch": self.epoch},
-            {"$set": {"ttl": self.ttl.total_seconds()}, "$currentDate": {"renewedAt": True}},
-        )
-        held = result.matched_count == 1
-        self._held_until = asked_at + self.ttl.total_seconds() if held else 0.0
-        return held
-
-    def held_for(self) -> float:
-        """Seconds this process can still be sure it holds the lease (≤ 0: it cannot)."""
-        return self._held_until - time.monotonic()
-
-    async def release(self) -> None:
-        """Gives the lease up (keeping its epoch); anyone may take it at once."""
-        self._held_until = 0.0
-        if self.epoch is not None:
-            await self._collection.update_one(
-                {"_id": self.name, "owner": self.owner, "epoch": self.epoch},
-                {"$set": {"owner": None}},
-            )
-        await self._collection.update_one(
-            {"_id": self.name, "handoverTo": self.owner}, {"$set": {"handoverTo": None}}
-        )
-
-    async def request_handover(self) -> None:
-        """Asks the holder to give the lease to us (call it again to keep the request
-        fresh while waiting); :meth:`acquire` then gets it."""
-        await self._current()
-        await self._collection.update_one(
-            {"_id": self.name},
-            {
-                "$set": {"handoverTo": self.owner, "handoverTtl": self.ttl.total_seconds()},
-                "$currentDate": {"handoverAt": True},
-            },
-        )
-
-    async def _current(self) -> Document:
-        await self._collection.update_one(
-            {"_id": self.name},
-            {"$setOnInsert": {"owner": None, "epoch": 0, "ttl": 0, "renewedAt": EPOCH,
-                              "handoverTo": None}},
-            upsert=True,
-        )  # fmt: skip
-        document: Document | None = await self._collection.find_one({"_id": self.name})
-        assert document is not None
-        return document
-
-    def _unchanged(self, current: Document) -> Document:
-        """A filter that matches the lease document only as it was read."""
-        return {
-            "_id": self.name,
-            "owner": current.get("owner"),
-            "epoch": current.get("epoch", 0),
-            "renewedAt": current.get("renewedAt", EPOCH),
-        }
-
-
 async def holder_alive(db: AsyncDatabase[Document], name: str = "relay") -> bool:
-    """Whether some relay holds an unexpired lease (by the store's clock)."""
+    """Whether the read store's mirror shows a holder that renewed within its ttl (by
+    the read store's clock); for status and readiness, not for deciding who writes."""
     document = await db[COLLECTION].find_one({"_id": name})
     if document is None or document.get("owner") is None:
         return False
-    return not _expired(document, await store_time(db))
+    ttl = timedelta(seconds=document.get("ttl", 0))
+    return _utc(document.get("renewedAt")) + ttl > await store_time(db)

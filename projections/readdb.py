@@ -33,6 +33,7 @@ class ReadDatabase(AsyncDatabase[Document]):
     def __init__(self, db: AsyncDatabase[Document]) -> None:
         super().__init__(db.client, db.name, db.codec_options)
         self.serving: dict[str, str] = {}
+        self._as_of: dict[str, tuple[int, int]] = {}
 
     def __getitem__(self, name: str) -> AsyncCollection[Document]:
         return super().__getitem__(self.serving.get(name, name))
@@ -41,8 +42,14 @@ class ReadDatabase(AsyncDatabase[Document]):
         return super().get_collection(self.serving.get(name, name), *args, **kwargs)
 
     def switch(self, checkpoints: Iterable[Checkpoint]) -> None:
-        """Takes the collections each checkpoint names (call before advancing progress)."""
+        """Takes the collections each checkpoint names (call before advancing progress),
+        unless this process knows a newer switch already: a read of the checkpoints from
+        before a switch that arrives after it never switches back."""
         for checkpoint in checkpoints:
+            as_of = (checkpoint.epoch, checkpoint.position)
+            if not checkpoint.collections or as_of < self._as_of.get(checkpoint.name, as_of):
+                continue
+            self._as_of[checkpoint.name] = as_of
             self.serving.update(checkpoint.collections)
 
 

@@ -84,13 +84,14 @@ async def rebuild(
     indexes them there); ``say`` tells what it waits for. Raises :class:`RebuildRunning`
     if another rebuild runs.
     """
-    async with _rebuild_lease(db) as generation:
+    async with _rebuild_lease(engine, db) as rebuild_lease:
+        generation = rebuild_lease.epoch
         relay = Relay(
             engine, db, projections, Progress(),
             batch_size=batch_size, write_chunk=write_chunk, suffix=f"{GENERATION}{generation}",
             check_versions=check_versions, concurrent_writes=concurrent_writes,
         )  # fmt: skip
-        result, replaced = await _rebuild(engine, db, relay, report, prepared)
+        result, replaced = await _rebuild(engine, db, relay, report, prepared, rebuild_lease)
         if replaced:
             say(f"switched; dropping the replaced collections in {grace:.0f} s")
             await asyncio.sleep(grace)  # readers in other processes switch meanwhile
@@ -105,10 +106,11 @@ async def _rebuild(
     relay: Relay,
     report: Report,
     prepared: Callable[[], Awaitable[object]] | None,
+    rebuild_lease: Lease,
 ) -> tuple[RebuildResult, list[str]]:
     projections = relay.projections
     names = [p.name for p in projections]
-    await _set_rebuilding(db, names, True)
+    await checkpoints.set_rebuilding(db, names, True)
     try:
         await _drop_unserved(db, projections)
         for name in relay.checkpoint_names:
@@ -131,6 +133,8 @@ async def _rebuild(
             for projection in projections:
                 if lease.held_for() < LEASE_MARGIN and not await lease.renew():
                     raise LeaseLost("the rebuild lost the relay lease before switching")
+                if not await rebuild_lease.renew():  # paused past it: another rebuild runs
+                    raise RebuildRunning("the rebuild lease was lost; another rebuild took over")
                 fresh = {c: c + relay.suffix for c in collections_of(projection)}
                 old = served[projection.name].collections
                 await checkpoints.switch(
@@ -142,14 +146,14 @@ async def _rebuild(
         finally:
             await lease.release()
     finally:
-        await _set_rebuilding(db, names, False)
+        await checkpoints.set_rebuilding(db, names, False)
     return RebuildResult(names, position, applied), replaced
 
 
 @contextlib.asynccontextmanager
-async def _rebuild_lease(db: Db) -> AsyncIterator[int]:
-    """Holds the rebuild lease (kept renewed) for the block; yields its epoch."""
-    lease = Lease(db, name=REBUILD_LEASE)
+async def _rebuild_lease(engine: AsyncEngine, db: Db) -> AsyncIterator[Lease]:
+    """Holds the rebuild lease (kept renewed) for the block."""
+    lease = Lease(engine, db, name=REBUILD_LEASE)
     if not await lease.acquire():
         raise RebuildRunning("another rebuild is running")
     assert lease.epoch is not None
@@ -157,7 +161,7 @@ async def _rebuild_lease(db: Db) -> AsyncIterator[int]:
         async with asyncio.TaskGroup() as group:
             keeper = group.create_task(_keep(lease))
             try:
-                yield lease.epoch
+                yield lease
             finally:
                 keeper.cancel()
     except BaseExceptionGroup as failed:
@@ -174,7 +178,9 @@ async def _keep(lease: Lease) -> None:
 
 
 async def _drop_unserved(db: Db, projections: Sequence[Projection]) -> None:
-    """Drops fresh collections of rebuilds that died, and replaced ones not yet dropped."""
+    """Drops fresh collections of rebuilds that died, and replaced ones not yet dropped,
+    and the checkpoints of generations that were never switched to."""
+    await db[checkpoints.COLLECTION].delete_many({"_id": {"$regex": f"{GENERATION}[0-9]+$"}})
     stored = await checkpoints.load_all(db)
     existing = set(await db.list_collection_names())
     for projection in projections:
@@ -204,17 +210,13 @@ async def _catch_up(engine: AsyncEngine, relay: Relay, report: Report, applied: 
 async def _take(lease: Lease) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + HANDOVER_TIMEOUT
+    asked = -float("inf")
     while True:
-        await lease.request_handover()  # again and again: a request nobody renews expires
+        if loop.time() - asked > lease.ttl.total_seconds() / 3:
+            await lease.request_handover()  # again and again: a request nobody renews expires
+            asked = loop.time()
         if await lease.acquire():
             return
         if loop.time() > deadline:
             raise TimeoutError("the running relay did not hand over its lease")
         await asyncio.sleep(0.05)
-
-
-async def _set_rebuilding(db: Db, names: list[str], rebuilding: bool) -> None:
-    for name in names:
-        await db[checkpoints.COLLECTION].update_one(
-            {"_id": name}, {"$set": {"rebuilding": rebuilding}}, upsert=True
-        )

@@ -17,6 +17,7 @@ from typing import Any, TypedDict
 from pymongo import IndexModel, InsertOne, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, PyMongoError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from domain import outbox
@@ -135,10 +136,15 @@ async def _send(
         for start in range(0, len(batch), chunk):
             part = batch[start : start + chunk]
             async with gate or contextlib.nullcontext():
-                if inserts:
-                    await _insert_new(collection, part)
-                else:
-                    await collection.bulk_write(part, ordered=True)
+                try:
+                    if inserts:
+                        await _insert_new(collection, part)
+                    else:
+                        await collection.bulk_write(part, ordered=True)
+                except asyncio.CancelledError:
+                    if gate is not None:
+                        gate.unsettled = True
+                    raise
 
 
 class RelayOptions(TypedDict):
@@ -179,6 +185,8 @@ class WriteGate:
         self.lease = lease
         self.margin = margin
         self.tenure = tenure
+        self.unsettled = False
+        """Whether a bulk write was cancelled in flight (it may still land)."""
         self._slots = asyncio.Semaphore(limit) if limit else None
 
     async def __aenter__(self) -> None:
@@ -324,7 +332,7 @@ class Relay:
         # FerretDB: version guards decided by the relay (see _checked), not in the filter.
         self.check_versions = check_versions
         self.known = VersionCache()
-        self.lease = lease or Lease(db)
+        self.lease = lease or Lease(engine, db)
         # A rebuild writes into "<collection><suffix>" under "<projection><suffix>" checkpoints.
         self.suffix = suffix
         self.positions: dict[str, int] = {}
@@ -367,7 +375,14 @@ class Relay:
         try:
             await checkpoints.fence(self.db, self.checkpoint_names, epoch)
         except checkpoints.Fenced as error:
-            raise LeaseLost(str(error)) from error
+            # Checkpoints fenced by an epoch the lease does not remember (the write
+            # store restored from a backup, say): move the tenure past it, or yield.
+            if self.lease.epoch != epoch or not await self.lease.raise_epoch(error.epoch):
+                raise LeaseLost(str(error)) from error
+            assert self.lease.epoch is not None
+            epoch = self.lease.epoch
+            log.warning("checkpoints carried epoch %d; this tenure is %d now", error.epoch, epoch)
+            await checkpoints.fence(self.db, self.checkpoint_names, epoch)
         if reload:
             await self.load_positions()
         self.epoch = epoch
@@ -414,7 +429,8 @@ class Relay:
                     # the relay must live on: the batch is retried, and retries are no-ops
                     # for what was already applied.
                     log.exception("relay batch failed; retrying in %.1fs", backoff)
-                    await self._record_errors({p.name: error for p in self.projections})
+                    if self.running:  # a standby's errors are not the projections'
+                        await self._record_errors({p.name: error for p in self.projections})
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF)
                     continue
@@ -422,14 +438,20 @@ class Relay:
                     await self._idle(self._standby_interval)
         finally:
             self.running = False
-            with contextlib.suppress(PyMongoError, asyncio.CancelledError):
-                await asyncio.shield(self.lease.release())
+            if self.write_gate.unsettled:
+                # A bulk write was cut off by the cancellation and may still land: let
+                # the lease run out rather than hand it to another relay at once.
+                log.warning("a bulk write may still land; leaving the lease to expire")
+            else:
+                with contextlib.suppress(PyMongoError, SQLAlchemyError, asyncio.CancelledError):
+                    await asyncio.shield(self.lease.release())
 
     async def step(self) -> int | None:
         """One turn of :meth:`run`: takes or renews the lease (starting a tenure if it is
         a new one) and applies one batch; how many events it read, None on standby."""
         if not await self.lease.acquire():
             self.running = False
+            self._retry_at.clear()  # back-offs belong to a tenure
             return None
         if self.lease.epoch != self.epoch or not self.running:
             assert self.lease.epoch is not None
@@ -440,7 +462,7 @@ class Relay:
     @property
     def _standby_interval(self) -> float:
         interval = min(self.poll_interval, self.lease.ttl.total_seconds() / 3)
-        if self._retry_at:
+        if self._retry_at and self.running:
             soonest = min(self._retry_at.values()) - asyncio.get_running_loop().time()
             interval = min(interval, max(soonest, 0.0))
         return interval
@@ -522,7 +544,8 @@ class Relay:
             self.db, writes, self.write_chunk, self.suffix,
             check_versions=self.check_versions, known=self.known, gate=self.write_gate,
         )  # fmt: skip
-        await self.save_checkpoint(projection.name, position)
+        async with self.write_gate:  # a checkpoint move is a write like any other
+            await self.save_checkpoint(projection.name, position)
         self.positions[projection.name] = position
         if getattr(projection, "keeps_recent", False) and not self.suffix:
             self.progress.recent_events.add(w.document for w in writes if w.document is not None)

@@ -260,6 +260,7 @@ class Query:
         relay_alive = await lease.holder_alive(db)
         # A rebuild that died leaves its flags behind; its lease tells whether it runs.
         rebuild_alive = await lease.holder_alive(db, REBUILD_LEASE)
+        rebuilding = await checkpoints.rebuilding(db) if rebuild_alive else set()
         head = max((c.head for c in stored.values()), default=0)
         statuses = []
         for projection in all_projections():
@@ -267,7 +268,7 @@ class Query:
             position = checkpoint.position if checkpoint else 0
             lag = max(head - position, 0)
             last_error = checkpoint.last_error if checkpoint else None
-            if checkpoint and checkpoint.rebuilding and rebuild_alive:
+            if projection.name in rebuilding:
                 state = "REBUILDING"
             elif not relay_alive:
                 state = "STOPPED"

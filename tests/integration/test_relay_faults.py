@@ -7,15 +7,19 @@ doubled events; each runs with both ways of applying version guards.
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from domain.bus import CommandBus
 from domain.commands import CreateProduct, RestockProduct
 from domain.events import RecordedEvent
+from domain.model import relay_leases
 from projections import checkpoints
 from projections import lease as lease_module
 from projections import rebuild as rebuild_module
@@ -60,9 +64,10 @@ async def stock_of(db: Db, product_id: str) -> tuple[int, int]:
 
 async def lapse(lease: Lease) -> None:
     """As if its holder stalled past the lease: expired by the store's clock and by its own."""
-    await lease.db[lease_module.COLLECTION].update_one(
-        {"_id": lease.name}, {"$set": {"renewedAt": lease_module.EPOCH}}
-    )
+    async with lease.engine.begin() as conn:
+        await conn.execute(
+            relay_leases.update().where(relay_leases.c.name == lease.name).values(expires_at=0)
+        )
     lease._held_until = 0.0  # its own monotonic clock has moved on as far
 
 
@@ -174,37 +179,48 @@ async def test_a_relay_whose_lease_lapsed_can_write_nothing_and_reloads_on_its_n
     assert await stock_of(db, pid) == (110, 3)
 
 
-async def test_a_handover_asked_for_by_a_rebuild_that_died_expires(db: Db) -> None:
-    holder = Lease(db)
+async def test_a_handover_asked_for_by_a_rebuild_that_died_expires(
+    engine: AsyncEngine, db: Db
+) -> None:
+    holder = Lease(engine, db)
     assert await holder.acquire()
-    dead = Lease(db, ttl=0.3)
+    dead = Lease(engine, db, ttl=0.3)
     await dead.request_handover()  # and is never heard of again
     assert not await holder.acquire()  # gives the lease up for the handover
-    relay = Lease(db)
+    relay = Lease(engine, db)
     assert not await relay.acquire()  # nobody but the requester may take it meanwhile
     assert await eventually(relay.acquire, within=10)
 
 
 async def test_a_lease_expires_by_the_stores_clock_not_the_callers(
-    db: Db, monkeypatch: pytest.MonkeyPatch
+    engine: AsyncEngine, db: Db, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    holder = Lease(db, ttl=60)
+    holder = Lease(engine, db, ttl=60)
     assert await holder.acquire()
-    document = await db[lease_module.COLLECTION].find_one({"_id": "relay"})
-    assert document is not None
-    now = await lease_module.store_time(db)
-    assert now - document["renewedAt"] < lease_module.timedelta(seconds=5)
     # A machine whose wall clock runs a day ahead cannot take it.
-    real = lease_module.datetime
+    real_time, real_datetime = time.time, lease_module.datetime
 
-    class Ahead(real):  # type: ignore[misc, valid-type]
+    class Ahead(real_datetime):  # type: ignore[misc, valid-type]
         @classmethod
         def now(cls, tz: Any = None) -> Any:
-            return real.now(tz) + lease_module.timedelta(days=1)
+            return real_datetime.now(tz) + timedelta(days=1)
 
+    monkeypatch.setattr(time, "time", lambda: real_time() + 86_400)
     monkeypatch.setattr(lease_module, "datetime", Ahead)
-    assert not await Lease(db).acquire()
+    assert not await Lease(engine, db).acquire()
     assert await lease_module.holder_alive(db)
+
+
+async def test_two_relays_racing_for_a_free_lease_never_both_get_it(
+    engine: AsyncEngine, db: Db
+) -> None:
+    """On FerretDB an update's filter is not checked again when it replaces the
+    document, so a compare-and-set there let two take one lease; the write store's is atomic."""
+    for _ in range(20):
+        a, b = Lease(engine, db), Lease(engine, db)
+        got = await asyncio.gather(a.acquire(), b.acquire())
+        assert sorted(got) == [False, True]
+        await (a if got[0] else b).release()
 
 
 async def test_two_rebuilds_never_run_at_once_and_a_dead_ones_lease_frees_itself(
@@ -212,7 +228,7 @@ async def test_two_rebuilds_never_run_at_once_and_a_dead_ones_lease_frees_itself
 ) -> None:
     shop = Shop(engine, db)
     await shop.product("MUG")
-    other = Lease(db, name=REBUILD_LEASE, ttl=0.5)
+    other = Lease(engine, db, name=REBUILD_LEASE, ttl=0.5)
     assert await other.acquire()
     with pytest.raises(RebuildRunning):
         await rebuild(engine, db, all_projections(), grace=0)
@@ -342,3 +358,64 @@ async def test_a_relay_paused_before_a_bulk_write_writes_nothing_once_another_to
     with pytest.raises(LeaseLost):
         await batch
     assert await stock_of(db, pid) == (7, 2)
+
+
+async def test_a_relay_that_lost_its_lease_stands_by_without_its_back_offs(
+    bus: CommandBus, engine: AsyncEngine, db: Db
+) -> None:
+    """A projection's pending retry used to make a standby relay poll without pause."""
+    await create(bus)
+
+    class Broken:
+        name = "broken"
+        indexes: dict[str, Any] = {"broken": []}
+
+        def project(self, event: RecordedEvent) -> list[Write]:
+            raise Crash("a projector bug")
+
+    relay = Relay(engine, db, [ProductsProjection(), Broken()], Progress(), poll_interval=0.5)
+    await relay.setup()
+    with pytest.raises(ProjectionsFailed):
+        await relay.step()
+    await lapse(relay.lease)
+    assert await Lease(engine, db).acquire()
+    assert await relay.step() is None
+    assert relay._standby_interval == pytest.approx(0.5)
+
+
+async def test_a_tenure_moves_past_an_epoch_its_checkpoints_already_carry(
+    bus: CommandBus, engine: AsyncEngine, db: Db
+) -> None:
+    """Checkpoints fenced by an epoch the lease no longer knows (the write store restored
+    from a backup): the relay used to hold the lease, refused, forever."""
+    await create(bus)
+    relay = make_relay(engine, db)
+    await relay.setup()
+    await checkpoints.fence(db, ["products"], 5)
+    assert await relay.step() == 1
+    assert relay.epoch == relay.lease.epoch == 6
+    assert (await checkpoints.load_all(db))["products"].position == 1
+
+
+async def test_a_relay_cancelled_during_a_bulk_write_leaves_its_lease_to_expire(
+    bus: CommandBus, engine: AsyncEngine, db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write may still land: another relay must not take over at once."""
+    await create(bus)
+    relay = make_relay(engine, db)
+    sent = asyncio.Event()
+    real_bulk_write = AsyncCollection.bulk_write
+
+    async def never_answers(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.name != "products":
+            return await real_bulk_write(self, *args, **kwargs)
+        sent.set()
+        await asyncio.Event().wait()  # never set: the write hangs until cancelled
+        return None
+
+    monkeypatch.setattr(AsyncCollection, "bulk_write", never_answers)
+    running = asyncio.create_task(relay.run())
+    await asyncio.wait_for(sent.wait(), 10)
+    running.cancel()
+    await asyncio.gather(running, return_exceptions=True)
+    assert not await Lease(engine, db).acquire()
