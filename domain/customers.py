@@ -96,7 +96,8 @@ class Customer(Aggregate):
         already (an email taken)."""
         problems = Problems() if problems is None else problems
         email = email.strip()
-        if len(email) > 254 or EMAIL.fullmatch(email) is None:
+        # email_key (case-folded: "ß" becomes "ss") must fit the same 254 characters.
+        if len(email_key(email)) > 254 or EMAIL.fullmatch(email) is None:
             problems.add(ValidationFailed("email is not a valid address", "email"))
         check_name(problems, name)
         parsed = Address.parse(address, problems)

@@ -177,7 +177,10 @@ class Transactions:
         delay = 0.01
         while True:
             try:
-                status = await self._commit_status(marker)
+                # Bounded: a hung connection (a partition) must not stall every command
+                # queued behind this one.
+                async with asyncio.timeout(max(deadline - loop.time(), 0.01)):
+                    status = await self._commit_status(marker)
             except Exception:
                 log.warning(
                     "cannot ask the write store whether a commit took effect", exc_info=True

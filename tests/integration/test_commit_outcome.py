@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from domain import writer
 from domain.bus import CommandBus
 from domain.commands import (
     AddressData,
@@ -20,6 +21,7 @@ from domain.commands import (
 from domain.errors import CommitOutcomeUnknown
 from domain.idempotency import CommandOutcome
 from domain.model import orders
+from domain.uow import utcnow
 from domain.writer import Transactions
 
 HOME = AddressData("1 Main Street", "Berlin", "10115", "DE")
@@ -122,3 +124,26 @@ async def test_an_outcome_that_cannot_be_found_out_is_answered_as_unknown(
     assert "same idempotencyKey" in str(answers[0])
     assert await order_count(engine) == 3  # it did commit; nothing ran twice
     assert heard == []
+
+
+async def test_a_commit_check_that_hangs_gives_up_within_its_time(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection that never answers (a partition) must not stall the bus for good:
+    every command queued behind this one waits for the check."""
+    hung = asyncio.Event()
+
+    async def never_answers(self: Transactions, marker: Any) -> str | None:
+        hung.set()
+        await asyncio.Event().wait()  # never set: it hangs until the check gives up
+        return None
+
+    monkeypatch.setattr(Transactions, "_commit_status", never_answers)
+    monkeypatch.setattr(writer, "COMMIT_CHECK_SECONDS", 0.2)
+    transactions = Transactions(engine, utcnow)
+    try:
+        marker = writer.CommitMarker(xid=1, event_id="e")
+        assert await asyncio.wait_for(transactions.committed(marker), 5) is None
+        assert hung.is_set()
+    finally:
+        transactions.close()
