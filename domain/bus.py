@@ -311,6 +311,10 @@ class CommandBus:
         return _Ran(aggregate.id, aggregate.version, last_event)
 
     def _notify(self, written: int | None) -> None:
-        if written is not None:
-            for listener in self._listeners:
+        if written is None:
+            return
+        for listener in self._listeners:
+            try:
                 listener(written)
+            except Exception:  # the commands committed: their callers get their answers
+                log.exception("a commit listener failed at position %d", written)

@@ -230,3 +230,16 @@ async def test_a_no_op_in_a_group_answers_the_last_position_before_it(engine: As
     assert [(r.version, r.aggregate_version) for r in (first, created, after, again)] == [
         (2, 1), (3, 1), (4, 1), (4, 1)
     ]  # fmt: skip
+
+
+async def test_a_failing_commit_listener_does_not_turn_committed_commands_into_errors(
+    bus: CommandBus,
+) -> None:
+    def broken(position: int) -> None:
+        raise RuntimeError("a listener bug")
+
+    bus.on_commit(broken)
+    outcome = await bus.execute(
+        CreateProduct(sku="L-1", name="Lamp", category="c", price_cents=100)
+    )
+    assert outcome.version == 1
