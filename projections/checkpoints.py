@@ -125,12 +125,17 @@ async def save(
         raise Fenced(f"checkpoint {name}: a relay tenure newer than {epoch} has started")
 
 
-async def record_error(db: AsyncDatabase[Document], name: str, error: str) -> None:
-    await db[COLLECTION].update_one(
-        {"_id": name},
+async def record_error(
+    db: AsyncDatabase[Document], name: str, error: str, epoch: int | None = None
+) -> None:
+    """Notes a projection's last error; with an ``epoch``, fenced as :func:`save`."""
+    result = await db[COLLECTION].update_one(
+        _fenced(name, epoch),
         {"$set": {"lastError": error[:1000], "updatedAt": datetime.now(UTC)}},
-        upsert=True,
+        upsert=epoch is None,
     )
+    if result.matched_count == 0 and epoch is not None:
+        raise Fenced(f"checkpoint {name}: a relay tenure newer than {epoch} has started")
 
 
 async def announce(

@@ -16,7 +16,8 @@ again, so two processes could take the same lease.)
   take over, clocks running at the same rate.
 - **Handover.** A rebuild asks for the lease (:meth:`request_handover`); while that
   request is fresh (renewed within the requester's ttl) nobody else takes or
-  renews the lease, and the holder gives it up. A requester that dies lets its
+  renews the lease (a holder's write gate then stops its batch), and the holder
+  gives it up. A requester that dies lets its
   request expire like a lease.
 
 The holder also mirrors its lease into the read store (``relay_leases``, stamped
@@ -26,6 +27,7 @@ with the read store's clock) so that processes that only read there, the API's
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -33,10 +35,13 @@ from typing import Any
 
 import sqlalchemy as sa
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from domain.model import relay_leases
+
+log = logging.getLogger(__name__)
 
 COLLECTION = "relay_leases"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -87,20 +92,23 @@ class Lease:
             mine = row.owner == self.owner and row.epoch == self.epoch
             wanted = row.handover_to not in (None, self.owner) and row.handover_until > row.now
             if wanted:
+                held = False
                 if mine:
                     await self._release(conn)
-                return False
-            if mine:
-                if self.held_for() > self._seconds / 2:
-                    return True
+            elif mine and self.held_for() > self._seconds / 2:
+                return True
+            elif mine:
                 held = await self._renew(conn)
             else:
                 held = await self._take(conn, row.epoch)
+        # The read store's mirror, after the write store's transaction: see _mirror.
         if held:
             self._held_until = asked_at + self._seconds
             await self._mirror()
         else:
             self._held_until = 0.0
+            if wanted and mine:
+                await self._mirror_released()
         return held
 
     async def renew(self) -> bool:
@@ -121,6 +129,7 @@ class Lease:
         """Gives the lease up (keeping its epoch); anyone may take it at once."""
         async with self.engine.begin() as conn:
             await self._release(conn)
+        await self._mirror_released()
 
     async def raise_epoch(self, above: int) -> bool:
         """Moves this tenure's epoch past ``above`` (a checkpoint fenced by an epoch the
@@ -164,26 +173,33 @@ class Lease:
             return False
         result = await conn.execute(
             relay_leases.update()
-            .where(_row.name == self.name, _row.owner == self.owner, _row.epoch == self.epoch)
+            .where(
+                _row.name == self.name,
+                _row.owner == self.owner,
+                _row.epoch == self.epoch,
+                sa.not_(self._requested_by_other(conn)),
+            )
             .values(expires_at=_now(conn) + self._seconds)
         )
         return bool(result.rowcount == 1)
 
+    def _requested_by_other(self, conn: AsyncConnection) -> sa.ColumnElement[bool]:
+        return sa.and_(
+            _row.handover_to.is_not(None),
+            _row.handover_to != self.owner,
+            _row.handover_until > _now(conn),
+        )
+
     async def _take(self, conn: AsyncConnection, seen_epoch: int) -> bool:
         """A new tenure, if the lease is still as seen and free, released or expired."""
         now = _now(conn)
-        requested_by_other = sa.and_(
-            _row.handover_to.is_not(None),
-            _row.handover_to != self.owner,
-            _row.handover_until > now,
-        )
         result = await conn.execute(
             relay_leases.update()
             .where(
                 _row.name == self.name,
                 _row.epoch == seen_epoch,
                 sa.or_(_row.owner.is_(None), _row.expires_at <= now),
-                sa.not_(requested_by_other),
+                sa.not_(self._requested_by_other(conn)),
             )
             .values(
                 owner=self.owner,
@@ -210,19 +226,29 @@ class Lease:
             .where(_row.name == self.name, _row.handover_to == self.owner)
             .values(handover_to=None)
         )
-        await self.db[COLLECTION].update_one(
-            {"_id": self.name, "owner": self.owner}, {"$set": {"owner": None}}
-        )
 
     async def _mirror(self) -> None:
-        await self.db[COLLECTION].update_one(
-            {"_id": self.name},
-            {
-                "$set": {"owner": self.owner, "epoch": self.epoch, "ttl": self._seconds},
-                "$currentDate": {"renewedAt": True},
-            },
-            upsert=True,
-        )
+        """Best effort, and never inside a write-store transaction (that would hold its
+        lock while the read store answers)."""
+        try:
+            await self.db[COLLECTION].update_one(
+                {"_id": self.name},
+                {
+                    "$set": {"owner": self.owner, "epoch": self.epoch, "ttl": self._seconds},
+                    "$currentDate": {"renewedAt": True},
+                },
+                upsert=True,
+            )
+        except PyMongoError:
+            log.warning("could not mirror the %s lease into the read store", self.name)
+
+    async def _mirror_released(self) -> None:
+        try:
+            await self.db[COLLECTION].update_one(
+                {"_id": self.name, "owner": self.owner}, {"$set": {"owner": None}}
+            )
+        except PyMongoError:
+            log.warning("could not mirror the %s lease's release", self.name)
 
 
 async def store_time(db: AsyncDatabase[Document]) -> datetime:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -85,7 +86,7 @@ async def rebuild(
     if another rebuild runs.
     """
     async with _rebuild_lease(engine, db) as rebuild_lease:
-        generation = rebuild_lease.epoch
+        generation = await _new_generation(db, rebuild_lease)
         relay = Relay(
             engine, db, projections, Progress(),
             batch_size=batch_size, write_chunk=write_chunk, suffix=f"{GENERATION}{generation}",
@@ -112,6 +113,8 @@ async def _rebuild(
     names = [p.name for p in projections]
     await checkpoints.set_rebuilding(db, names, True)
     try:
+        if not await rebuild_lease.renew():  # paused past it: another rebuild runs
+            raise RebuildRunning("the rebuild lease was lost; another rebuild took over")
         await _drop_unserved(db, projections)
         for name in relay.checkpoint_names:
             await db[checkpoints.COLLECTION].delete_one({"_id": name})
@@ -144,7 +147,10 @@ async def _rebuild(
                 replaced += [old.get(c, c) for c in fresh if old.get(c, c) != fresh[c]]
                 log.info("switched to the rebuilt %s projection", projection.name)
         finally:
-            await lease.release()
+            if relay.write_gate.unsettled:
+                log.warning("a bulk write may still land; leaving the relay lease to expire")
+            else:
+                await lease.release()
     finally:
         await checkpoints.set_rebuilding(db, names, False)
     return RebuildResult(names, position, applied), replaced
@@ -168,6 +174,18 @@ async def _rebuild_lease(engine: AsyncEngine, db: Db) -> AsyncIterator[Lease]:
         raise failed.exceptions[0] from None
     finally:
         await lease.release()
+
+
+async def _new_generation(db: Db, lease: Lease) -> int:
+    """A generation number no collection has used: the rebuild lease's epoch, unless
+    collections of that number or later exist already (a restored write store, say)."""
+    assert lease.epoch is not None
+    pattern = re.compile(re.escape(GENERATION) + r"([0-9]+)$")
+    names = set(await db.list_collection_names())
+    for checkpoint in (await checkpoints.load_all(db)).values():
+        names.update(checkpoint.collections.values())
+    used = [int(m.group(1)) for name in names if (m := pattern.search(name))]
+    return max([lease.epoch, *(n + 1 for n in used)])
 
 
 async def _keep(lease: Lease) -> None:

@@ -429,6 +429,8 @@ class Relay:
                     # the relay must live on: the batch is retried, and retries are no-ops
                     # for what was already applied.
                     log.exception("relay batch failed; retrying in %.1fs", backoff)
+                    if self.lease.held_for() <= 0:  # say, the lease could not be renewed
+                        self.running = False
                     if self.running:  # a standby's errors are not the projections'
                         await self._record_errors({p.name: error for p in self.projections})
                     await asyncio.sleep(backoff)
@@ -575,5 +577,5 @@ class Relay:
 
     async def _record_errors(self, errors: dict[str, BaseException]) -> None:
         for name, error in errors.items():
-            with contextlib.suppress(PyMongoError):
-                await checkpoints.record_error(self.db, name + self.suffix, repr(error))
+            with contextlib.suppress(PyMongoError, checkpoints.Fenced):
+                await checkpoints.record_error(self.db, name + self.suffix, repr(error), self.epoch)

@@ -12,8 +12,10 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from domain.bus import CommandBus
@@ -419,3 +421,74 @@ async def test_a_relay_cancelled_during_a_bulk_write_leaves_its_lease_to_expire(
     running.cancel()
     await asyncio.gather(running, return_exceptions=True)
     assert not await Lease(engine, db).acquire()
+
+
+async def test_a_holder_cannot_renew_while_a_handover_is_asked_for(
+    engine: AsyncEngine, db: Db
+) -> None:
+    """Its write gate then stops the batch, so a rebuild does not wait for its end."""
+    holder, rebuild_side = Lease(engine, db), Lease(engine, db)
+    assert await holder.acquire()
+    await rebuild_side.request_handover()
+    assert not await holder.renew()
+    assert not await holder.acquire()  # gives it up
+    assert await rebuild_side.acquire()
+
+
+async def test_releasing_the_lease_never_waits_on_an_unreachable_read_store(
+    engine: AsyncEngine, db: Db
+) -> None:
+    """The mirror used to be written inside the write store's transaction: a read store
+    outage held the write lock (commands failed) and undid the release."""
+    unreachable: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        "mongodb://127.0.0.1:9", serverSelectionTimeoutMS=200
+    )
+    try:
+        lease = Lease(engine, unreachable["shop"])
+        assert await lease.acquire()  # the mirror fails quietly
+        await lease.release()
+        assert await Lease(engine, db).acquire()  # released in the write store
+    finally:
+        await unreachable.close()
+
+
+async def test_a_relay_whose_lease_cannot_be_renewed_stops_saying_it_runs(
+    bus: CommandBus, engine: AsyncEngine, db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/readyz asks the relay whether it runs; it said yes long after its lease lapsed."""
+    relay = make_relay(engine, db, lease=Lease(engine, db, ttl=0.2), poll_interval=0.01)
+    running = asyncio.create_task(relay.run())
+    try:
+        await eventually(lambda: _true(relay.running))
+        real_acquire = relay.lease.acquire
+
+        async def write_store_down() -> bool:
+            raise OperationalError("SELECT", {}, Exception("database is locked"))
+
+        monkeypatch.setattr(relay.lease, "acquire", write_store_down)
+        await eventually(lambda: _true(not relay.running))
+        monkeypatch.setattr(relay.lease, "acquire", real_acquire)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_a_rebuild_never_writes_into_a_generation_that_exists(
+    engine: AsyncEngine, db: Db
+) -> None:
+    """The rebuild lease's epoch restarts with a new write store; collections of its
+    number may be served already."""
+    shop = Shop(engine, db)
+    await shop.product("MUG")
+    await db.create_collection("products__g4")
+    await checkpoints.fence(db, ["products"], 1)
+    await db[checkpoints.COLLECTION].update_one(
+        {"_id": "products"}, {"$set": {"collections": {"products": "products__g4"}}}
+    )
+    await rebuild(engine, db, all_projections(), grace=0)
+    served = (await checkpoints.load_all(db))["products"].collections
+    assert served == {"products": "products__g5"}
