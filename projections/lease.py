@@ -27,6 +27,7 @@ with the read store's clock) so that processes that only read there, the API's
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -231,23 +232,25 @@ class Lease:
         """Best effort, and never inside a write-store transaction (that would hold its
         lock while the read store answers)."""
         try:
-            await self.db[COLLECTION].update_one(
-                {"_id": self.name},
-                {
-                    "$set": {"owner": self.owner, "epoch": self.epoch, "ttl": self._seconds},
-                    "$currentDate": {"renewedAt": True},
-                },
-                upsert=True,
-            )
-        except PyMongoError:
+            async with asyncio.timeout(self._seconds / 4):  # the tenure's clock is running
+                await self.db[COLLECTION].update_one(
+                    {"_id": self.name},
+                    {
+                        "$set": {"owner": self.owner, "epoch": self.epoch, "ttl": self._seconds},
+                        "$currentDate": {"renewedAt": True},
+                    },
+                    upsert=True,
+                )
+        except (PyMongoError, TimeoutError):
             log.warning("could not mirror the %s lease into the read store", self.name)
 
     async def _mirror_released(self) -> None:
         try:
-            await self.db[COLLECTION].update_one(
-                {"_id": self.name, "owner": self.owner}, {"$set": {"owner": None}}
-            )
-        except PyMongoError:
+            async with asyncio.timeout(self._seconds / 4):
+                await self.db[COLLECTION].update_one(
+                    {"_id": self.name, "owner": self.owner}, {"$set": {"owner": None}}
+                )
+        except (PyMongoError, TimeoutError):
             log.warning("could not mirror the %s lease's release", self.name)
 
 

@@ -111,10 +111,10 @@ async def _rebuild(
 ) -> tuple[RebuildResult, list[str]]:
     projections = relay.projections
     names = [p.name for p in projections]
+    if not await rebuild_lease.renew():  # paused past it: another rebuild runs
+        raise RebuildRunning("the rebuild lease was lost; another rebuild took over")
     await checkpoints.set_rebuilding(db, names, True)
     try:
-        if not await rebuild_lease.renew():  # paused past it: another rebuild runs
-            raise RebuildRunning("the rebuild lease was lost; another rebuild took over")
         await _drop_unserved(db, projections)
         for name in relay.checkpoint_names:
             await db[checkpoints.COLLECTION].delete_one({"_id": name})

@@ -195,7 +195,12 @@ class WriteGate:
         try:
             epoch = self.tenure()
             renew = epoch is not None and self.lease.held_for() < self.margin
-            if renew and (not await self.lease.renew() or self.lease.epoch != epoch):
+            if renew and (
+                not await self.lease.renew()
+                or self.lease.epoch != epoch
+                # the renewal itself took so long that little of the lease is left
+                or self.lease.held_for() < min(self.margin, self.lease.ttl.total_seconds() / 2)
+            ):
                 raise LeaseLost("another relay holds the lease now")
         except BaseException:
             if self._slots is not None:

@@ -315,12 +315,13 @@ async def test_a_running_relay_renews_its_lease_mid_batch_and_goes_on(
     bus: CommandBus, engine: AsyncEngine, db: Db, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await create(bus)
-    mine = Lease(engine, db, ttl=0.001)
+    mine = Lease(engine, db, ttl=5)
     relay = Relay(engine, db, [ProductsProjection()], Progress(), write_chunk=32, lease=mine)
     await relay.setup()
     assert await mine.acquire()
     assert mine.epoch is not None
     await relay.begin_tenure(mine.epoch)
+    relay.write_gate.margin = 10  # more than the lease's 5 s: every write renews it
     renewals: list[bool] = []
     real_renew = mine.renew
 

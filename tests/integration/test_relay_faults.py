@@ -492,3 +492,32 @@ async def test_a_rebuild_never_writes_into_a_generation_that_exists(
     await rebuild(engine, db, all_projections(), grace=0)
     served = (await checkpoints.load_all(db))["products"].collections
     assert served == {"products": "products__g5"}
+
+
+async def test_a_renewal_that_outlasts_the_lease_lets_no_write_through(
+    bus: CommandBus, engine: AsyncEngine, db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The renewal succeeded in the write store, but its read-store mirror answered
+    only after the lease had run out: the gate must not send the bulk write."""
+    await create(bus)
+    relay = make_relay(engine, db, lease=Lease(engine, db, ttl=5))
+    await relay.setup()
+    assert await relay.lease.acquire()
+    assert relay.lease.epoch is not None
+    await relay.begin_tenure(relay.lease.epoch)
+    relay.write_gate.margin = 10  # every write renews
+    real_renew = relay.lease.renew
+
+    async def slow_renew() -> bool:
+        renewed = await real_renew()
+        relay.lease._held_until -= 5  # as if the renewal had taken the whole lease
+        return renewed
+
+    monkeypatch.setattr(relay.lease, "renew", slow_renew)
+    with pytest.raises(LeaseLost):
+        await relay.run_once()
+    assert await documents_in(db) == []
+
+
+async def documents_in(db: Db) -> list[dict[str, Any]]:
+    return await db.products.find({}).to_list()
