@@ -1,6 +1,6 @@
 """One checkpoint document per projection, in Mongo beside the documents it vouches for.
 
-``{_id: name, position, head, epoch, attemptedUntil, collections, rebuilding, ...}``
+``{_id: name, position, head, epoch, attemptedUntil, collections, lastError, ...}``
 
 - ``epoch``: the newest relay tenure that wrote here (see ``projections.lease``).
   Writes that carry an epoch are *fenced*: they apply only while no newer epoch
@@ -79,6 +79,12 @@ def _epoch(epoch: int | None) -> Document:
     return {} if epoch is None else {"epoch": epoch}
 
 
+def _check_not_fenced(matched: int, expected: int, name: str, epoch: int | None) -> None:
+    """Raises :class:`Fenced` when a fenced write matched fewer documents than it meant to."""
+    if epoch is not None and matched < expected:
+        raise Fenced(f"checkpoint {name}: a relay tenure newer than {epoch} has started")
+
+
 async def fence(db: AsyncDatabase[Document], names: Iterable[str], epoch: int) -> None:
     """Starts tenure ``epoch`` on these checkpoints: writes of older epochs now fail.
 
@@ -121,8 +127,7 @@ async def save(
         },
         upsert=epoch is None,
     )
-    if result.matched_count == 0 and epoch is not None:
-        raise Fenced(f"checkpoint {name}: a relay tenure newer than {epoch} has started")
+    _check_not_fenced(result.matched_count, 1, name, epoch)
 
 
 async def record_error(
@@ -134,8 +139,7 @@ async def record_error(
         {"$set": {"lastError": error[:1000], "updatedAt": datetime.now(UTC)}},
         upsert=epoch is None,
     )
-    if result.matched_count == 0 and epoch is not None:
-        raise Fenced(f"checkpoint {name}: a relay tenure newer than {epoch} has started")
+    _check_not_fenced(result.matched_count, 1, name, epoch)
 
 
 async def announce(
@@ -163,8 +167,7 @@ async def announce(
         ],
         ordered=False,
     )
-    if epoch is not None and result.matched_count < len(attempts):
-        raise Fenced(f"a relay tenure newer than {epoch} has started")
+    _check_not_fenced(result.matched_count, len(attempts), ", ".join(attempts), epoch)
 
 
 async def switch(
@@ -186,8 +189,7 @@ async def switch(
             }
         },
     )  # fmt: skip
-    if result.matched_count == 0:
-        raise Fenced(f"checkpoint {name}: a relay tenure newer than {epoch} has started")
+    _check_not_fenced(result.matched_count, 1, name, epoch)
 
 
 async def set_rebuilding(db: AsyncDatabase[Document], names: Iterable[str], on: bool) -> None:

@@ -1,8 +1,8 @@
 """Rebuilding projections from position 0 into fresh collections, then switching to them.
 
 1. One rebuild at a time: a rebuild holds the ``rebuild`` lease (renewed while it
-   runs, so one that dies frees it). Its lease epoch names the generation of fresh
-   collections it writes, ``<collection>__g<epoch>``.
+   runs, so one that dies frees it). It writes a new generation of collections,
+   ``<collection>__g<n>``, numbered above every generation that exists.
 2. The named projections are marked REBUILDING and replayed from the whole outbox
    into the fresh collections, while the live ones keep serving.
 3. The rebuild asks the running relay for its lease (a handover, which expires if
@@ -35,7 +35,7 @@ from projections import checkpoints
 from projections.lease import Lease
 from projections.progress import Progress
 from projections.projection import Projection
-from projections.relay import LEASE_MARGIN, LeaseLost, Relay
+from projections.relay import Relay
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +111,7 @@ async def _rebuild(
 ) -> tuple[RebuildResult, list[str]]:
     projections = relay.projections
     names = [p.name for p in projections]
-    if not await rebuild_lease.renew():  # paused past it: another rebuild runs
-        raise RebuildRunning("the rebuild lease was lost; another rebuild took over")
+    await _still_holding(rebuild_lease)
     await checkpoints.set_rebuilding(db, names, True)
     try:
         await _drop_unserved(db, projections)
@@ -134,15 +133,13 @@ async def _rebuild(
             served = await checkpoints.load_all(db)
             replaced = []
             for projection in projections:
-                if lease.held_for() < LEASE_MARGIN and not await lease.renew():
-                    raise LeaseLost("the rebuild lost the relay lease before switching")
-                if not await rebuild_lease.renew():  # paused past it: another rebuild runs
-                    raise RebuildRunning("the rebuild lease was lost; another rebuild took over")
+                await _still_holding(rebuild_lease)
                 fresh = {c: c + relay.suffix for c in collections_of(projection)}
                 old = served[projection.name].collections
-                await checkpoints.switch(
-                    db, projection.name, position, relay.head, fresh, lease.epoch
-                )
+                async with relay.write_gate:  # a write of the relay's tenure like any other
+                    await checkpoints.switch(
+                        db, projection.name, position, relay.head, fresh, lease.epoch
+                    )
                 await db[checkpoints.COLLECTION].delete_one({"_id": projection.name + relay.suffix})
                 replaced += [old.get(c, c) for c in fresh if old.get(c, c) != fresh[c]]
                 log.info("switched to the rebuilt %s projection", projection.name)
@@ -191,8 +188,14 @@ async def _new_generation(db: Db, lease: Lease) -> int:
 async def _keep(lease: Lease) -> None:
     while True:
         await asyncio.sleep(lease.ttl.total_seconds() / 3)
-        if not await lease.renew():
-            raise RebuildRunning("the rebuild lease was lost; another rebuild took over")
+        await _still_holding(lease)
+
+
+async def _still_holding(lease: Lease) -> None:
+    """Renews the rebuild lease; raises if this rebuild lost it (it was paused past it,
+    and another rebuild may be running)."""
+    if not await lease.renew():
+        raise RebuildRunning("the rebuild lease was lost; another rebuild took over")
 
 
 async def _drop_unserved(db: Db, projections: Sequence[Projection]) -> None:

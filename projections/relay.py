@@ -367,12 +367,11 @@ class Relay:
         return [projection.name + self.suffix for projection in self.projections]
 
     async def setup(self) -> None:
-        """Creates the projections' indexes and loads their checkpoints."""
-        stored = await checkpoints.load_all(self.db)
-        readdb.switch(self.db, stored.values())
+        """Loads the projections' checkpoints (which also name the collections serving
+        them), then creates those collections' indexes."""
+        await self.load_positions()
         for projection in self.projections:
             await prepare_collections(self.db, projection, self.suffix)
-        await self.load_positions()
 
     async def begin_tenure(self, epoch: int, *, reload: bool = True) -> None:
         """Writes from now on in tenure ``epoch``: fences the checkpoints, then (``reload``)
