@@ -14,6 +14,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.auth import Authenticator, authenticator
 from app.ferretdb import (
     EmbeddedFerretDB,
     ReadStoreUnavailable,
@@ -97,6 +98,8 @@ class Services:
     progress: Progress
     feeds: Feeds
     relay: Relay | None = None
+    # Verifies callers' tokens (app.auth); None in a relay-only process.
+    auth: Authenticator | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def background_failed(self) -> bool:
@@ -108,6 +111,7 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
     """Starts everything this process's role needs and stops it all on exit, also on error."""
     async with contextlib.AsyncExitStack() as stack:
         settings.shop_data_dir.mkdir(parents=True, exist_ok=True)
+        auth = None if role is Role.RELAY else authenticator(settings)
         mongo_url = settings.mongodb_url
         embedded_dir = settings.shop_data_dir / "ferretdb"
         if mongo_url is None:
@@ -138,6 +142,7 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
             bus=CommandBus(engine),
             progress=(progress := Progress()),
             feeds=Feeds(progress),
+            auth=auth,
         )
         stack.callback(services.bus.close)
         stack.push_async_callback(_cancel, services.tasks)

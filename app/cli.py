@@ -53,7 +53,11 @@ def serve(
             typer.echo(f"role {role} shares the read store with other processes: set MONGODB_URL")
             raise typer.Exit(code=2)
         _ensure_read_store(settings)
-    server = uvicorn.Server(uvicorn_config(create_app(settings, role), host, port))
+    config = uvicorn_config(create_app(settings, role), host, port)
+    # The app closes a socket past SHOP_MAX_WS_MESSAGE_BYTES with a reason naming it;
+    # uvicorn stops reading far larger frames before they are buffered whole.
+    config.ws_max_size = 2 * settings.shop_max_ws_message_bytes
+    server = uvicorn.Server(config)
     server.run()
     if not server.started:
         raise typer.Exit(code=3)
@@ -64,6 +68,46 @@ def uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
     return uvicorn.Config(
         app, host=host, port=port, log_config=None, ws="websockets-sansio", lifespan="on"
     )
+
+
+@cli.command()
+def token(
+    admin: Annotated[bool, typer.Option("--admin", help="A token with the admin role.")] = False,
+    customer: Annotated[
+        str | None, typer.Option(help="A token for this customer id (the customer role).")
+    ] = None,
+    ttl: Annotated[int, typer.Option(min=1, help="Seconds until it expires.")] = 3600,
+    subject: Annotated[str, typer.Option(help="The admin token's subject (sub).")] = "admin",
+) -> None:
+    """Prints a token signed with the server's secret, alone on the last line.
+
+    For development, scripts and GraphiQL (Headers: {"Authorization": "Bearer <token>"}).
+    """
+    from app.auth import ADMIN, CUSTOMER, mint, signing_secret
+
+    if admin == (customer is not None):
+        typer.echo("give exactly one of --admin and --customer ID", err=True)
+        raise typer.Exit(code=2)
+    settings = Settings()
+    secret = signing_secret(settings)
+    if secret is None:
+        typer.echo(
+            "tokens come from your identity provider (SHOP_AUTH_JWKS_URL is set); "
+            "set SHOP_AUTH_SECRET as well to sign development tokens here",
+            err=True,
+        )
+        raise typer.Exit(code=2)
+    sub, roles = (subject, [ADMIN]) if customer is None else (customer, [CUSTOMER])
+    issued = mint(
+        secret, sub, roles, ttl,
+        issuer=settings.shop_auth_issuer, audience=settings.shop_auth_audience,
+    )  # fmt: skip
+    typer.echo(
+        f"# {roles[0]} token for sub {sub!r}, valid {ttl} s; "
+        "send it as the header Authorization: Bearer <token>",
+        err=True,
+    )
+    typer.echo(issued)
 
 
 @cli.command("install-read-store")

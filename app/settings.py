@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Role(StrEnum):
@@ -39,11 +40,64 @@ class Settings(BaseSettings):
         0.5, gt=0, description="Seconds between outbox polls when no commit woke the relay."
     )
     shop_max_page_size: int = Field(100, ge=1, description="Largest `first` a list query takes.")
+    # Identity (app.auth) and who may do what (schema.policy).
+    shop_auth_jwks_url: str | None = Field(
+        None, description="Production: the OIDC provider's JWKS URL (RS256/ES256 tokens)."
+    )
+    shop_auth_issuer: str | None = Field(None, description="Required `iss` of tokens, if set.")
+    shop_auth_audience: str | None = Field(None, description="Required `aud` of tokens, if set.")
+    shop_auth_secret: SecretStr | None = Field(
+        None,
+        description="HS256 secret (development, scripts); unset and no JWKS URL: "
+        "a random one is created in the data dir.",
+    )
+    shop_auth_algorithms: Annotated[list[str], NoDecode] = Field(
+        ["RS256", "ES256"], description="Algorithms accepted with the JWKS keys (comma-separated)."
+    )
+    shop_auth_roles_claim: str = Field(
+        "roles", description="Claim holding the roles; dotted for nested (realm_access.roles)."
+    )
+    shop_auth_leeway: float = Field(
+        0.0, ge=0, description="Seconds of clock skew allowed on `exp`."
+    )
+    shop_cors_origins: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="Browser origins allowed to call the API (comma-separated); none by default.",
+    )
+    # Abuse limits: each refuses before execution, naming itself in the error.
+    shop_max_body_bytes: int = Field(
+        262_144, ge=1024, description="Largest HTTP request body; larger ones answer 413."
+    )
+    shop_max_tokens: int = Field(2000, ge=10, description="Most lexical tokens in a document.")
+    shop_max_depth: int = Field(12, ge=2, description="Deepest nesting of fields.")
+    shop_max_aliases: int = Field(30, ge=0, description="Most aliases in a document.")
+    shop_max_cost: int = Field(
+        5000,
+        ge=10,
+        description="Largest query cost: every field 1, times the page sizes "
+        "(first, limit) above it; repeated fields cost more.",
+    )
+    shop_max_subscriptions_per_connection: int = Field(
+        50, ge=1, description="Operations one WebSocket may run at once."
+    )
+    shop_max_ws_message_bytes: int = Field(
+        65_536, ge=1024, description="Largest WebSocket message a client may send."
+    )
+    shop_max_sockets: int = Field(
+        10_000, ge=1, description="Open WebSockets per process; more are closed with 1013."
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
     log_format: str = Field("console", description="console (human) or json.")
     xdg_cache_home: Path = Field(
         Path.home() / ".cache", description="Cache root; the FerretDB binary goes under it."
     )
+
+    @field_validator("shop_auth_algorithms", "shop_cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @property
     def write_store_url(self) -> str:

@@ -20,6 +20,7 @@ import aiohttp
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
+from app.auth import ADMIN, mint
 from app.ferretdb import EmbeddedFerretDB, ensure_binary, free_port, index_document_ids
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +32,14 @@ def percentile(values: list[float], p: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]
+
+
+# The bench server verifies tokens like any server; the load generator signs its own.
+BENCH_SECRET = "bench-secret-not-for-production"
+
+
+def admin_token() -> str:
+    return mint(BENCH_SECRET, "bench", [ADMIN], ttl=24 * 3600)
 
 
 @dataclass
@@ -92,7 +101,12 @@ class Stores:
         return None if self.external_mongodb_url else self.folder / "ferretdb"
 
     def env(self) -> dict[str, str]:
-        env = {**os.environ, "SHOP_DATA_DIR": str(self.folder), "DATABASE_URL": self.database_url}
+        env = {
+            **os.environ,
+            "SHOP_DATA_DIR": str(self.folder),
+            "DATABASE_URL": self.database_url,
+            "SHOP_AUTH_SECRET": BENCH_SECRET,
+        }
         env.pop("MONGODB_URL", None)
         if self.external_mongodb_url:
             env["MONGODB_URL"] = self.external_mongodb_url
@@ -180,10 +194,11 @@ class NotYetConsistent(Exception):
 class GraphQLClient:
     """POSTs GraphQL over one keep-alive connection pool; raises on any GraphQL error."""
 
-    def __init__(self, url: str, connections: int) -> None:
+    def __init__(self, url: str, connections: int, token: str | None = None) -> None:
         self.url = url
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=connections, force_close=False)
+            connector=aiohttp.TCPConnector(limit=connections, force_close=False),
+            headers={"Authorization": f"Bearer {token or admin_token()}"},
         )
 
     async def __aenter__(self) -> GraphQLClient:
@@ -266,7 +281,9 @@ class Subscription:
         async with connect(
             url, subprotocols=[protocol], open_timeout=60, max_queue=None
         ) as connection:
-            await connection.send(json.dumps({"type": "connection_init"}))
+            token = {"Authorization": f"Bearer {admin_token()}"}
+            init = {"type": "connection_init", "payload": token}
+            await connection.send(json.dumps(init))
             ack = json.loads(await connection.recv())
             assert ack["type"] == "connection_ack", ack
             payload = {"query": query, "variables": variables}

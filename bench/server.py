@@ -12,11 +12,12 @@ import strawberry
 import uvicorn
 
 from app import logging as shop_logging
-from app.asgi import create_app
+from app.asgi import create_app, limits_of
 from app.cli import uvicorn_config
 from app.settings import Role, Settings
 from schema.build import build_schema
 from schema.mutations import Mutation
+from schema.policy import ADMIN, ANYONE
 from schema.queries import Query
 
 
@@ -42,7 +43,11 @@ def main() -> None:
     args = parser.parse_args()
     settings = Settings()
     shop_logging.configure(settings.log_level, settings.log_format)
-    app = create_app(settings, Role.ALL, build_schema(BenchQuery, BenchMutation))
+    # The no-op query is as open as a product query (P4), the no-op mutation needs the
+    # same admin token as the commands it is compared with (P1).
+    policies = {"Query.noop": ANYONE, "Mutation.noop": ADMIN}
+    schema = build_schema(BenchQuery, BenchMutation, limits=limits_of(settings), policies=policies)
+    app = create_app(settings, Role.ALL, schema)
     uvicorn.Server(uvicorn_config(app, "127.0.0.1", args.port)).run()
 
 

@@ -45,6 +45,7 @@ class _Request:
     handler: Handler
     key: str | None
     metadata: dict[str, Any] | None
+    scope: str | None = None
     future: asyncio.Future[CommandOutcome] | None = None
 
 
@@ -176,15 +177,21 @@ class CommandBus:
         command: Command,
         idempotency_key: str | None = None,
         metadata: dict[str, Any] | None = None,
+        idempotency_scope: str | None = None,
     ) -> CommandOutcome:
         """Runs ``command``; raises a ``DomainError`` if it is refused, with nothing written
         but the refusal, recorded under ``idempotency_key`` (see ``domain.idempotency``).
 
         Cancelling the caller does not cancel a command already queued: like a
         transaction already sent, it runs (and an idempotency key keeps a retry safe).
+
+        ``idempotency_scope`` (the caller's identity) keeps callers' keys apart: the
+        same key from another caller is another key.
         """
         _check_input(command, idempotency_key)
-        request = _Request(command, self.handlers[type(command)], idempotency_key, metadata)
+        request = _Request(
+            command, self.handlers[type(command)], idempotency_key, metadata, idempotency_scope
+        )
         if not self.group_commit:
             return await self._execute_alone(request)
         future: asyncio.Future[CommandOutcome] = asyncio.get_running_loop().create_future()
@@ -293,6 +300,7 @@ class CommandBus:
         uow.metadata["command"] = type(command).__name__
         if key is not None:
             uow.metadata["idempotencyKey"] = key
+            key = idempotency.scoped(key, request.scope)
             request_hash = idempotency.fingerprint(command)
             if key in claimed:  # claimed earlier in this transaction
                 first, first_hash = claimed[key]

@@ -106,6 +106,8 @@ class CancelOrder(Command):
     order_id: str = field(metadata=ID_ARGUMENT)
     reason: str
     expected_version: int | None = None
+    # Cancelled by this customer: another customer's order answers like a missing one.
+    customer_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,14 +72,19 @@ async def create_product(cmd: CreateProduct, uow: UnitOfWork) -> Aggregate:
 
 
 async def _existing(
-    repository: Repository[A], aggregate_id: str, what: str, check_input: InputCheck
+    repository: Repository[A],
+    aggregate_id: str,
+    what: str,
+    check_input: InputCheck,
+    visible: Callable[[A], bool] = lambda _: True,
 ) -> A:
-    """The aggregate; if it is missing, ``NOT_FOUND`` with whatever is wrong with the input.
+    """The aggregate; if it is missing (or not ``visible`` to the caller: the same answer),
+    ``NOT_FOUND`` with whatever is wrong with the input.
 
     Given the aggregate, its own method checks the input (and the state) together.
     """
     aggregate = await repository.get(aggregate_id)
-    if aggregate is not None:
+    if aggregate is not None and visible(aggregate):
         return aggregate
     problems = Problems()
     problems.add(NotFound(f"no {what} with id {aggregate_id}", "id"))
@@ -223,7 +228,12 @@ async def _order(uow: UnitOfWork, order_id: str, check_input: InputCheck) -> Ord
 
 
 async def cancel_order(cmd: CancelOrder, uow: UnitOfWork) -> Aggregate:
-    order = await _order(uow, cmd.order_id, partial(check_reason, reason=cmd.reason))
+    check = partial(check_reason, reason=cmd.reason)
+    customer = cmd.customer_id
+    order = await _existing(
+        uow.orders, cmd.order_id, "order", check,
+        visible=lambda o: customer is None or o.customer_id == customer,
+    )  # fmt: skip
     order.cancel(cmd.reason, expected_version=cmd.expected_version, now=uow.now)
     for _, line in _in_product_order(order.lines):
         await uow.stock.release(line.product_id, line.quantity)

@@ -64,6 +64,15 @@ class Recorded:
     answer: Answer
 
 
+def scoped(key: str, scope: str | None) -> str:
+    """The key as stored: as given without a scope, else a hash of scope and key (which
+    also keeps it within the column's 200 characters)."""
+    if scope is None:
+        return key
+    digest = hashlib.sha256(f"{scope}\x00{key}".encode()).hexdigest()
+    return f"scoped:{digest}"
+
+
 def fingerprint(command: Command) -> str:
     """A stable hash of the command's name and arguments."""
     body = json.dumps(

@@ -1,68 +1,108 @@
-"""Builds the Strawberry schema with its caches and limits."""
+"""Builds the Strawberry schema with its caches, limits, policies and error masking."""
 
 from __future__ import annotations
 
 import logging
+import uuid
+from collections.abc import Mapping
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import (
-    AddValidationRules,
-    ParserCache,
-    QueryDepthLimiter,
-    ValidationCache,
-)
+from strawberry.extensions import ValidationCache
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
-from strawberry.utils.logging import StrawberryLogger
+from strawberry.types.base import StrawberryObjectDefinition
 
+from app.request_id import current_request_id
+from schema.limits import DOCUMENT_CACHE_SIZE, DocumentLimits, Limits
 from schema.mutations import Mutation
+from schema.policy import POLICIES, Authorize, Policy
 from schema.queries import Query
 from schema.scalars import SCALARS
 from schema.subscriptions import Subscription
 
 log = logging.getLogger(__name__)
 
-# Parsing and validating a document costs ~1 ms; most clients send the same few.
-DOCUMENT_CACHE_SIZE = 1024
-MAX_QUERY_DEPTH = 12
-DEPTH_RULES = QueryDepthLimiter(max_depth=MAX_QUERY_DEPTH).validation_rules
-
-
 # Answers the client is meant to act on; they are not server faults.
-EXPECTED_CODES = frozenset({"NOT_YET_CONSISTENT", "BAD_USER_INPUT", "NOT_FOUND"})
+EXPECTED_CODES = frozenset(
+    {"NOT_YET_CONSISTENT", "BAD_USER_INPUT", "NOT_FOUND", "UNAUTHENTICATED", "FORBIDDEN"}
+)
+INTERNAL_ERROR = "INTERNAL_SERVER_ERROR"
+AUTHORIZE = Authorize()
+
+__all__ = ["DOCUMENT_CACHE_SIZE", "ShopSchema", "build_schema", "print_schema"]
 
 
 class ShopSchema(strawberry.Schema):
+    policies: Mapping[str, Policy] = POLICIES
+
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
     ) -> None:
-        """Logs server faults; expected answers (invalid documents, coded errors) at debug."""
+        """Masks server faults: the client gets a generic message and a request id, the
+        log gets the exception under the same id. Expected answers (invalid documents,
+        coded errors) are logged at debug."""
         for error in errors:
-            code = (error.extensions or {}).get("code")
-            if code in EXPECTED_CODES or error.original_error is None:
-                log.debug("GraphQL error %s: %s", code or "INVALID_DOCUMENT", error.message)
+            if is_fault(error):
+                request_id = current_request_id() or uuid.uuid4().hex
+                log.error(
+                    "unexpected error in %s (request %s): %s",
+                    ".".join(str(p) for p in error.path or ()) or "the operation",
+                    request_id,
+                    error.message,
+                    exc_info=error.original_error,
+                )
+                error.message = f"Internal server error (request id {request_id})"
+                error.extensions = {"code": INTERNAL_ERROR, "requestId": request_id}
             else:
-                StrawberryLogger.error(error, execution_context)
+                code = (error.extensions or {}).get("code")
+                log.debug("GraphQL error %s: %s", code or "INVALID_DOCUMENT", error.message)
 
 
-def build_schema(query: type = Query, mutation: type = Mutation) -> strawberry.Schema:
-    """The served schema; the benchmarks pass subclasses of the root types with no-op fields."""
-    return ShopSchema(
+def is_fault(error: GraphQLError) -> bool:
+    """An exception a resolver did not mean to raise: anything but a GraphQLError."""
+    # Input coercion (variables, scalars) wraps the scalar's own error, without a path:
+    # that message is for the client.
+    original = error.original_error
+    return (
+        error.path is not None and original is not None and not isinstance(original, GraphQLError)
+    )
+
+
+def _authorize_root_fields(*roots: type) -> None:
+    """Puts the policy check in front of every root field's resolver (see schema.policy)."""
+    for root in roots:
+        definition: StrawberryObjectDefinition = root.__strawberry_definition__  # type: ignore[attr-defined]
+        for field in definition.fields:
+            if not any(isinstance(e, Authorize) for e in field.extensions):
+                field.extensions.append(AUTHORIZE)
+
+
+def build_schema(
+    query: type = Query,
+    mutation: type = Mutation,
+    *,
+    limits: Limits | None = None,
+    policies: Mapping[str, Policy] | None = None,
+) -> ShopSchema:
+    """The served schema; the benchmarks pass subclasses of the root types with no-op
+    fields, and policies for them."""
+    _authorize_root_fields(query, mutation, Subscription)
+    chosen = limits or Limits()
+    schema = ShopSchema(
         query=query,
         mutation=mutation,
         subscription=Subscription,
         config=StrawberryConfig(scalar_map=SCALARS),
-        # Factories: a fresh extension per request; the two caches are shared module-wide.
-        # The depth rule is built once: the validation cache is keyed by the rule
-        # classes, and QueryDepthLimiter makes a new class per instance, which made
-        # every request miss the cache and validate again (two thirds of a request).
+        # Factories: a fresh extension per request. Parsing is cached (by text and token
+        # limit) and so is validation (by document and rule classes, which stay the same).
         extensions=[
-            lambda: ParserCache(maxsize=DOCUMENT_CACHE_SIZE),
+            lambda: DocumentLimits(chosen),
             lambda: ValidationCache(maxsize=DOCUMENT_CACHE_SIZE),
-            lambda: AddValidationRules(DEPTH_RULES),
         ],
     )
+    schema.policies = {**POLICIES, **(policies or {})}
+    return schema
 
 
 def print_schema() -> str:

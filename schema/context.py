@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from graphql import GraphQLError
 from strawberry.types import Info as StrawberryInfo
 
+from app.auth import ANONYMOUS, Authenticator, Principal
 from domain.bus import CommandBus
 from projections.feeds import Feeds
 from projections.progress import Progress
@@ -25,6 +26,12 @@ class Context:
     max_page_size: int
     header_min_version: int | None = None
     header_error: str | None = None
+    principal: Principal = ANONYMOUS
+    # A WebSocket's connection_init payload (set by Strawberry), and what it needs to
+    # authenticate the socket then (app.asgi).
+    connection_params: dict[str, Any] | None = field(default=None, repr=False)
+    authenticator: Authenticator | None = field(default=None, repr=False)
+    upgrade_authorization: str | None = field(default=None, repr=False)
 
 
 Info = StrawberryInfo[Context, None]

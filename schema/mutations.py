@@ -15,7 +15,11 @@ from schema.types import CommandResult, given
 
 async def execute(info: Info, command: Command, idempotency_key: str | None) -> CommandResult:
     try:
-        outcome = await info.context.bus.execute(command, given(idempotency_key))
+        outcome = await info.context.bus.execute(
+            command,
+            given(idempotency_key),
+            idempotency_scope=info.context.principal.idempotency_scope,
+        )
     except DomainError as error:
         return CommandResult.failed(user_errors(error))
     except CommitOutcomeUnknown as error:
@@ -221,7 +225,10 @@ class Mutation:
         idempotency_key: str | None = strawberry.UNSET,
     ) -> CommandResult:
         command = commands.CancelOrder(
-            order_id=id, reason=reason, expected_version=given(expected_version)
+            order_id=id,
+            reason=reason,
+            expected_version=given(expected_version),
+            customer_id=info.context.principal.order_scope,
         )
         return await execute(info, command, idempotency_key)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import strawberry
 from strawberry.types.nodes import SelectedField, Selection
@@ -43,6 +44,12 @@ PRODUCT_SALES = "product_sales"
 DASHBOARD = "dashboard"
 AUDIT_TRAIL = "audit_trail"
 MAX_TOP_PRODUCTS = 100
+
+
+def visible_order(info: Info, document: dict[str, Any]) -> bool:
+    """Whether the caller may see this order (schema.policy: OWN_ORDER)."""
+    scope = info.context.principal.order_scope
+    return scope is None or document.get("customer", {}).get("id") == scope
 
 
 def check_page_size(info: Info, first: int | None) -> int:
@@ -173,7 +180,9 @@ class Query:
     ) -> Order | None:
         await wait_for(info, ORDERS, given(min_version))
         document = await orders.find_order(info.context.db, id)
-        return None if document is None else Order.from_document(document)
+        if document is None or not visible_order(info, document):
+            return None  # another customer's order looks missing
+        return Order.from_document(document)
 
     @strawberry.field(description="A customer's orders, newest first.")  # type: ignore[untyped-decorator]
     async def order_history(

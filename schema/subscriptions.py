@@ -19,7 +19,7 @@ from projections.feeds import DocumentMissing
 from projections.progress import NotYetConsistent
 from schema.consistency import wait_for
 from schema.context import Info
-from schema.queries import AUDIT_TRAIL, DASHBOARD, ORDERS, PRODUCTS
+from schema.queries import AUDIT_TRAIL, DASHBOARD, ORDERS, PRODUCTS, visible_order
 from schema.scalars import Version
 from schema.types import Dashboard, DomainEvent, Order, Product, given
 
@@ -68,6 +68,8 @@ class Subscription:
         await wait_for(info, ORDERS, given(min_version))
         db = info.context.db
         async for document in follow(info, ORDERS, id, lambda: orders.find_order(db, id)):
+            if not visible_order(info, document):  # answered like a missing order
+                raise GraphQLError(f"no {ORDERS} document {id}", extensions={"code": "NOT_FOUND"})
             yield Order.from_document(document)
 
     @strawberry.subscription(description="The dashboard now, then after every change.")  # type: ignore[untyped-decorator]

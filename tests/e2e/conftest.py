@@ -17,10 +17,25 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from app.auth import ADMIN, CUSTOMER, mint
 from app.ferretdb import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 60.0
+# The servers under test verify tokens signed with this secret (SHOP_AUTH_SECRET).
+SECRET = "e2e-test-secret-0123456789abcdef0123"
+
+
+def admin_token(ttl: float = 3600) -> str:
+    return mint(SECRET, "admin", [ADMIN], ttl)
+
+
+def customer_token(customer_id: str, ttl: float = 3600) -> str:
+    return mint(SECRET, customer_id, [CUSTOMER], ttl)
+
+
+def bearer(token: str | None) -> dict[str, str]:
+    return {} if token is None else {"Authorization": f"Bearer {token}"}
 
 
 def wait_until(
@@ -95,6 +110,7 @@ def server_env(mongo_url: str, tmp_path: Path) -> dict[str, str]:
         "MONGODB_DATABASE": f"e2e_{uuid.uuid4().hex[:12]}",
         "SHOP_DATA_DIR": str(tmp_path / "var"),
         "LOG_LEVEL": "WARNING",
+        "SHOP_AUTH_SECRET": SECRET,
     }
 
 
@@ -119,14 +135,22 @@ def server(start_server: Any) -> Server:
 
 
 class Client:
-    def __init__(self, http: httpx.AsyncClient) -> None:
+    """Sends GraphQL as an admin unless given another token (or None: anonymous)."""
+
+    def __init__(self, http: httpx.AsyncClient, token: str | None = "admin") -> None:
         self.http = http
+        self.token = admin_token() if token == "admin" else token
+
+    def as_(self, token: str | None) -> Client:
+        return Client(self.http, token)
 
     async def post(
         self, query: str, variables: dict[str, Any] | None = None, **headers: str
     ) -> dict[str, Any]:
         response = await self.http.post(
-            "/graphql", json={"query": query, "variables": variables or {}}, headers=headers
+            "/graphql",
+            json={"query": query, "variables": variables or {}},
+            headers={**bearer(self.token), **headers},
         )
         assert response.status_code == 200, response.text
         body: dict[str, Any] = response.json()
@@ -147,11 +171,17 @@ async def client(server: Server) -> AsyncIterator[Client]:
 
 @asynccontextmanager
 async def subscription(
-    server: Server, query: str, variables: dict[str, Any], protocol: str = "graphql-transport-ws"
+    server: Server,
+    query: str,
+    variables: dict[str, Any],
+    protocol: str = "graphql-transport-ws",
+    token: str | None = "admin",
 ) -> AsyncIterator[Any]:
-    """Opens one subscription; yields an async function that returns the next payload."""
+    """Opens one subscription (as an admin unless given another token, or None);
+    yields an async function that returns the next payload."""
+    params = bearer(admin_token() if token == "admin" else token)
     async with connect(server.ws_url, subprotocols=[protocol], open_timeout=10) as ws:  # type: ignore[list-item]
-        await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+        await ws.send(json.dumps({"type": "connection_init", "payload": params}))
         assert (await _receive(ws))["type"] == "connection_ack"
         start = "subscribe" if protocol == "graphql-transport-ws" else "start"
         payload = {"query": query, "variables": variables}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.e2e.conftest import ROOT, Server, wait_until
+from tests.e2e.conftest import ROOT, Server, admin_token, bearer, wait_until
 
 
 def ferretdb_processes(data_dir: Path) -> list[int]:
@@ -41,7 +41,9 @@ def test_embedded_ferretdb_lives_and_dies_with_the_server(
             'mutation { createProduct(input: {sku: "A", name: "A", category: "c", priceCents: 1})'
         )
         created = httpx.post(
-            f"{server.url}/graphql", json={"query": create + " { version } }"}
+            f"{server.url}/graphql",
+            json={"query": create + " { version } }"},
+            headers=bearer(admin_token()),
         ).json()["data"]["createProduct"]
         read_query = f'{{ productBySku(sku: "a", minVersion: {created["version"]}) {{ sku }} }}'
         read = httpx.post(f"{server.url}/graphql", json={"query": read_query}).json()

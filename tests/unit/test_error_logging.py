@@ -7,21 +7,36 @@ import logging
 import pytest
 from graphql import GraphQLError
 
+from app.auth import Principal
 from domain.errors import CommitOutcomeUnknown
 from schema.build import build_schema
 
 
-def test_only_server_faults_are_logged_as_errors(caplog: pytest.LogCaptureFixture) -> None:
+def test_only_server_faults_are_logged_as_errors_and_masked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     expected = GraphQLError(
         "not yet", extensions={"code": "NOT_YET_CONSISTENT"}, original_error=Exception("x")
     )
     invalid_document = GraphQLError("Cannot query field 'nope'")
-    fault = GraphQLError("boom", original_error=RuntimeError("boom"))
+    fault = GraphQLError(
+        "boom: mongodb://10.0.0.7 refused", path=["product"], original_error=RuntimeError("boom")
+    )
     with caplog.at_level(logging.DEBUG):
         build_schema().process_errors([expected, invalid_document, fault])
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert [r.getMessage() for r in errors] == ["boom"]
+    assert len(errors) == 1
+    assert "boom" in errors[0].getMessage()
+    assert errors[0].exc_info is not None
     assert any("NOT_YET_CONSISTENT" in r.getMessage() for r in caplog.records)
+    # The client sees no internals, only an id that finds the log line.
+    assert "10.0.0.7" not in fault.message
+    assert fault.extensions is not None
+    assert fault.extensions["code"] == "INTERNAL_SERVER_ERROR"
+    request_id = fault.extensions["requestId"]
+    assert request_id in fault.message
+    assert request_id in errors[0].getMessage()
+    assert expected.message == "not yet"
 
 
 async def test_a_commit_of_unknown_outcome_answers_a_retryable_coded_error() -> None:
@@ -33,6 +48,7 @@ async def test_a_commit_of_unknown_outcome_answers_a_retryable_coded_error() -> 
 
     class Context:
         bus = Bus()
+        principal = Principal("admin", frozenset({"admin"}))
 
     result = await build_schema().execute(
         'mutation { restockProduct(id: "p", quantity: 1, idempotencyKey: "k") { success } }',

@@ -1,0 +1,306 @@
+"""Abuse limits on GraphQL documents, checked before validation and execution.
+
+Validating a document costs about 50 µs per field in graphql-core, and comparing
+fields that share a response name (``OverlappingFieldsCanBeMerged``) is quadratic in
+their number; executing one costs what its page sizes multiply up to. So the limits
+are checked on the parsed document, before it is validated, in one walk:
+
+- **tokens**: counted by a regular expression (in C) before the parser runs, which
+  stops at the limit, so a huge document is refused in well under a millisecond;
+- **depth** of nested fields (introspection's linear ``ofType`` chains aside: its
+  list fields may nest at most :data:`MAX_INTROSPECTION_LISTS` deep instead, enough
+  for every introspection query GraphiQL and code generators send);
+- **aliases**, every use counted (a fragment spread twice counts twice);
+- **cost**: every field costs 1, and a field with a page size (``first``, ``limit``)
+  multiplies what is below it by that size (capped at the largest page), so 50
+  aliases of ``products(first: 100) { ... }`` cost over 5,000 while a full page of
+  everything costs under 2,000. The n-th repeat of a response name in one selection
+  set costs n - 1 more: what validation's pairwise comparison costs.
+
+Refusals are GraphQL errors with ``extensions.code = LIMIT_EXCEEDED`` and the
+setting's name in ``extensions.limit``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, NoReturn
+
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    GraphQLField,
+    GraphQLList,
+    GraphQLNamedType,
+    GraphQLNonNull,
+    GraphQLSchema,
+    GraphQLSyntaxError,
+    InlineFragmentNode,
+    IntValueNode,
+    OperationDefinitionNode,
+    SelectionSetNode,
+    VariableNode,
+    get_named_type,
+    parse,
+)
+from graphql.type.introspection import SchemaMetaFieldDef, TypeMetaFieldDef
+from strawberry.extensions import SchemaExtension
+
+LIMIT_EXCEEDED = "LIMIT_EXCEEDED"
+MAX_INTROSPECTION_LISTS = 3
+PAGE_ARGUMENTS = ("first", "limit")
+DOCUMENT_CACHE_SIZE = 1024
+
+# One alternative per GraphQL token kind; comments match but are not counted.
+_TOKEN = re.compile(
+    r'"""(?:[^"\\]|\\.|"(?!""))*"""'  # block string
+    r'|"(?:[^"\\\n\r]|\\.)*"'  # string
+    r"|#[^\n\r]*"  # comment
+    r"|\.\.\."
+    r"|[!$&():=@\[\]{|}]"
+    r"|-?[0-9][0-9.eE+-]*"
+    r"|[_A-Za-z][_0-9A-Za-z]*"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_tokens: int = 2000
+    max_depth: int = 12
+    max_aliases: int = 30
+    max_cost: int = 5000
+    max_page_size: int = 100
+
+
+class LimitExceeded(GraphQLError):
+    def __init__(self, message: str, setting: str, maximum: int) -> None:
+        super().__init__(
+            f"{message} (limit: {setting})",
+            extensions={"code": LIMIT_EXCEEDED, "limit": setting, "maximum": maximum},
+        )
+
+
+def count_tokens(query: str, stop_after: int) -> int:
+    """The document's tokens, counting no further than ``stop_after`` + 1."""
+    count = 0
+    for match in _TOKEN.finditer(query):
+        if match.group().startswith("#"):
+            continue
+        count += 1
+        if count > stop_after:
+            break
+    return count
+
+
+def _too_many_tokens(max_tokens: int) -> LimitExceeded:
+    message = f"the document has more than {max_tokens} tokens"
+    return LimitExceeded(message, "SHOP_MAX_TOKENS", max_tokens)
+
+
+@lru_cache(maxsize=DOCUMENT_CACHE_SIZE)
+def parse_within(query: str, max_tokens: int) -> DocumentNode:
+    """The parsed document (cached), unless it has more than ``max_tokens`` tokens."""
+    if count_tokens(query, max_tokens) > max_tokens:
+        raise _too_many_tokens(max_tokens)
+    try:
+        return parse(query, max_tokens=max_tokens)
+    except GraphQLSyntaxError as error:
+        if "tokens" in error.message and "Parsing aborted" in error.message:
+            raise _too_many_tokens(max_tokens) from None
+        raise
+
+
+class _Walk:
+    """One pass over the executed operation: its depth, aliases and cost."""
+
+    def __init__(
+        self,
+        schema: GraphQLSchema,
+        fragments: Mapping[str, FragmentDefinitionNode],
+        variables: Mapping[str, Any],
+        limits: Limits,
+    ) -> None:
+        self.schema = schema
+        self.fragments = fragments
+        self.variables = variables
+        self.limits = limits
+        self.aliases = 0
+
+    def selection_set(
+        self,
+        node: SelectionSetNode,
+        parent: GraphQLNamedType | None,
+        depth: int,
+        lists: int,
+        names: Counter[str] | None = None,
+        spreads: frozenset[str] = frozenset(),
+    ) -> int:
+        names = Counter() if names is None else names
+        cost = 0
+        for selection in node.selections:
+            if isinstance(selection, FieldNode):
+                if selection.alias is not None:
+                    self.aliases += 1
+                    if self.aliases > self.limits.max_aliases:
+                        most = self.limits.max_aliases
+                        message = f"the document has more than {most} aliases"
+                        raise LimitExceeded(message, "SHOP_MAX_ALIASES", most)
+                    name = selection.alias.value
+                else:
+                    name = selection.name.value
+                cost += names[name] + self.field(selection, parent, depth, lists)
+                names[name] += 1
+            elif isinstance(selection, InlineFragmentNode):
+                condition = selection.type_condition
+                inner = self._type(condition.name.value) if condition else parent
+                cost += self.selection_set(
+                    selection.selection_set, inner, depth, lists, names, spreads
+                )
+            elif isinstance(selection, FragmentSpreadNode):
+                fragment_name = selection.name.value
+                fragment = self.fragments.get(fragment_name)
+                if fragment is None or fragment_name in spreads:
+                    continue  # validation reports it
+                inner = self._type(fragment.type_condition.name.value)
+                cost += self.selection_set(
+                    fragment.selection_set, inner, depth, lists, names,
+                    spreads | {fragment_name},
+                )  # fmt: skip
+            if cost > self.limits.max_cost:
+                self._too_costly(cost)
+        return cost
+
+    def field(
+        self, node: FieldNode, parent: GraphQLNamedType | None, depth: int, lists: int
+    ) -> int:
+        name = node.name.value
+        definition = self._field(parent, name)
+        introspective = name.startswith("__") or (
+            parent is not None and parent.name.startswith("__")
+        )
+        if introspective:
+            if definition is not None and _is_list(definition):
+                lists += 1
+                if lists > MAX_INTROSPECTION_LISTS:
+                    most = MAX_INTROSPECTION_LISTS
+                    message = f"introspection lists nest deeper than {most}"
+                    raise LimitExceeded(message, "introspection", most)
+        else:
+            depth += 1
+            if depth > self.limits.max_depth:
+                most = self.limits.max_depth
+                message = f"fields nest deeper than {most} levels"
+                raise LimitExceeded(message, "SHOP_MAX_DEPTH", most)
+        if node.selection_set is None:
+            return 1
+        inner = get_named_type(definition.type) if definition is not None else None
+        below = self.selection_set(node.selection_set, inner, depth, lists)
+        return 1 + self._page_size(node, definition) * below
+
+    def _page_size(self, node: FieldNode, definition: GraphQLField | None) -> int:
+        """The field's page size: its ``first`` or ``limit``, given or default, capped."""
+        for argument in PAGE_ARGUMENTS:
+            declared = definition.args.get(argument) if definition is not None else None
+            given = next((a for a in node.arguments or () if a.name.value == argument), None)
+            if given is None and declared is None:
+                continue
+            value: Any = declared.default_value if declared is not None else None
+            if given is not None:
+                if isinstance(given.value, IntValueNode):
+                    value = int(given.value.value)
+                elif isinstance(given.value, VariableNode):
+                    value = self.variables.get(given.value.name.value, value)
+                else:
+                    return 1  # null or not a number: the field refuses it
+            if isinstance(value, int) and not isinstance(value, bool):
+                return max(1, min(value, self.limits.max_page_size))
+            return self.limits.max_page_size
+        return 1
+
+    def _field(self, parent: GraphQLNamedType | None, name: str) -> GraphQLField | None:
+        if name == "__schema" and parent is self.schema.query_type:
+            return SchemaMetaFieldDef
+        if name == "__type" and parent is self.schema.query_type:
+            return TypeMetaFieldDef
+        fields = getattr(parent, "fields", None)
+        if not isinstance(fields, Mapping):
+            return None
+        field = fields.get(name)
+        return field if isinstance(field, GraphQLField) else None
+
+    def _type(self, name: str) -> GraphQLNamedType | None:
+        return self.schema.get_type(name)
+
+    def _too_costly(self, cost: int) -> NoReturn:
+        most = self.limits.max_cost
+        message = (
+            f"the query costs more than {most} (every field 1, times the page sizes "
+            "above it): ask for smaller pages or fewer fields"
+        )
+        raise LimitExceeded(message, "SHOP_MAX_COST", most)
+
+
+def _is_list(definition: GraphQLField) -> bool:
+    kind: Any = definition.type
+    while isinstance(kind, GraphQLNonNull):
+        kind = kind.of_type
+    return isinstance(kind, GraphQLList)
+
+
+def _operation(document: DocumentNode, name: str | None) -> OperationDefinitionNode | None:
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    if name is None:
+        return operations[0] if len(operations) == 1 else None
+    return next((o for o in operations if o.name is not None and o.name.value == name), None)
+
+
+def check(
+    schema: GraphQLSchema,
+    document: DocumentNode,
+    operation_name: str | None,
+    variables: Mapping[str, Any] | None,
+    limits: Limits,
+) -> int:
+    """The operation's cost; raises :class:`LimitExceeded` past depth, aliases or cost."""
+    operation = _operation(document, operation_name)
+    if operation is None:
+        return 0  # validation or the executor says what is wrong
+    fragments = {
+        d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
+    }
+    root = schema.get_root_type(operation.operation)
+    walk = _Walk(schema, fragments, variables if isinstance(variables, Mapping) else {}, limits)
+    return walk.selection_set(operation.selection_set, root, 0, 0)
+
+
+class DocumentLimits(SchemaExtension):
+    """Parses (cached, token-limited) and checks depth, aliases and cost before validation."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+
+    def on_parse(self) -> Iterator[None]:
+        context = self.execution_context
+        if context.query is not None:
+            context.graphql_document = parse_within(context.query, self.limits.max_tokens)
+        yield
+
+    def on_validate(self) -> Iterator[None]:
+        context = self.execution_context
+        if context.graphql_document is not None:
+            schema: GraphQLSchema = context.schema._schema
+            check(
+                schema,
+                context.graphql_document,
+                context.operation_name,
+                context.variables,
+                self.limits,
+            )
+        yield
