@@ -46,11 +46,13 @@ MAX_CLOSE_REASON = 120
 
 
 def _authorization(params: Mapping[str, Any] | None) -> str | None:
-    """The connection_init payload's Authorization value; its key in any case."""
+    """The connection_init payload's Authorization value, its key in any case: at the
+    top (GraphiQL sends its Headers tab so) or under ``headers`` (Apollo's clients)."""
     for key, value in (params or {}).items():
         if isinstance(key, str) and key.lower() == "authorization" and isinstance(value, str):
             return value
-    return None
+    nested = (params or {}).get("headers")
+    return _authorization(nested) if isinstance(nested, Mapping) else None
 
 
 async def _authenticate_socket(context: Context, params: Mapping[str, Any] | None) -> str | None:

@@ -7,7 +7,7 @@ import logging
 import pytest
 from graphql import GraphQLError
 
-from app.auth import Principal
+from app.auth import ANONYMOUS, Principal
 from domain.errors import CommitOutcomeUnknown
 from schema.build import build_schema
 
@@ -58,3 +58,32 @@ async def test_a_commit_of_unknown_outcome_answers_a_retryable_coded_error() -> 
     [error] = result.errors
     assert error.extensions == {"code": "COMMIT_OUTCOME_UNKNOWN", "retryable": True}
     assert "same idempotencyKey" in error.message
+
+
+async def test_a_failing_resolver_answers_a_masked_error_whose_id_is_in_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Broken:
+        def __getitem__(self, name: str) -> object:
+            raise ConnectionError("mongodb://10.0.0.7:27017: connection refused")
+
+    class Context:
+        db = Broken()
+        principal = ANONYMOUS
+        header_error = None
+        header_min_version = None
+
+    with caplog.at_level(logging.ERROR):
+        result = await build_schema().execute(
+            '{ product(id: "p") { id } }', context_value=Context()
+        )
+    assert result.errors is not None
+    [error] = result.errors
+    assert error.extensions is not None
+    assert error.extensions["code"] == "INTERNAL_SERVER_ERROR"
+    assert "10.0.0.7" not in error.message
+    assert "mongodb" not in str(error.formatted)
+    [logged] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert error.extensions["requestId"] in logged.getMessage()
+    assert logged.exc_info is not None
+    assert isinstance(logged.exc_info[1], ConnectionError)
