@@ -283,12 +283,7 @@ def load_or_create_secret(data_dir: Path) -> str:
                 file.write(secrets.token_urlsafe(48) + "\n")
             try:
                 os.link(temporary, path)
-                log.warning(
-                    "created a development signing secret in %s; get a token with "
-                    "`cqrs-shop token --admin` (or --customer ID) and send it as "
-                    "'Authorization: Bearer <token>'. Set SHOP_AUTH_JWKS_URL in production.",
-                    path,
-                )
+                log.info("created a development signing secret in %s", path)
             except FileExistsError:
                 pass
         finally:
@@ -300,6 +295,13 @@ def load_or_create_secret(data_dir: Path) -> str:
 
 
 def authenticator(settings: Settings) -> Authenticator:
+    if settings.shop_auth_secret is None and not settings.shop_auth_jwks_url:
+        log.warning(
+            "tokens are checked with the development secret in %s (set SHOP_AUTH_JWKS_URL "
+            "in production); mint one with `cqrs-shop token --admin` or "
+            "`--customer ID` and send it as 'Authorization: Bearer <token>'",
+            settings.shop_data_dir / SECRET_FILE,
+        )
     return Authenticator(
         secret=signing_secret(settings),
         jwks_url=settings.shop_auth_jwks_url,
