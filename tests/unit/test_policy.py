@@ -187,11 +187,6 @@ async def test_the_same_extra_fields_answer_once_they_have_a_policy() -> None:
     assert RESOLVED == ["secret", "wipe", "flag"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a refused mutation always answers a CommandResult; a mutation of another type "
-    "(here Boolean) gets an uncoded serialization error instead of FORBIDDEN",
-)
 async def test_a_non_command_mutation_without_a_policy_is_refused_with_forbidden() -> None:
     schema = build_schema(ExtraQuery, ExtraMutation)
     result = await execute(schema, "mutation { flag }", ADMIN_PRINCIPAL)
@@ -209,12 +204,6 @@ BENCH_POLICIES: Mapping[str, Policy] = {"Query.noop": ANYONE, "Mutation.noop": A
 ANONYMOUS = Principal()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="schema.policy keys the table by the root type's GraphQL name "
-    "(info.path.typename): bench/server.py's roots are named BenchQuery/BenchMutation, "
-    "so no field of the bench server has a policy and every one is refused",
-)
 @pytest.mark.parametrize(
     ("document", "principal", "expected"),
     [
