@@ -110,19 +110,28 @@ class TokenRefused(Exception):
 
 @dataclass
 class _KeySet:
-    """A JWKS document's keys by id, fetched lazily and refreshed on an unknown id."""
+    """A JWKS document's keys by id, fetched lazily and refreshed on an unknown id.
+
+    Fetches, successful or not, are at least ``JWKS_MIN_REFRESH`` apart: neither tokens
+    with made-up key ids nor a provider's outage make every request fetch again.
+    Keys are kept for ``JWKS_LIFETIME``, and longer while the provider is unreachable.
+    """
 
     url: str
     algorithms: tuple[str, ...]
     keys: dict[str, jwt.PyJWK] = field(default_factory=dict)
-    fetched_at: float = float("-inf")
+    fetched_at: float = float("-inf")  # the last successful fetch
+    attempted_at: float = float("-inf")  # the last fetch, successful or not
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def key(self, kid: str | None) -> jwt.PyJWK:
         now = time.monotonic()
+        known = kid in self.keys or (kid is None and len(self.keys) == 1)
         stale = now - self.fetched_at > JWKS_LIFETIME
-        if stale or (kid not in self.keys and now - self.fetched_at > JWKS_MIN_REFRESH):
+        if (stale or not known) and now - self.attempted_at > JWKS_MIN_REFRESH:
             await self._refresh()
+        if not self.keys:
+            raise TokenRefused("the issuer's signing keys are unavailable")
         if kid is None and len(self.keys) == 1:
             return next(iter(self.keys.values()))
         try:
@@ -133,24 +142,27 @@ class _KeySet:
             ) from None
 
     async def _refresh(self) -> None:
-        fetched_before = self.fetched_at
+        attempted_before = self.attempted_at
         async with self.lock:
-            if self.fetched_at != fetched_before:  # another request refreshed meanwhile
+            if self.attempted_at != attempted_before:  # another request fetched meanwhile
                 return
+            self.attempted_at = time.monotonic()
             try:
                 async with httpx.AsyncClient(timeout=JWKS_TIMEOUT) as client:
                     response = await client.get(self.url)
                     response.raise_for_status()
                     document = response.json()
+                if not isinstance(document, dict):
+                    raise ValueError("the JWKS document is not a JSON object")
                 keys = jwt.PyJWKSet.from_dict(document).keys
-            except (httpx.HTTPError, ValueError, jwt.PyJWKError) as error:
-                # Keep the keys we had; try again no sooner than the refresh interval.
-                self.fetched_at = time.monotonic() - JWKS_LIFETIME + JWKS_MIN_REFRESH
+            except Exception as error:  # any answer but a key set: keep the keys we have
                 log.warning("could not fetch the signing keys from %s: %s", self.url, error)
-                if not self.keys:
-                    raise TokenRefused("the issuer's signing keys are unavailable") from error
                 return
-            self.keys = {k.key_id or "": k for k in keys if k.algorithm_name in self.algorithms}
+            usable = {k.key_id or "": k for k in keys if k.algorithm_name in self.algorithms}
+            if not usable:
+                log.warning("the JWKS document at %s has no %s keys", self.url, self.algorithms)
+                return
+            self.keys = usable
             self.fetched_at = time.monotonic()
 
 

@@ -219,13 +219,6 @@ async def test_a_server_with_a_jwks_url_accepts_the_providers_tokens(
         assert jwks.requests == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a JWKS document without usable keys makes PyJWKSet.from_dict raise "
-    "jwt.PyJWKSetError, which _KeySet._refresh does not catch (it catches jwt.PyJWKError): "
-    "every request with a token answers 500, public fields too, and a socket is dropped "
-    "without a close code",
-)
 async def test_a_provider_without_usable_keys_refuses_tokens_and_serves_public_fields(
     server_env: dict[str, str], tmp_path: Path
 ) -> None:
