@@ -1,4 +1,4 @@
-"""``cqrs-shop bench``: seeds a shop on fresh embedded stores, runs P1-P8, prints one table."""
+"""``cqrs-shop bench``: seeds a shop on fresh embedded stores, runs P1-P9, prints one table."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from domain.bus import CommandBus
 from domain.commands import RestockProduct
 from domain.store import create_engine, create_schema
 
-ALL = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8")
+ALL = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9")
 PROJECTIONS = "{ projections { name checkpoint headVersion } }"
 
 
@@ -116,7 +116,7 @@ async def run(
     if "P2" in chosen:
         await attempt("P2: command bus and raw aiosqlite", measures.p2_command_bus(stores, options))
     products, customers, version = await seed_shop(stores, options)
-    server_measures = {"P1", "P3", "P4", "P7"} & set(chosen)
+    server_measures = {"P1", "P3", "P4", "P7", "P9"} & set(chosen)
     if server_measures:
         async with ServerProcess(stores, stores.folder / "server.log") as server:
             await caught_up(server, version)
@@ -137,6 +137,8 @@ async def run(
             if "P4" in chosen:
                 with sampled(server, profiles, "P4", options):
                     await attempt("P4: product and no-op queries", measures.p4_product_query(shop))
+            if "P9" in chosen:
+                await attempt("P9: refusals next to { __typename }", measures.p9_refusals(shop))
             if "P7" in chosen:
                 for subscribers in options.subscribers:
                     sample = profiles / f"profile-P7-{subscribers}.txt" if profiles else None

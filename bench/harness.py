@@ -7,11 +7,12 @@ import contextlib
 import json
 import math
 import os
+import random
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -264,6 +265,37 @@ async def at_least(call: Callable[[int], Awaitable[Any]], calls: int, seconds: f
         await call(len(latencies))
         latencies.append(loop.time() - began)
     return Load(len(latencies), loop.time() - start, latencies)
+
+
+async def alternating(
+    calls: Mapping[str, Callable[[int], Awaitable[Any]]],
+    seconds: float,
+    warmup: float = 1.0,
+    min_rounds: int = 20,
+    rng: random.Random | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, list[float]]:
+    """One caller makes every call once per round, in a new random order each round, so
+    the slow moments of a shared machine fall on all of them alike; rounds go on for
+    ``seconds`` after ``warmup`` and at least ``min_rounds`` are measured. The latencies
+    (seconds) of each call, of the rounds that began after the warm-up."""
+    rng = rng or random.Random(0)
+    names = list(calls)
+    latencies: dict[str, list[float]] = {name: [] for name in names}
+    measure_from = clock() + warmup
+    stop_at = measure_from + seconds
+    measured = 0
+    count = 0
+    while (began_round := clock()) < stop_at or measured < min_rounds:
+        rng.shuffle(names)
+        for name in names:
+            began = clock()
+            await calls[name](count)
+            count += 1
+            if began_round >= measure_from:
+                latencies[name].append(clock() - began)
+        measured += began_round >= measure_from
+    return latencies
 
 
 class Subscription:

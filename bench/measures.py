@@ -1,4 +1,4 @@
-"""P1-P8: each measure runs next to its baseline in the same run, on the same stores."""
+"""P1-P9: each measure runs next to its baseline in the same run, on the same stores."""
 
 from __future__ import annotations
 
@@ -8,15 +8,19 @@ import json
 import random
 import time
 import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import aiosqlite
 import sqlalchemy as sa
 from pymongo import AsyncMongoClient, UpdateOne
 
+from app.auth import ADMIN, mint
 from app.bootstrap import ReadStore
 from bench import profile
 from bench.harness import (
@@ -26,6 +30,8 @@ from bench.harness import (
     ServerProcess,
     Stores,
     Subscription,
+    admin_token,
+    alternating,
     at_least,
     closed_loop,
     progress,
@@ -188,6 +194,136 @@ async def p4_product_query(shop: Shop) -> Row:
         ">= 0.5", detail={"latency_ms": summary(read.latencies),
                           "noop_latency_ms": summary(noop.latencies)},
     )  # fmt: skip
+
+
+# P9: what refusing costs, next to the cheapest request the server answers.
+
+ADMIN_MUTATION = 'mutation { restockProduct(id: "p9", quantity: 1) { success errors { code } } }'
+OTHER_SECRET = "not-the-bench-secret-0123456789abcdef"
+ANONYMOUS = None
+
+
+def graphql_body(query: str, vary: bool = True) -> Callable[[int], bytes]:
+    """The JSON body of ``query``; if ``vary``, with a comment numbered per request: a new
+    text each time, so the server's parse cache never answers for it (an abuser can vary
+    a document as cheaply; comments are no tokens)."""
+    if not vary:
+        body = json.dumps({"query": query}).encode()
+        return lambda _: body
+    head = json.dumps({"query": query})[:-2].encode() + b"\\n# "
+    return lambda n: head + str(n).encode() + b'"}'
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One kind of request P9 sends, and the answer it must get (see :func:`answer_of`)."""
+
+    id: str
+    what: str
+    expected: str
+    body: Callable[[int], bytes]
+    token: str | None = "admin"
+
+
+def refusal_probes() -> list[Probe]:
+    """``{ __typename }`` first (the baseline), then one probe per way of refusing."""
+    dashboards = [f"a{i}: dashboard {{ version }}" for i in range(2000)]
+    page = "products(first: 100) { edges { node { id name } } }"
+    refused = "200 LIMIT_EXCEEDED"
+    return [
+        # What a client sends again and again: parsed and validated once, then cached.
+        Probe("typename", "{ __typename }", "200 answered", graphql_body("{ __typename }", False)),
+        Probe("body", "a 1 MB body", "413 LIMIT_EXCEEDED SHOP_MAX_BODY_BYTES",
+              graphql_body("{ __typename }" + " " * 1_000_000)),
+        Probe("tokens", "a 100 KB document of 50,000 fields", f"{refused} SHOP_MAX_TOKENS",
+              graphql_body("{ " + "a " * 50_000 + "}")),
+        Probe("aliases-2000", "2,000 aliases of dashboard (12,002 tokens)",
+              f"{refused} SHOP_MAX_TOKENS", graphql_body("{ " + " ".join(dashboards) + " }")),
+        Probe("aliases-300", "300 aliases of dashboard (1,802 tokens)",
+              f"{refused} SHOP_MAX_ALIASES",
+              graphql_body("{ " + " ".join(dashboards[:300]) + " }")),
+        Probe("depth", "fields nested 13 deep", f"{refused} SHOP_MAX_DEPTH",
+              graphql_body("{ " + "node { " * 12 + "id" + " }" * 12 + " }")),
+        Probe("cost", "50 aliases of products(first: 100)", f"{refused} SHOP_MAX_COST",
+              graphql_body("{ " + " ".join(f"p{i}: {page}" for i in range(50)) + " }")),
+        Probe("anonymous", "restockProduct without a token", "200 UNAUTHENTICATED",
+              graphql_body(ADMIN_MUTATION), ANONYMOUS),
+        Probe("bad-token", "restockProduct, token signed with another key",
+              "200 UNAUTHENTICATED", graphql_body(ADMIN_MUTATION),
+              mint(OTHER_SECRET, "bench", [ADMIN], ttl=24 * 3600)),
+    ]  # fmt: skip
+
+
+def answer_of(status: int, answer: Any) -> str:
+    """How the server answered, in a few words: the status, then the first error's code
+    and ``limit`` (``"413 LIMIT_EXCEEDED SHOP_MAX_BODY_BYTES"``), a command result's
+    error code (``"200 UNAUTHENTICATED"``), or ``"answered"`` if nothing was refused."""
+    if not isinstance(answer, dict):
+        return f"{status} unreadable"
+    errors = answer.get("errors")
+    if isinstance(errors, list) and errors:
+        first = errors[0] if isinstance(errors[0], dict) else {}
+        extensions = first.get("extensions") or {}
+        words = [str(extensions.get("code", "ERROR"))]
+        if "limit" in extensions:
+            words.append(str(extensions["limit"]))
+        return " ".join([str(status), *words])
+    data = answer.get("data")
+    for result in data.values() if isinstance(data, dict) else ():
+        if isinstance(result, dict) and isinstance(result.get("errors"), list) and result["errors"]:
+            return f"{status} {result['errors'][0].get('code', 'ERROR')}"
+    return f"{status} answered"
+
+
+async def p9_refusals(shop: Shop) -> list[Row]:
+    """Each refused request's latency ÷ ``{ __typename }``'s, one caller sending them in
+    turn (a new random order each round, each kind on its own keep-alive connection, so
+    a refusal that closes its connection pays the reconnect itself)."""
+    probes = refusal_probes()
+    answers: dict[str, Counter[str]] = {probe.id: Counter() for probe in probes}
+    json_type = {"Content-Type": "application/json"}
+    async with contextlib.AsyncExitStack() as stack:
+
+        def sender(probe: Probe) -> Callable[[int], Awaitable[None]]:
+            token = admin_token() if probe.token == "admin" else probe.token
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=1),
+                headers={"Authorization": f"Bearer {token}"} if token else {},
+            )
+            stack.push_async_callback(session.close)
+
+            async def send(n: int) -> None:
+                try:
+                    async with session.post(
+                        shop.server.url, data=probe.body(n), headers=json_type
+                    ) as response:
+                        raw = await response.read()
+                    try:
+                        answer = answer_of(response.status, json.loads(raw))
+                    except ValueError:
+                        answer = f"{response.status} unreadable"
+                except aiohttp.ClientError as error:
+                    answer = f"failed: {type(error).__name__}"
+                answers[probe.id][answer] += 1
+                if answer != probe.expected:
+                    expected = probe.expected
+                    raise RuntimeError(f"P9 {probe.id}: expected {expected!r}, got {answer!r}")
+
+            return send
+
+        calls = {probe.id: sender(probe) for probe in probes}
+        latencies = await alternating(calls, shop.options.seconds, rng=random.Random(9))
+    baseline = summary(latencies["typename"])
+    rows = []
+    for probe in probes[1:]:
+        measured = summary(latencies[probe.id])
+        rows.append(Row(
+            f"P9/{probe.id}", f"refused: {probe.what} ÷ {{ __typename }}", measured["p50"],
+            baseline["p50"], "ms p50", "<= 5",
+            detail={"latency_ms": measured, "baseline_latency_ms": baseline,
+                    "answers": dict(answers[probe.id]), "request_bytes": len(probe.body(0))},
+        ))  # fmt: skip
+    return rows
 
 
 async def p7_fanout(shop: Shop, subscribers: int, profile_to: Path | None = None) -> Row:
