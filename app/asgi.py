@@ -67,6 +67,11 @@ async def _authenticate_socket(context: Context, params: Mapping[str, Any] | Non
     return None
 
 
+def _limit_extensions(limit: int) -> dict[str, Any]:
+    setting = "SHOP_MAX_SUBSCRIPTIONS_PER_CONNECTION"
+    return {"code": "LIMIT_EXCEEDED", "limit": setting, "maximum": limit}
+
+
 def _too_many(limit: int) -> str:
     return (
         f"too many operations on this connection (limit {limit}: "
@@ -90,13 +95,7 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     async def handle_subscribe(self, message: SubscribeMessage) -> None:
         limit = self.view.operations_per_connection  # type: ignore[attr-defined]
         if self.connection_acknowledged and len(self.operations) >= limit:
-            error = GraphQLError(
-                _too_many(limit),
-                extensions={
-                    "code": "LIMIT_EXCEEDED",
-                    "limit": "SHOP_MAX_SUBSCRIPTIONS_PER_CONNECTION",
-                },
-            )
+            error = GraphQLError(_too_many(limit), extensions=_limit_extensions(limit))
             await self.send_message(
                 {"id": message["id"], "type": "error", "payload": [error.formatted]}
             )
@@ -123,7 +122,7 @@ class LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
             refusal: ErrorMessage = {
                 "type": "error",
                 "id": message["id"],
-                "payload": {"message": _too_many(limit), "extensions": {"code": "LIMIT_EXCEEDED"}},
+                "payload": {"message": _too_many(limit), "extensions": _limit_extensions(limit)},
             }
             await self.send_message(refusal)
             return

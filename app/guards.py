@@ -3,11 +3,17 @@ and open WebSockets per process (pure ASGI, so nothing is buffered past a limit)
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # Close codes: 1009 "message too big" (RFC 6455), 1013 "try again later".
+# A refused body is read and dropped (never kept) up to this much, so that a client,
+# which sends its whole body before reading the answer, gets the 413 rather than a
+# connection reset; past it (or after DRAIN_SECONDS) the connection is simply closed.
+DRAIN_BYTES = 32 * 1024 * 1024
+DRAIN_SECONDS = 10.0
 MESSAGE_TOO_BIG = 1009
 TRY_AGAIN_LATER = 1013
 
@@ -46,7 +52,9 @@ class TransportLimits:
         limit = self.max_body_bytes
         declared = dict(scope.get("headers") or ()).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await self._too_large(send)  # refused before a byte of the body is read
+            # Refused before a byte of it reaches the app: read and dropped, then answered.
+            drained = await _drain(receive, already=0)
+            await self._too_large(send, keep_alive=drained)
             return
         received = 0
         started = False
@@ -69,17 +77,20 @@ class TransportLimits:
             await self.app(scope, counted, tracked)
         except _BodyTooLarge:
             if not started:
-                await self._too_large(send)
+                drained = await _drain(receive, already=received)
+                await self._too_large(send, keep_alive=drained)
 
-    async def _too_large(self, send: Send) -> None:
+    async def _too_large(self, send: Send, keep_alive: bool) -> None:
         body = _limit_error(
             f"the request body is over the limit of {self.max_body_bytes} bytes "
             "(SHOP_MAX_BODY_BYTES)",
             "SHOP_MAX_BODY_BYTES",
             self.max_body_bytes,
         )
-        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+        headers = [(b"content-type", b"application/json")]
         headers.append((b"content-length", str(len(body)).encode()))
+        if not keep_alive:
+            headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -119,6 +130,23 @@ class TransportLimits:
             await self.app(scope, checked, guarded)
         finally:
             self.open_sockets -= 1
+
+
+async def _drain(receive: Receive, already: int) -> bool:
+    """Reads the rest of a refused body, dropping it; whether it ended within bounds."""
+    received = already
+    try:
+        async with asyncio.timeout(DRAIN_SECONDS):
+            while received <= DRAIN_BYTES:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return False  # the client went away
+                received += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return True
+    except TimeoutError:
+        pass
+    return False
 
 
 def _size(message: Message) -> int:

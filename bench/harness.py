@@ -36,7 +36,7 @@ def percentile(values: list[float], p: float) -> float:
 
 
 # The bench server verifies tokens like any server; the load generator signs its own.
-BENCH_SECRET = "bench-secret-not-for-production"
+BENCH_SECRET = "bench-secret-not-for-production-0123456789"
 
 
 def admin_token() -> str:

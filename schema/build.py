@@ -9,12 +9,14 @@ from collections.abc import Mapping
 import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import ValidationCache
+from strawberry.extensions.runner import SchemaExtensionsRunner
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 from strawberry.types.base import StrawberryObjectDefinition
+from strawberry.types.execution import PreExecutionError
 
 from app.request_id import current_request_id
-from schema.limits import DOCUMENT_CACHE_SIZE, DocumentLimits, Limits
+from schema.limits import DOCUMENT_CACHE_SIZE, DocumentLimits, LimitExceeded, Limits
 from schema.mutations import Mutation
 from schema.policy import POLICIES, Authorize, Policy
 from schema.queries import Query
@@ -35,6 +37,18 @@ __all__ = ["DOCUMENT_CACHE_SIZE", "ShopSchema", "build_schema", "print_schema"]
 
 class ShopSchema(strawberry.Schema):
     policies: Mapping[str, Policy] = POLICIES
+
+    async def _prepare_operation_async(
+        self, context: ExecutionContext, extensions_runner: SchemaExtensionsRunner
+    ) -> PreExecutionError | None:
+        """Turns a limit refused while parsing or before validation into the operation's
+        errors. ``execute`` does that for any exception of an extension, but Strawberry's
+        ``stream`` (WebSockets) would let it escape and answer nothing."""
+        try:
+            return await super()._prepare_operation_async(context, extensions_runner)
+        except LimitExceeded as refused:
+            context.pre_execution_errors = [refused]
+            return PreExecutionError(data=None, errors=[refused])
 
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None

@@ -104,11 +104,40 @@ def _too_many_tokens(max_tokens: int) -> LimitExceeded:
     return LimitExceeded(message, "SHOP_MAX_TOKENS", max_tokens)
 
 
+def _too_many_aliases(max_aliases: int) -> LimitExceeded:
+    message = f"the document has more than {max_aliases} aliases"
+    return LimitExceeded(message, "SHOP_MAX_ALIASES", max_aliases)
+
+
+def scan(query: str, max_tokens: int, max_aliases: int) -> None:
+    """Refuses, before parsing (4 µs a token in graphql-core), a document with too many
+    tokens or too many aliases written in it: a name followed by ``:`` outside
+    parentheses (inside them, ``name:`` is an argument, a variable or an input field)."""
+    tokens = aliases = parentheses = 0
+    after_name = False
+    for match in _TOKEN.finditer(query):
+        first = match.group()[0]
+        if first == "#":
+            continue
+        tokens += 1
+        if tokens > max_tokens:
+            raise _too_many_tokens(max_tokens)
+        if first == "(":
+            parentheses += 1
+        elif first == ")":
+            parentheses = max(parentheses - 1, 0)
+        elif first == ":" and after_name and not parentheses:
+            aliases += 1
+            if aliases > max_aliases:
+                raise _too_many_aliases(max_aliases)
+        after_name = first.isalpha() or first == "_"
+
+
 @lru_cache(maxsize=DOCUMENT_CACHE_SIZE)
-def parse_within(query: str, max_tokens: int) -> DocumentNode:
-    """The parsed document (cached), unless it has more than ``max_tokens`` tokens."""
-    if count_tokens(query, max_tokens) > max_tokens:
-        raise _too_many_tokens(max_tokens)
+def parse_within(query: str, max_tokens: int, max_aliases: int = 10**9) -> DocumentNode:
+    """The parsed document (cached), unless it has more than ``max_tokens`` tokens or
+    ``max_aliases`` aliases in its text."""
+    scan(query, max_tokens, max_aliases)
     try:
         return parse(query, max_tokens=max_tokens)
     except GraphQLSyntaxError as error:
@@ -129,6 +158,7 @@ class _Walk:
     ) -> None:
         self.schema = schema
         self.fragments = fragments
+        # What the executor will see: the request's variables over the operation's defaults.
         self.variables = variables
         self.limits = limits
         self.aliases = 0
@@ -149,21 +179,22 @@ class _Walk:
                 if selection.alias is not None:
                     self.aliases += 1
                     if self.aliases > self.limits.max_aliases:
-                        most = self.limits.max_aliases
-                        message = f"the document has more than {most} aliases"
-                        raise LimitExceeded(message, "SHOP_MAX_ALIASES", most)
+                        raise _too_many_aliases(self.limits.max_aliases)
                     name = selection.alias.value
                 else:
                     name = selection.name.value
                 cost += names[name] + self.field(selection, parent, depth, lists)
                 names[name] += 1
             elif isinstance(selection, InlineFragmentNode):
+                # Every selection costs at least 1, so the walk itself is bounded by the
+                # limit: a tree of fragments spreading each other cannot blow it up.
                 condition = selection.type_condition
                 inner = self._type(condition.name.value) if condition else parent
-                cost += self.selection_set(
+                cost += 1 + self.selection_set(
                     selection.selection_set, inner, depth, lists, names, spreads
                 )
             elif isinstance(selection, FragmentSpreadNode):
+                cost += 1
                 fragment_name = selection.name.value
                 fragment = self.fragments.get(fragment_name)
                 if fragment is None or fragment_name in spreads:
@@ -276,7 +307,14 @@ def check(
         d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
     }
     root = schema.get_root_type(operation.operation)
-    walk = _Walk(schema, fragments, variables if isinstance(variables, Mapping) else {}, limits)
+    values = {
+        definition.variable.name.value: int(definition.default_value.value)
+        for definition in operation.variable_definitions or ()
+        if isinstance(definition.default_value, IntValueNode)
+    }
+    if isinstance(variables, Mapping):
+        values.update(variables)
+    walk = _Walk(schema, fragments, values, limits)
     return walk.selection_set(operation.selection_set, root, 0, 0)
 
 
@@ -289,7 +327,10 @@ class DocumentLimits(SchemaExtension):
     def on_parse(self) -> Iterator[None]:
         context = self.execution_context
         if context.query is not None:
-            context.graphql_document = parse_within(context.query, self.limits.max_tokens)
+            limits = self.limits
+            context.graphql_document = parse_within(
+                context.query, limits.max_tokens, limits.max_aliases
+            )
         yield
 
     def on_validate(self) -> Iterator[None]:

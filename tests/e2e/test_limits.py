@@ -207,12 +207,6 @@ async def test_a_20_mb_upload_leaves_the_server_healthy(limited: Server, upload:
     await healthy(limited)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the 413 is answered and the connection closed while the client is still "
-    "sending: the unread body makes the kernel reset the connection, and the client "
-    "(httpx) gets a ReadError instead of the 413 naming SHOP_MAX_BODY_BYTES",
-)
 @pytest.mark.parametrize("upload", UPLOADS)
 async def test_a_client_uploading_20_mb_reads_the_413(limited: Server, upload: str) -> None:
     async with http(limited) as client:
@@ -338,6 +332,7 @@ async def test_operations_per_connection_are_limited_until_one_completes(
         assert "SHOP_MAX_SUBSCRIPTIONS_PER_CONNECTION" in error["message"]
         assert error["extensions"] == {
             "code": "LIMIT_EXCEEDED", "limit": "SHOP_MAX_SUBSCRIPTIONS_PER_CONNECTION",
+            "maximum": 2,
         }  # fmt: skip
         await ws.send(json.dumps({"id": "1", "type": "complete"}))
         accepted = await subscribe("4")
@@ -360,6 +355,10 @@ async def test_operations_per_connection_are_limited_on_the_legacy_protocol(
         refused = await start("3")
         assert (refused["type"], refused["id"]) == ("error", "3"), refused
         assert "SHOP_MAX_SUBSCRIPTIONS_PER_CONNECTION" in refused["payload"]["message"]
+        assert refused["payload"]["extensions"] == {
+            "code": "LIMIT_EXCEEDED", "limit": "SHOP_MAX_SUBSCRIPTIONS_PER_CONNECTION",
+            "maximum": 2,
+        }  # fmt: skip
         await ws.send(json.dumps({"id": "1", "type": "stop"}))
         assert (await receive_for(ws, "1"))["type"] == "complete"
         assert (await start("4"))["type"] == "data"
@@ -419,13 +418,6 @@ async def test_document_limits_stop_operations_over_websockets(plain: Server) ->
         assert (await receive_for(ws, "2"))["type"] == "next"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: over WebSockets a document refused by the limits gets no error: "
-    "DocumentLimits raises in on_parse/on_validate, which Schema.stream does not turn "
-    "into a result; graphql-transport-ws answers a bare 'complete', graphql-ws nothing "
-    "at all, and the server logs the LimitExceeded as an unhandled task exception",
-)
 @pytest.mark.parametrize(("protocol", "start"), [(TRANSPORT_WS, "subscribe"), (LEGACY_WS, "start")])
 async def test_document_limits_answer_a_coded_error_over_websockets(
     plain: Server, protocol: Subprotocol, start: str
