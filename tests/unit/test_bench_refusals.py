@@ -107,7 +107,12 @@ def test_only_the_body_probe_is_over_the_default_body_limit() -> None:
 def test_each_document_probe_is_refused_by_the_limit_it_names(probe: str) -> None:
     limits, schema = Limits(), build_schema()._schema
     query = json.loads(PROBES[probe].body(0))["query"]
+
+    def parse_and_check() -> None:
+        document = parse_within(query, limits.max_tokens, limits.max_aliases)
+        check(schema, document, None, None, limits)
+
     with pytest.raises(LimitExceeded) as refused:
-        check(schema, parse_within(query, limits.max_tokens), None, None, limits)
+        parse_and_check()
     assert refused.value.extensions is not None
     assert PROBES[probe].expected == f"200 LIMIT_EXCEEDED {refused.value.extensions['limit']}"
