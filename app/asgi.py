@@ -30,6 +30,7 @@ from strawberry.subscriptions.protocols.graphql_ws.types import (
 )
 from strawberry.subscriptions.protocols.graphql_ws.types import ErrorMessage, StartMessage
 
+from app.auth import ANONYMOUS
 from app.bootstrap import Services, bootstrap
 from app.guards import TransportLimits
 from app.health import healthz, readyz
@@ -61,6 +62,8 @@ async def _authenticate_socket(context: Context, params: Mapping[str, Any] | Non
     if authorization is None or context.authenticator is None:
         return None
     principal = await context.authenticator.principal(authorization)
+    if principal is ANONYMOUS:  # a blank value: anonymous, as over HTTP
+        return None
     if not principal.valid():
         return principal.why_not_valid()[:MAX_CLOSE_REASON]
     context.principal = principal

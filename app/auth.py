@@ -92,16 +92,34 @@ class Principal:
 
     @property
     def order_scope(self) -> str | None:
-        """The only customer whose orders this caller may see; None for an admin."""
-        return None if self.is_admin else self.customer_id
+        """The only customer whose orders this caller may see: None for an admin, its own
+        id for a customer, and for anyone else an id no order has.
+
+        Decided by the verified roles alone, never by the clock: the policy admitted the
+        request when it began, and a token that expires while the request waits (for a
+        ``minVersion``, say) must not widen what it sees. (``customer_id`` and
+        ``is_admin`` turn None and False at expiry; an admin's None means "every order",
+        a customer's None must never.)
+        """
+        if self.subject is None or self.refused is not None:
+            return NO_ORDERS
+        if ADMIN in self.roles:
+            return None
+        return self.subject if CUSTOMER in self.roles else NO_ORDERS
 
     @property
-    def idempotency_scope(self) -> str | None:
-        """Idempotency keys are per caller: another caller's key is not this caller's retry."""
-        return f"sub:{self.subject}" if self.valid() else None
+    def idempotency_scope(self) -> str:
+        """Idempotency keys are per caller: another caller's key is not this caller's retry.
+
+        Anonymous callers share one scope (nothing tells them apart: use random keys), but
+        never the store's raw key space, so no client can forge another scope's stored key.
+        """
+        return f"sub:{self.subject}" if self.valid() else "anonymous"
 
 
 ANONYMOUS = Principal()
+# The order scope of a caller who may see no order: no customer id is empty.
+NO_ORDERS = ""
 
 
 class TokenRefused(Exception):

@@ -7,10 +7,12 @@ import uuid
 from collections.abc import Mapping
 
 import strawberry
-from graphql import GraphQLError
+from graphql import GraphQLError, VariableDefinitionNode
+from strawberry.exceptions import MissingQueryError
 from strawberry.extensions import ValidationCache
 from strawberry.extensions.runner import SchemaExtensionsRunner
 from strawberry.schema.config import StrawberryConfig
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types import ExecutionContext
 from strawberry.types.base import StrawberryObjectDefinition
 from strawberry.types.execution import PreExecutionError
@@ -30,6 +32,7 @@ EXPECTED_CODES = frozenset(
     {"NOT_YET_CONSISTENT", "BAD_USER_INPUT", "NOT_FOUND", "UNAUTHENTICATED", "FORBIDDEN"}
 )
 INTERNAL_ERROR = "INTERNAL_SERVER_ERROR"
+CLIENT_FACING = (CannotGetOperationTypeError, InvalidOperationTypeError, MissingQueryError)
 AUTHORIZE = Authorize()
 
 __all__ = ["DOCUMENT_CACHE_SIZE", "ShopSchema", "build_schema", "print_schema"]
@@ -74,13 +77,25 @@ class ShopSchema(strawberry.Schema):
 
 
 def is_fault(error: GraphQLError) -> bool:
-    """An exception a resolver did not mean to raise: anything but a GraphQLError."""
-    # Input coercion (variables, scalars) wraps the scalar's own error, without a path:
-    # that message is for the client.
+    """An exception nobody meant to raise: anything but a GraphQLError, from a resolver,
+    a subscription's stream or an extension, except the few whose message is meant for
+    the client (see :func:`_for_the_client`)."""
     original = error.original_error
-    return (
-        error.path is not None and original is not None and not isinstance(original, GraphQLError)
-    )
+    if original is None or isinstance(original, GraphQLError):
+        return False
+    if (error.extensions or {}).get("code"):
+        return False  # coded: raised on purpose
+    return error.path is not None or not _for_the_client(error, original)
+
+
+def _for_the_client(error: GraphQLError, original: Exception) -> bool:
+    """Errors that carry an exception yet describe the request: a variable's value that
+    its type refused (graphql-core wraps the scalar's own error, pointing at the variable's
+    definition), and Strawberry's "no such operation" and "operation type not allowed"."""
+    if isinstance(original, CLIENT_FACING):
+        return True
+    nodes = error.nodes or ()
+    return bool(nodes) and all(isinstance(node, VariableDefinitionNode) for node in nodes)
 
 
 def _authorize_root_fields(*roots: type) -> None:

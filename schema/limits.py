@@ -55,13 +55,19 @@ from strawberry.extensions import SchemaExtension
 
 LIMIT_EXCEEDED = "LIMIT_EXCEEDED"
 MAX_INTROSPECTION_LISTS = 3
+# Fields nest at most this deep, introspection included (the standard introspection
+# query nests about 12): it bounds the walk's recursion, whatever fragments do.
+MAX_NESTING = 40
 PAGE_ARGUMENTS = ("first", "limit")
 DOCUMENT_CACHE_SIZE = 1024
 
-# One alternative per GraphQL token kind; comments match but are not counted.
+# One alternative per GraphQL token kind; comments match but are not counted. Every
+# alternative that starts matching succeeds, so no input makes the scan rescan: an
+# unterminated block string runs to the end of the document, an unterminated string
+# to the end of its line (the parser then says what is wrong, once).
 _TOKEN = re.compile(
-    r'"""(?:[^"\\]|\\.|"(?!""))*"""'  # block string
-    r'|"(?:[^"\\\n\r]|\\.)*"'  # string
+    r'"""(?:[^"\\]|\\[\s\S]?|"(?!""))*(?:"""|\Z)'  # block string
+    r'|"(?:[^"\\\n\r]|\\[^\n\r]?)*"?'  # string
     r"|#[^\n\r]*"  # comment
     r"|\.\.\."
     r"|[!$&():=@\[\]{|}]"
@@ -162,6 +168,10 @@ class _Walk:
         self.variables = variables
         self.limits = limits
         self.aliases = 0
+        self.nesting = 0
+        self.schemas = 0
+        self.spread: set[str] = set()
+        """The fragments the walk reached."""
 
     def selection_set(
         self,
@@ -196,6 +206,7 @@ class _Walk:
             elif isinstance(selection, FragmentSpreadNode):
                 cost += 1
                 fragment_name = selection.name.value
+                self.spread.add(fragment_name)
                 fragment = self.fragments.get(fragment_name)
                 if fragment is None or fragment_name in spreads:
                     continue  # validation reports it
@@ -211,8 +222,26 @@ class _Walk:
     def field(
         self, node: FieldNode, parent: GraphQLNamedType | None, depth: int, lists: int
     ) -> int:
+        self.nesting += 1
+        try:
+            return self._field_cost(node, parent, depth, lists)
+        finally:
+            self.nesting -= 1
+
+    def _field_cost(
+        self, node: FieldNode, parent: GraphQLNamedType | None, depth: int, lists: int
+    ) -> int:
+        if self.nesting > MAX_NESTING:
+            message = f"fields, introspection included, nest deeper than {MAX_NESTING}"
+            raise LimitExceeded(message, "introspection", MAX_NESTING)
         name = node.name.value
         definition = self._field(parent, name)
+        if definition is SchemaMetaFieldDef:
+            # The whole schema costs what a page of hundreds of rows costs; once is enough.
+            self.schemas += 1
+            if self.schemas > 1:
+                raise LimitExceeded("the document asks for __schema more than once",
+                                    "introspection", 1)  # fmt: skip
         introspective = name.startswith("__") or (
             parent is not None and parent.name.startswith("__")
         )
@@ -269,6 +298,12 @@ class _Walk:
     def _type(self, name: str) -> GraphQLNamedType | None:
         return self.schema.get_type(name)
 
+    def add(self, cost: int, more: int) -> int:
+        """Costs of the document's parts, added up, refused past the limit."""
+        if cost + more > self.limits.max_cost:
+            self._too_costly(cost + more)
+        return cost + more
+
     def _too_costly(self, cost: int) -> NoReturn:
         most = self.limits.max_cost
         message = (
@@ -285,13 +320,6 @@ def _is_list(definition: GraphQLField) -> bool:
     return isinstance(kind, GraphQLList)
 
 
-def _operation(document: DocumentNode, name: str | None) -> OperationDefinitionNode | None:
-    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
-    if name is None:
-        return operations[0] if len(operations) == 1 else None
-    return next((o for o in operations if o.name is not None and o.name.value == name), None)
-
-
 def check(
     schema: GraphQLSchema,
     document: DocumentNode,
@@ -299,23 +327,54 @@ def check(
     variables: Mapping[str, Any] | None,
     limits: Limits,
 ) -> int:
-    """The operation's cost; raises :class:`LimitExceeded` past depth, aliases or cost."""
-    operation = _operation(document, operation_name)
-    if operation is None:
-        return 0  # validation or the executor says what is wrong
+    """The document's cost; raises :class:`LimitExceeded` past depth, aliases or cost.
+
+    Every operation counts, not only the one executed, and so does every fragment no
+    operation spreads: validation works through the whole document (some of its rules
+    take time quadratic in the fields), so the whole document must be within the
+    limits. The executed operation is costed with the request's variables, the others
+    with their defaults.
+    """
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
     fragments = {
         d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
     }
-    root = schema.get_root_type(operation.operation)
-    values = {
+    executed = _executed(operations, operation_name)
+    cost = 0
+    walk = _Walk(schema, fragments, {}, limits)
+    for operation in operations:
+        walk.variables = _values(operation, variables if operation is executed else None)
+        root = schema.get_root_type(operation.operation)
+        cost = walk.add(cost, walk.selection_set(operation.selection_set, root, 0, 0))
+    walk.variables = {}
+    for name, fragment in fragments.items():
+        if name not in walk.spread:  # validation refuses it, after working through it
+            inner = schema.get_type(fragment.type_condition.name.value)
+            walk.spread.add(name)
+            cost = walk.add(cost, walk.selection_set(fragment.selection_set, inner, 0, 0))
+    return cost
+
+
+def _executed(
+    operations: list[OperationDefinitionNode], name: str | None
+) -> OperationDefinitionNode | None:
+    if name is None:
+        return operations[0] if len(operations) == 1 else None
+    return next((o for o in operations if o.name is not None and o.name.value == name), None)
+
+
+def _values(
+    operation: OperationDefinitionNode, variables: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """What the executor will see: the request's variables over the operation's defaults."""
+    values: dict[str, Any] = {
         definition.variable.name.value: int(definition.default_value.value)
         for definition in operation.variable_definitions or ()
         if isinstance(definition.default_value, IntValueNode)
     }
     if isinstance(variables, Mapping):
         values.update(variables)
-    walk = _Walk(schema, fragments, values, limits)
-    return walk.selection_set(operation.selection_set, root, 0, 0)
+    return values
 
 
 class DocumentLimits(SchemaExtension):

@@ -225,8 +225,10 @@ class Query:
         limit: int | None = 10,
         min_version: Version | None = strawberry.UNSET,
     ) -> list[ProductSales]:
-        if limit is None or not 0 <= limit <= MAX_TOP_PRODUCTS:
-            raise bad_input(f"limit must be between 0 and {MAX_TOP_PRODUCTS}", argument="limit")
+        # Like every page, at most SHOP_MAX_PAGE_SIZE (which the query cost assumes).
+        most = min(MAX_TOP_PRODUCTS, info.context.max_page_size)
+        if limit is None or not 0 <= limit <= most:
+            raise bad_input(f"limit must be between 0 and {most}", argument="limit")
         await wait_for(info, PRODUCT_SALES, given(min_version))
         if limit == 0:
             return []

@@ -34,6 +34,7 @@ from app.auth import (
     CUSTOMER,
     JWKS_LIFETIME,
     JWKS_MIN_REFRESH,
+    NO_ORDERS,
     SECRET_FILE,
     Authenticator,
     Principal,
@@ -645,18 +646,34 @@ def test_order_and_idempotency_scopes() -> None:
     for nobody in (roleless, expired, expired_admin, refused, ANONYMOUS):
         assert nobody.customer_id is None
         assert not nobody.is_admin
-    assert expired.order_scope is None
     assert not expired.valid()
+    # The order scope never widens at expiry: a customer whose token expires while its
+    # request waits for a minVersion still sees its own orders only (an admin all).
+    assert expired.order_scope == "c-1"
+    assert expired_admin.order_scope is None
+    for nobody in (roleless, refused, ANONYMOUS):
+        assert nobody.order_scope == NO_ORDERS
 
     assert admin.idempotency_scope == "sub:ops"
     assert customer.idempotency_scope == "sub:c-1"
     assert roleless.idempotency_scope == "sub:someone"
     assert customer.idempotency_scope != Principal("c-9", frozenset({CUSTOMER})).idempotency_scope
-    for unscoped in (expired, refused, ANONYMOUS):
-        assert unscoped.idempotency_scope is None
+    # Anonymous callers share a scope, but never the raw key space of internal callers.
+    for anonymous in (expired, refused, ANONYMOUS):
+        assert anonymous.idempotency_scope == "anonymous"
 
     assert expired.why_not_valid() == "the bearer token has expired"
     assert "Authorization: Bearer" in ANONYMOUS.why_not_valid()
     assert refused.why_not_valid() == refused.refused
     assert customer.valid(now=later - 1)
     assert not customer.valid(now=later)
+
+
+def test_no_caller_can_name_a_stored_key_of_another_scope() -> None:
+    """An anonymous caller's key is scoped too: sending the stored form of a customer's
+    key (``scoped:<hash>``) names another key, not the customer's."""
+    from domain.idempotency import scoped
+
+    stored = scoped("k1", Principal("alice", frozenset({CUSTOMER})).idempotency_scope)
+    assert scoped(stored, ANONYMOUS.idempotency_scope) != stored
+    assert scoped("k1", ANONYMOUS.idempotency_scope) != scoped("k1", None)

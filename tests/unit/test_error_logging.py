@@ -87,3 +87,54 @@ async def test_a_failing_resolver_answers_a_masked_error_whose_id_is_in_the_log(
     assert error.extensions["requestId"] in logged.getMessage()
     assert logged.exc_info is not None
     assert isinstance(logged.exc_info[1], ConnectionError)
+
+
+async def test_a_fault_in_a_subscriptions_stream_is_masked_and_logged(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Strawberry reports it without a path; it is still a fault."""
+    import time
+
+    import projections.audit as audit
+    from projections.progress import Progress
+
+    async def failing(*_: object, **__: object) -> object:
+        raise RuntimeError("mongodb://shop:hunter2@10.0.0.5:27017 refused")
+
+    monkeypatch.setattr(audit, "events_between", failing)
+    progress = Progress()
+    progress.advance("audit_trail", 5)
+
+    class Context:
+        principal = Principal("admin", frozenset({"admin"}), time.time() + 600)
+        db = None
+        recent = None
+
+    Context.progress = progress  # type: ignore[attr-defined]
+    with caplog.at_level(logging.ERROR):
+        stream = await build_schema().subscribe(
+            "subscription { events { type } }", context_value=Context()
+        )
+        result = await anext(stream)  # type: ignore[arg-type]
+    [error] = result.errors
+    assert error.extensions is not None
+    assert error.extensions["code"] == "INTERNAL_SERVER_ERROR"
+    assert "hunter2" not in str(error.formatted)
+    assert any("hunter2" in r.getMessage() or r.exc_info for r in caplog.records)
+
+
+async def test_a_variable_its_type_refuses_is_explained_not_masked() -> None:
+    class Context:
+        principal = ANONYMOUS
+        header_error = None
+        header_min_version = None
+
+    result = await build_schema().execute(
+        "query($v: Version) { products(first: 1, minVersion: $v) { totalCount } }",
+        variable_values={"v": -3},
+        context_value=Context(),
+    )
+    assert result.errors is not None
+    [error] = result.errors
+    assert "$v" in error.message
+    assert (error.extensions or {}).get("code") != "INTERNAL_SERVER_ERROR"

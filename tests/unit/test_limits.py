@@ -341,3 +341,80 @@ def test_a_100_kb_document_is_refused_after_counting_only_the_limit(
     assert refused.value.extensions is not None
     assert refused.value.extensions["limit"] == "SHOP_MAX_TOKENS"
     assert scanned == 2001
+
+
+# Found by review: documents whose cost hides outside the executed operation, or whose
+# text makes the pre-parse scan rescan.
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '"' + '\\"' * 5000,  # an unterminated string full of escaped quotes
+        '"""' + 'x\\"' * 5000,  # an unterminated block string
+        '"abc\\',  # a string ending in a lone backslash
+        '"""abc\\',
+    ],
+)
+def test_every_token_that_starts_to_match_runs_to_its_end(text: str) -> None:
+    """Scanning stays linear: an unterminated (block) string is one token to the end of
+    its line (document), so no quote inside it starts another scan to the end."""
+    match = limits_module._TOKEN.match(text)
+    assert match is not None
+    assert match.end() == len(text)
+    assert count_tokens("{ a(b: " + text, 10**6) == 6  # { a ( b : and the string
+
+
+def test_an_operation_that_is_not_executed_still_counts() -> None:
+    costly = "query B { " + aliased(20, "products(first: 100) { edges { node { id } } }") + " }"
+    document = parse_within("query A { __typename } " + costly, DEFAULTS.max_tokens)
+    with pytest.raises(LimitExceeded) as refused:
+        check(SCHEMA, document, "A", None, DEFAULTS)
+    assert (refused.value.extensions or {})["limit"] == "SHOP_MAX_COST"
+    # Two operations each within the limit, together over it: the document is refused.
+    half = "products(first: 100) { edges { node { id } } } "  # 1 + 100 * 3 = 301
+    two = f"query A {{ {half * 1} }} query B {{ " + aliased(9, half.strip()) + " }"
+    assert check(SCHEMA, parse_within(f"query A {{ {half} }}", 2000), "A", None, DEFAULTS) < 5000
+    with pytest.raises(LimitExceeded):
+        check(SCHEMA, parse_within(two + two.replace("query A", "query C").replace(
+            "query B", "query D"), 2000), "A", None, DEFAULTS)  # fmt: skip
+
+
+def test_a_fragment_no_operation_spreads_still_counts() -> None:
+    unused = "fragment U on Query { " + aliased(20, PAGE_OF_IDS) + " }"
+    assert refusal("{ __typename } " + unused)["limit"] == "SHOP_MAX_COST"
+
+
+def test_schema_introspection_once_per_document() -> None:
+    assert passes(FULL_INTROSPECTION) > 0
+    twice = "{ a: __schema { types { name } } b: __schema { types { name } } }"
+    assert refusal(twice) == {"code": LIMIT_EXCEEDED, "limit": "introspection", "maximum": 1}
+
+
+def test_introspection_nesting_through_fragments_is_refused_not_a_recursion_error() -> None:
+    fragments = " ".join(
+        f"fragment f{i} on __Type {{ " + "ofType { " * 10 + f"...f{i + 1}" + " }" * 10 + " }"
+        for i in range(45)
+    )
+    query = '{ __type(name: "Query") { ...f0 } } ' + fragments + " fragment f45 on __Type { name }"
+    extensions = refusal(query, limits=Limits(max_tokens=10_000))
+    assert extensions == {"code": LIMIT_EXCEEDED, "limit": "introspection", "maximum": 40}
+
+
+async def test_top_products_takes_no_more_than_a_page_as_the_cost_assumes() -> None:
+    """The cost caps page sizes at SHOP_MAX_PAGE_SIZE; so must every list field."""
+    from app.auth import ANONYMOUS
+
+    class Context:
+        principal = ANONYMOUS
+        max_page_size = 10
+        header_error = None
+        header_min_version = None
+
+    result = await build_schema().execute(
+        "{ topProducts(limit: 50) { sku } }", context_value=Context()
+    )
+    assert result.errors is not None
+    [error] = result.errors
+    assert (error.extensions or {})["code"] == "BAD_USER_INPUT"
+    assert "between 0 and 10" in error.message
