@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,10 +67,18 @@ class ReadStore:
         )
 
 
-async def connect_read_store(url: str) -> ReadStore:
+async def connect_read_store(url: str, server_timeout: float = 30.0) -> ReadStore:
     """A client sized for the server behind ``url``: FerretDB (found by its buildInfo,
-    however it was started) gets a smaller pool, and the relay smaller bulk writes."""
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, tz_aware=True)
+    however it was started) gets a smaller pool, and the relay smaller bulk writes.
+
+    ``server_timeout``: seconds an operation waits for an unreachable server before failing.
+    """
+    options: dict[str, Any] = {
+        "tz_aware": True,
+        "serverSelectionTimeoutMS": int(server_timeout * 1000),
+        "connectTimeoutMS": int(min(server_timeout, 10.0) * 1000),
+    }
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, **options)
     try:
         info = await client.admin.command("buildInfo")
     except BaseException:
@@ -80,7 +88,7 @@ async def connect_read_store(url: str) -> ReadStore:
         return ReadStore(client, is_ferretdb=False)
     await client.close()
     sized: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        url, tz_aware=True, maxPoolSize=FERRETDB_MAX_POOL
+        url, maxPoolSize=FERRETDB_MAX_POOL, **options
     )
     return ReadStore(sized, is_ferretdb=True)
 
@@ -113,6 +121,7 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
         settings.shop_data_dir.mkdir(parents=True, exist_ok=True)
         auth = None if role is Role.RELAY else authenticator(settings)
         mongo_url = settings.mongodb_url
+        ferretdb: EmbeddedFerretDB | None = None
         embedded_dir = settings.shop_data_dir / "ferretdb"
         if mongo_url is None:
             if role is not Role.ALL:
@@ -122,15 +131,16 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
             binary = await asyncio.to_thread(ensure_binary, settings.cache_dir)
             ferretdb = EmbeddedFerretDB(binary, embedded_dir)
             stack.callback(ferretdb.stop)
-            mongo_url = await asyncio.to_thread(ferretdb.start)
+            ferretdb.launch()  # in this thread, which the child must not outlive
+            mongo_url = await asyncio.to_thread(ferretdb.wait_until_ready)
 
         engine = create_engine(settings.write_store_url)
-        stack.push_async_callback(engine.dispose)
+        stack.push_async_callback(_within, 1.0, "closing the write store's pool", engine.dispose)
         await create_schema(engine)
 
-        read_store = await connect_read_store(mongo_url)
+        read_store = await connect_read_store(mongo_url, settings.shop_read_store_timeout)
         mongo = read_store.client
-        stack.push_async_callback(mongo.close)
+        stack.push_async_callback(_within, 1.0, "closing the read store's client", mongo.close)
         db = ReadDatabase(mongo[settings.mongodb_database])
 
         services = Services(
@@ -145,7 +155,10 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
             auth=auth,
         )
         stack.callback(services.bus.close)
-        stack.push_async_callback(_cancel, services.tasks)
+        # Background work (the relay releasing its lease, say) gets a bounded time to stop.
+        stopping = 0.3 * settings.shop_shutdown_grace
+        stack.push_async_callback(_within, stopping, "stopping background tasks", _cancel,
+                                  services.tasks)  # fmt: skip
         if role in (Role.ALL, Role.RELAY):
             relay = Relay(
                 engine,
@@ -168,11 +181,25 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
         )
         await follower.poll_once()
         _spawn(services.tasks, follower.run(), "checkpoint follower")
-        if settings.mongodb_url is None:
+        if ferretdb is not None:
+            _spawn(
+                services.tasks,
+                ferretdb.supervise(on_restart=lambda: _read_store_back(services)),
+                "read store supervisor",
+            )
             await asyncio.to_thread(index_document_ids, embedded_dir)
             _spawn(services.tasks, _keep_ids_indexed(embedded_dir), "ferretdb id indexes")
         log.info("shop server ready", extra={"role": str(role)})
         yield services
+
+
+def _read_store_back(services: Services) -> None:
+    """The embedded read store answers again after a restart: retry now, not after the
+    back-offs its absence ran up."""
+    log.warning("embedded FerretDB is back; resuming")
+    if services.relay is not None:
+        services.relay.retry_now()
+    services.progress.demand.set()  # the checkpoint follower looks at once
 
 
 async def _keep_ids_indexed(data_dir: Path, interval: float = 30.0) -> None:
@@ -197,6 +224,17 @@ def _spawn(tasks: list[asyncio.Task[None]], coro: Coroutine[Any, Any, None], nam
 def _log_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("%s stopped", task.get_name(), exc_info=task.exception())
+
+
+async def _within(
+    seconds: float, what: str, stop: Callable[..., Awaitable[Any]], *args: Any
+) -> None:
+    """A shutdown step that may not hang the exit (a store that does not answer)."""
+    try:
+        async with asyncio.timeout(seconds):
+            await stop(*args)
+    except TimeoutError:
+        log.warning("%s took over %.1fs; going on without it", what, seconds)
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -57,10 +61,39 @@ def serve(
     # The app closes a socket past SHOP_MAX_WS_MESSAGE_BYTES with a reason naming it;
     # uvicorn stops reading far larger frames before they are buffered whole.
     config.ws_max_size = 2 * settings.shop_max_ws_message_bytes
-    server = uvicorn.Server(config)
+    server = BoundedServer(config, settings.shop_shutdown_grace)
     server.run()
     if not server.started:
         raise typer.Exit(code=3)
+
+
+class BoundedServer(uvicorn.Server):
+    """uvicorn, ending within ``grace`` seconds of the first SIGTERM or SIGINT.
+
+    Requests in flight get half the grace to finish (then they are cancelled, so their
+    transactions roll back), the app's shutdown most of the rest (see
+    ``app.bootstrap``); a watchdog thread ends the process at the deadline if
+    something still hangs.
+    """
+
+    def __init__(self, config: uvicorn.Config, grace: float) -> None:
+        config.timeout_graceful_shutdown = max(int(grace / 2), 1)
+        super().__init__(config)
+        self.grace = grace
+        self._watchdog: threading.Timer | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._watchdog is None:
+            self._watchdog = threading.Timer(self.grace, self._exit_now)
+            self._watchdog.daemon = True
+            self._watchdog.start()
+        super().handle_exit(sig, frame)
+
+    def _exit_now(self) -> None:
+        logging.getLogger(__name__).error(
+            "shutdown took longer than SHOP_SHUTDOWN_GRACE (%.1fs); exiting now", self.grace
+        )
+        os._exit(1)  # the embedded FerretDB follows: it dies with this process
 
 
 def uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:

@@ -16,6 +16,7 @@ listener, its files under the data directory. It is told to die with its parent
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import fcntl
@@ -39,6 +40,11 @@ VERSION = "v1.24.2"
 MODULE = "github.com/FerretDB/FerretDB"
 PACKAGE = f"{MODULE}/cmd/ferretdb"
 START_TIMEOUT = 30.0
+STOP_TIMEOUT = 3.0
+RESTART_BACKOFF = 0.1
+MAX_RESTART_BACKOFF = 5.0
+# A FerretDB that ran this long before exiting is restarted after the shortest back-off.
+STABLE_AFTER = 60.0
 # Where a running embedded FerretDB leaves its URL, for CLI commands beside the server.
 URL_FILE = "url"
 
@@ -153,48 +159,84 @@ def _die_with_parent() -> None:
 
 
 class EmbeddedFerretDB:
-    """One FerretDB process with its SQLite files in ``data_dir``."""
+    """One FerretDB process with its files in ``data_dir``, on SQLite (the default) or on
+    the PostgreSQL database ``postgresql_url`` (the production-like read store, where
+    several FerretDB processes may front one database).
 
-    def __init__(self, binary: Path, data_dir: Path) -> None:
+    :meth:`supervise` restarts it whenever it exits, on the same port, so clients
+    reconnect to the URL they have.
+    """
+
+    def __init__(self, binary: Path, data_dir: Path, *, postgresql_url: str | None = None) -> None:
         self.binary = binary
         self.data_dir = data_dir
+        self.postgresql_url = postgresql_url
         self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
         self.url = ""
+        self.restarts = 0
+        """How many times :meth:`supervise` started it again."""
+        self._stopping = False
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "ferretdb.log"
 
     def start(self, timeout: float = START_TIMEOUT) -> str:
         """Starts FerretDB and waits until it answers ``ping``; its MongoDB URL."""
+        self.launch()
+        return self.wait_until_ready(timeout)
+
+    def launch(self) -> None:
+        """Starts the process (on the port it had, if it ran before) without waiting.
+
+        Call it from the thread that will outlive the child (the event loop's): the
+        child is told to die with the thread that started it (``PR_SET_PDEATHSIG``).
+        """
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        port = free_port()
-        log_path = self.data_dir / "ferretdb.log"
-        args = [
-            str(self.binary),
-            "--handler=sqlite",
+        self._stopping = False
+        self.port = self.port or free_port()
+        if self.postgresql_url is None:
             # WAL keeps a prefix of commits on power loss, and the relay writes documents
             # before their checkpoint, so NORMAL never leaves a checkpoint ahead of its data.
-            f"--sqlite-url=file:{self.data_dir.resolve()}/?_pragma=synchronous(normal)",
-            f"--listen-addr=127.0.0.1:{port}",
+            backend = [
+                "--handler=sqlite",
+                f"--sqlite-url=file:{self.data_dir.resolve()}/?_pragma=synchronous(normal)",
+            ]
+        else:
+            backend = ["--handler=postgresql", f"--postgresql-url={self.postgresql_url}"]
+        args = [
+            str(self.binary),
+            *backend,
+            f"--listen-addr=127.0.0.1:{self.port}",
             f"--state-dir={self.data_dir.resolve()}",
             "--telemetry=disable",
             "--debug-addr=-",
             "--log-level=warn",
         ]
         env = {**os.environ, "DO_NOT_TRACK": "1"}
-        with log_path.open("ab") as log_file:
+        with self.log_path.open("ab") as log_file:
             self.process = subprocess.Popen(
                 args,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 env=env,
                 preexec_fn=_die_with_parent,
+                # Its own process group: a Ctrl-C meant for the server does not stop the
+                # read store under it (the server stops it last, on its way out).
+                process_group=0,
             )
-        self.url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+        self.url = f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+
+    def wait_until_ready(self, timeout: float = START_TIMEOUT) -> str:
+        """Waits until the launched process answers ``ping`` (stopping it if it does not)."""
         try:
-            self._wait_until_ready(timeout, log_path)
+            self._wait_until_ready(timeout, self.log_path)
         except BaseException:
             self.stop()
             raise
         (self.data_dir / URL_FILE).write_text(self.url)
-        log.info("embedded FerretDB %s listening on 127.0.0.1:%d", VERSION, port)
+        log.info("embedded FerretDB %s listening on 127.0.0.1:%d", VERSION, self.port)
         return self.url
 
     def _wait_until_ready(self, timeout: float, log_path: Path) -> None:
@@ -219,17 +261,79 @@ class EmbeddedFerretDB:
         finally:
             client.close()
 
+    async def supervise(self, on_restart: Callable[[], None] = lambda: None) -> None:
+        """Runs until cancelled: whenever FerretDB exits, reaps it and starts it again
+        on the same port, after a back-off (0.1 s doubling to 5 s, back to 0.1 s once it
+        has run for a minute); calls ``on_restart`` when it answers again."""
+        backoff = RESTART_BACKOFF
+        while True:
+            process = self.process
+            started = time.monotonic()
+            if process is not None:
+                code = await _exited(process)
+                if self._stopping:
+                    return
+                log.error(
+                    "embedded FerretDB exited with code %s; restarting in %.1fs\n%s",
+                    code, backoff, self._log_tail(),
+                )  # fmt: skip
+                if time.monotonic() - started > STABLE_AFTER:
+                    backoff = RESTART_BACKOFF
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_RESTART_BACKOFF)
+            if self._stopping:
+                return
+            self.launch()
+            try:
+                await asyncio.to_thread(self.wait_until_ready)
+            except ReadStoreUnavailable as error:
+                log.error("restarting the embedded FerretDB failed: %s", error)
+                continue
+            self.restarts += 1
+            on_restart()
+
+    def _log_tail(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-1000:]
+        except OSError:
+            return ""
+
     def stop(self) -> None:
+        self._stopping = True
         (self.data_dir / URL_FILE).unlink(missing_ok=True)
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
         process.terminate()
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+async def _exited(process: subprocess.Popen[bytes]) -> int:
+    """Waits, without a thread or polling, until ``process`` exits; reaps it; its code."""
+    if process.poll() is not None:
+        return process.returncode
+    loop = asyncio.get_running_loop()
+    try:
+        descriptor = os.pidfd_open(process.pid)
+    except ProcessLookupError:  # exited (and reaped) in between
+        return process.wait()
+    exited: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(descriptor, readable)
+    try:
+        await exited
+    finally:
+        loop.remove_reader(descriptor)
+        os.close(descriptor)
+    return process.wait()
 
 
 def running_url(data_dir: Path) -> str | None:

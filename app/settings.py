@@ -39,6 +39,18 @@ class Settings(BaseSettings):
     shop_relay_poll_interval: float = Field(
         0.5, gt=0, description="Seconds between outbox polls when no commit woke the relay."
     )
+    shop_shutdown_grace: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds from SIGTERM to exit, whatever the stores do: requests in "
+        "flight get half of it, background work most of the rest.",
+    )
+    shop_read_store_timeout: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds a read-store operation waits for an unreachable server "
+        "before it fails (UNAVAILABLE).",
+    )
     shop_max_page_size: int = Field(100, ge=1, description="Largest `first` a list query takes.")
     # Identity (app.auth) and who may do what (schema.policy).
     shop_auth_jwks_url: str | None = Field(

@@ -355,12 +355,19 @@ class Relay:
         self._retry_at: dict[str, float] = {}
         self._backoff: dict[str, float] = {}
         self._wake = asyncio.Event()
+        self._retry_now = asyncio.Event()
 
     def wake(self, position: int | None = None) -> None:
         """Asks the relay to look at the outbox now (called after each commit)."""
         if position is not None:
             self.head = max(self.head, position)
         self._wake.set()
+
+    def retry_now(self) -> None:
+        """Ends every back-off at once (called when a store that failed is back)."""
+        self._retry_at.clear()
+        self._backoff.clear()
+        self._retry_now.set()
 
     @property
     def checkpoint_names(self) -> list[str]:
@@ -437,8 +444,10 @@ class Relay:
                         self.running = False
                     if self.running:  # a standby's errors are not the projections'
                         await self._record_errors({p.name: error for p in self.projections})
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF)
+                    self._retry_now.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._retry_now.wait(), backoff)
+                    backoff = 0.1 if self._retry_now.is_set() else min(backoff * 2, MAX_BACKOFF)
                     continue
                 if applied is None or applied < self.batch_size:
                     await self._idle(self._standby_interval)
