@@ -25,10 +25,11 @@ from app.settings import Role, Settings
 from domain.bus import CommandBus
 from domain.store import create_engine, create_schema
 from projections.feeds import Feeds
-from projections.progress import CheckpointFollower, Progress
+from projections.progress import Progress, ProgressFollower
 from projections.readdb import ReadDatabase
 from projections.registry import all_projections
 from projections.relay import Relay, RelayOptions
+from projections.signals import ProgressFeed, WriteStoreSignals
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ class Services:
     progress: Progress
     feeds: Feeds
     relay: Relay | None = None
+    follower: ProgressFollower | None = None
     # Verifies callers' tokens (app.auth); None in a relay-only process.
     auth: Authenticator | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -159,6 +161,7 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
         stopping = 0.3 * settings.shop_shutdown_grace
         stack.push_async_callback(_within, stopping, "stopping background tasks", _cancel,
                                   services.tasks)  # fmt: skip
+        feed = ProgressFeed(engine)
         if role in (Role.ALL, Role.RELAY):
             relay = Relay(
                 engine,
@@ -167,6 +170,7 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
                 services.progress,
                 batch_size=settings.shop_relay_batch_size,
                 poll_interval=settings.shop_relay_poll_interval,
+                feed=feed,
                 **read_store.relay_options,
             )
             await relay.setup()
@@ -174,13 +178,20 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
             services.bus.on_commit(relay.wake)
             _spawn(services.tasks, relay.run(), "relay")
         # Progress comes from the local relay while it holds the lease; otherwise (api role,
-        # or a standby relay) from the checkpoints another process's relay writes.
+        # or a standby relay) from the feed another process's relay publishes.
         local = services.relay
-        follower = CheckpointFollower(
-            db, services.progress, needed=lambda: local is None or not local.running
+        follower = ProgressFollower(
+            db, services.progress, feed, needed=lambda: local is None or not local.running
         )
-        await follower.poll_once()
-        _spawn(services.tasks, follower.run(), "checkpoint follower")
+        services.follower = follower
+        await follower.start()
+        _spawn(services.tasks, follower.run(), "progress follower")
+        # Commits and progress of other processes, through the write store.
+        signals = WriteStoreSignals(
+            engine, on_outbox=local.wake if local is not None else _ignore,
+            on_progress=follower.signal,
+        )  # fmt: skip
+        _spawn(services.tasks, signals.run(), "write store signals")
         if ferretdb is not None:
             _spawn(
                 services.tasks,
@@ -193,13 +204,18 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
         yield services
 
 
+def _ignore() -> None:
+    pass
+
+
 def _read_store_back(services: Services) -> None:
     """The embedded read store answers again after a restart: retry now, not after the
     back-offs its absence ran up."""
     log.warning("embedded FerretDB is back; resuming")
     if services.relay is not None:
         services.relay.retry_now()
-    services.progress.demand.set()  # the checkpoint follower looks at once
+    if services.follower is not None:
+        services.follower.signal()
 
 
 async def _keep_ids_indexed(data_dir: Path, interval: float = 30.0) -> None:

@@ -127,6 +127,15 @@ idempotency_keys = sa.Table(
 # store because its conditional UPDATEs are atomic: FerretDB 1.24 finds a document
 # and then replaces it by _id, so a compare-and-set on a Mongo document can let two
 # processes in. Times are the database's own clock, in seconds since 1970.
+# The relay's progress feed (projections.signals): one row per batch, read by every
+# process that serves reads; pruned by the relay.
+relay_progress = sa.Table(
+    "relay_progress",
+    metadata,
+    sa.Column("id", Position, primary_key=True, autoincrement=True),
+    sa.Column("body", sa.JSON, nullable=False),
+)
+
 relay_leases = sa.Table(
     "relay_leases",
     metadata,

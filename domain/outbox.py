@@ -15,6 +15,8 @@ from domain.model import outbox
 
 # Any constant works; it only has to be the same in every process.
 OUTBOX_LOCK_KEY = 0x5E0B0C
+# The channel a commit notifies (projections.signals listens to it).
+OUTBOX_CHANNEL = "shop_outbox"
 _INSERT = outbox.insert().returning(outbox.c.event_id, outbox.c.position)
 
 
@@ -49,12 +51,18 @@ async def lock(conn: AsyncConnection) -> int | None:
     in turn waits for this lock, is a deadlock.
 
     The transaction id comes in the same round trip, to find out after a failed
-    COMMIT whether it took effect (``txid_status``). SQLite already serialises
-    writers (``BEGIN IMMEDIATE``): no lock, no id.
+    COMMIT whether it took effect (``txid_status``), and so does a ``NOTIFY`` that
+    PostgreSQL delivers at commit (never before, nor if it rolls back), waking relays
+    in other processes (``projections.signals``). SQLite already serialises writers
+    (``BEGIN IMMEDIATE``): no lock, no id.
     """
     if conn.dialect.name != "postgresql":
         return None
-    stmt = sa.select(sa.func.pg_advisory_xact_lock(OUTBOX_LOCK_KEY), sa.func.txid_current())
+    stmt = sa.select(
+        sa.func.pg_advisory_xact_lock(OUTBOX_LOCK_KEY),
+        sa.func.txid_current(),
+        sa.func.pg_notify(OUTBOX_CHANNEL, ""),
+    )
     return int((await conn.execute(stmt)).one()[1])
 
 

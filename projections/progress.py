@@ -1,6 +1,6 @@
 """How far each projection has got, in this process: minVersion waits and change signals.
 
-The relay (in this process) or a :class:`CheckpointFollower` (when the relay runs
+The relay (in this process) or a :class:`ProgressFollower` (when the relay runs
 elsewhere) calls :meth:`Progress.advance`; requests wait on it instead of asking
 Mongo again and again.
 """
@@ -16,9 +16,11 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
+from sqlalchemy.exc import SQLAlchemyError
 
 from projections import checkpoints, readdb
 from projections.recent import RecentEvents
+from projections.signals import FEED_PAGE, ProgressFeed
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +44,6 @@ class Progress:
         self._advanced: dict[str, asyncio.Event] = {}
         self._watchers: dict[tuple[str, Any], set[asyncio.Event]] = defaultdict(set)
         self._waiting = 0
-        self.demand = asyncio.Event()
-        """Set when someone starts waiting or watching, so a follower looks at once."""
         self.recent_events = RecentEvents()
         """The audit documents the relay in this process wrote last (see projections.recent)."""
 
@@ -80,7 +80,6 @@ class Progress:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         self._waiting += 1
-        self.demand.set()
         try:
             while (current := self.position(projection)) < version:
                 remaining = deadline - loop.time()
@@ -93,13 +92,18 @@ class Progress:
         finally:
             self._waiting -= 1
 
+    def wake_all(self) -> None:
+        """Every watcher looks again (changes may have been missed)."""
+        for watchers in self._watchers.values():
+            for watcher in watchers:
+                watcher.set()
+
     @contextlib.asynccontextmanager
     async def watch(self, projection: str, key: Any) -> AsyncIterator[asyncio.Event]:
         """An event that is set whenever the document ``key`` of ``projection`` may have changed."""
         changed = asyncio.Event()
         watchers = self._watchers[(projection, key)]
         watchers.add(changed)
-        self.demand.set()
         try:
             yield changed
         finally:
@@ -108,46 +112,98 @@ class Progress:
                 del self._watchers[(projection, key)]
 
 
-class CheckpointFollower:
-    """Keeps :class:`Progress` current when the relay runs in another process.
+class ProgressFollower:
+    """Keeps :class:`Progress` current when the relay runs in another process (or this
+    process's relay stands by).
 
-    One loop per process reads the small checkpoint collection: every
-    ``fast_interval`` while a request waits or a subscription watches, else every
-    ``slow_interval``. Requests themselves never poll.
+    It applies the relay's progress feed (``projections.signals``) whenever it is
+    signalled: positions and the keys of the documents that changed, so requests and
+    subscriptions wake as in the relay's own process. It reads the checkpoints
+    themselves at start, whenever the feed shows a new relay tenure (a rebuild may
+    have switched collections, see ``projections.readdb``), and every
+    ``safety_interval`` in case the feed missed something. When it may have missed
+    rows (a gap in ids, a publisher that lost some), every watcher looks again.
+    Requests themselves never poll.
     """
 
     def __init__(
         self,
         db: AsyncDatabase[dict[str, Any]],
         progress: Progress,
-        fast_interval: float = 0.02,
-        slow_interval: float = 1.0,
+        feed: ProgressFeed,
+        *,
+        safety_interval: float = 1.0,
         needed: Callable[[], bool] = lambda: True,
     ) -> None:
         self.db = db
         self.progress = progress
-        self.fast_interval = fast_interval
-        self.slow_interval = slow_interval
+        self.feed = feed
+        self.safety_interval = safety_interval
         # False while a relay in this process applies events and reports progress itself.
         self.needed = needed
+        self.last_id = 0
+        self.epoch = 0
+        self._signalled = asyncio.Event()
+        self._following = False
 
-    async def poll_once(self) -> None:
+    def signal(self) -> None:
+        """A relay may have published progress (see ``WriteStoreSignals``)."""
+        self._signalled.set()
+
+    async def start(self) -> None:
+        """Positions from the checkpoints, and the feed from its end on."""
+        self.last_id = await self.feed.last_id()
+        await self.poll_checkpoints()
+        self._following = self.needed()
+
+    async def poll_checkpoints(self) -> None:
         stored = await checkpoints.load_all(self.db)
         readdb.switch(self.db, stored.values())  # before progress: see projections.readdb
         for name, checkpoint in stored.items():
             self.progress.advance(name, checkpoint.position)
+            self.epoch = max(self.epoch, checkpoint.epoch)
+
+    async def catch_up(self) -> None:
+        """Applies the feed's rows after the last one applied."""
+        missed = False
+        while True:
+            rows = await self.feed.read_after(self.last_id)
+            for row in rows:
+                missed |= row.id != self.last_id + 1 or row.resync
+                if row.epoch > self.epoch:
+                    await self.poll_checkpoints()  # a new tenure: collections may differ
+                    self.epoch = max(self.epoch, row.epoch)
+                for advance in row.advances:
+                    self.progress.advance(advance.projection, advance.position, advance.keys)
+                self.last_id = row.id
+            if len(rows) < FEED_PAGE:
+                break
+        if missed:
+            self.progress.wake_all()
 
     async def run(self) -> None:
         while True:
-            if self.needed():
-                try:
-                    await self.poll_once()
-                except PyMongoError:
-                    log.exception("reading projection checkpoints failed")
-            demand = self.progress.demand
-            demand.clear()
-            if self.progress.busy and self.needed():
-                await asyncio.sleep(self.fast_interval)
-            else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(demand.wait(), self.slow_interval)
+            timed_out = False
+            try:
+                await asyncio.wait_for(self._signalled.wait(), self.safety_interval)
+            except TimeoutError:
+                timed_out = True
+            self._signalled.clear()
+            try:
+                await self._step(timed_out)
+            except (PyMongoError, SQLAlchemyError, OSError):
+                log.exception("following the relay's progress failed")
+
+    async def _step(self, timed_out: bool) -> None:
+        if not self.needed():
+            self._following = False
+            return
+        if not self._following:  # the local relay stopped: rows it skipped do not matter
+            self._following = True
+            self.last_id = await self.feed.last_id()
+            await self.poll_checkpoints()
+            self.progress.wake_all()
+        elif timed_out:
+            await self.poll_checkpoints()
+        else:
+            await self.catch_up()

@@ -26,6 +26,7 @@ from projections import checkpoints, readdb
 from projections.lease import Lease
 from projections.progress import Progress
 from projections.projection import MongoWrite, Projection, Write, coalesce
+from projections.signals import Advance, ProgressFeed
 
 log = logging.getLogger(__name__)
 
@@ -326,6 +327,7 @@ class Relay:
         suffix: str = "",
         check_versions: bool = False,
         concurrent_writes: int | None = None,
+        feed: ProgressFeed | None = None,
     ) -> None:
         self.engine = engine
         self.db = db
@@ -356,6 +358,9 @@ class Relay:
         self._backoff: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._retry_now = asyncio.Event()
+        # Where it tells other processes of its progress (projections.signals); a
+        # rebuild's relay has none: nobody reads its collections before the swap.
+        self.feed = feed
 
     def wake(self, position: int | None = None) -> None:
         """Asks the relay to look at the outbox now (called after each commit)."""
@@ -525,12 +530,16 @@ class Relay:
             *(self.apply(p, behind, writes, mergeable[p.name]) for p, behind, writes in parts),
             return_exceptions=True,
         )
-        for (projection, _, _), result in zip(parts, results, strict=True):
+        advances = []
+        for (projection, behind, _), result in zip(parts, results, strict=True):
             if isinstance(result, BaseException):
                 failures[projection.name] = result
             else:
                 self._backoff.pop(projection.name, None)
                 self._retry_at.pop(projection.name, None)
+                advances.append(Advance(projection.name, behind[-1].position, result))
+        if self.feed is not None and advances:
+            await self.feed.publish(self.epoch, advances)
         for error in failures.values():
             if isinstance(error, LeaseLost | checkpoints.Fenced):
                 raise LeaseLost(str(error)) from error
@@ -547,9 +556,10 @@ class Relay:
         events: list[RecordedEvent],
         writes: list[Write] | None = None,
         merge: bool = False,
-    ) -> None:
+    ) -> frozenset[Any] | None:
         """Writes one projection's part of a batch (``writes``: its projected writes),
-        then moves its checkpoint; ``merge``: the part may be merged (see run_once)."""
+        then moves its checkpoint; ``merge``: the part may be merged (see run_once).
+        The keys of the documents it changed (None: any may have)."""
         if writes is None:
             writes = [write for event in events for write in projection.project(event)]
         position = events[-1].position
@@ -564,8 +574,9 @@ class Relay:
         self.positions[projection.name] = position
         if getattr(projection, "keeps_recent", False) and not self.suffix:
             self.progress.recent_events.add(w.document for w in writes if w.document is not None)
-        keys = None if any(w.key is None for w in writes) else {w.key for w in writes}
+        keys = None if any(w.key is None for w in writes) else frozenset(w.key for w in writes)
         self.progress.advance(projection.name, position, keys)
+        return keys
 
     async def save_checkpoint(self, name: str, position: int) -> None:
         await checkpoints.save(
