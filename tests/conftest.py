@@ -106,14 +106,22 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         yield url
 
 
-@contextlib.asynccontextmanager
-async def fresh_database(server: str) -> AsyncIterator[str]:
-    """A new, empty PostgreSQL database on ``server`` for the block; dropped after it."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
+async def create_database(server: str, name: str) -> None:
     admin = create_async_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
     try:
         async with admin.connect() as conn:
             await conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    finally:
+        await admin.dispose()
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(server: str) -> AsyncIterator[str]:
+    """A new, empty PostgreSQL database on ``server`` for the block; dropped after it."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    await create_database(server, name)
+    admin = create_async_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    try:
         yield f"{server}/{name}"
         async with admin.connect() as conn:
             await conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")

@@ -128,9 +128,94 @@ def start_server(server_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def ferretdb_on_postgres(
+    postgres_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[str]]:
+    """Two FerretDB processes on FerretDB's PostgreSQL backend, fronting one database
+    (FerretDB keeps no state of its own): the production-like read store."""
+    import asyncio
+
+    from app.ferretdb import EmbeddedFerretDB, ensure_binary
+    from app.settings import Settings
+    from tests.conftest import create_database
+
+    name = f"ferretdb_{uuid.uuid4().hex[:8]}"
+    asyncio.run(create_database(postgres_url, name))
+    target = postgres_url.replace("postgresql+asyncpg://", "postgres://") + f"/{name}"
+    binary = ensure_binary(Settings().cache_dir)
+    instances = [
+        EmbeddedFerretDB(binary, tmp_path_factory.mktemp("ferretdb-pg"), postgresql_url=target)
+        for _ in range(2)
+    ]
+    try:
+        yield [instance.start() for instance in instances]
+    finally:
+        for instance in instances:
+            instance.stop()
+
+
+class Cluster:
+    """The production topology: PostgreSQL write store, FerretDB on PostgreSQL, two
+    ``relay`` and two ``api`` processes (the apis on one FerretDB, the relays on the
+    other)."""
+
+    def __init__(self, apis: list[Server], relays: list[Server]) -> None:
+        self.apis = apis
+        self.relays = relays
+
+    @property
+    def servers(self) -> list[Server]:
+        return [*self.relays, *self.apis]
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
 @pytest.fixture
-def server(start_server: Any) -> Server:
-    server: Server = start_server()
+async def cluster(
+    postgres_url: str, ferretdb_on_postgres: list[str], server_env: dict[str, str],
+    tmp_path: Path,
+) -> AsyncIterator[Cluster]:  # fmt: skip
+    from tests.conftest import fresh_database
+
+    async with fresh_database(postgres_url) as database_url:
+        env = {**server_env, "DATABASE_URL": database_url}
+        relays = [
+            Server({**env, "MONGODB_URL": ferretdb_on_postgres[1]}, tmp_path / f"relay{n}.log",
+                   "relay")
+            for n in range(2)
+        ]  # fmt: skip
+        apis = [
+            Server({**env, "MONGODB_URL": ferretdb_on_postgres[0]}, tmp_path / f"api{n}.log", "api")
+            for n in range(2)
+        ]
+        cluster = Cluster(apis, relays)
+        try:
+            for server in cluster.servers:
+                server.start(wait_ready=False)
+            for server in cluster.servers:
+                server.wait_ready()
+            yield cluster
+        finally:
+            cluster.stop()
+
+
+@pytest.fixture(params=["embedded", "production"])
+def topology(request: pytest.FixtureRequest) -> str:
+    """Contract tests run on the embedded default stores (SQLite, FerretDB on SQLite, one
+    process) and on the production topology (see :class:`Cluster`)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def server(topology: str, request: pytest.FixtureRequest) -> Server:
+    """The server a test talks to: the only one, or the cluster's first api process."""
+    if topology == "production":
+        cluster: Cluster = request.getfixturevalue("cluster")
+        return cluster.apis[0]
+    server: Server = request.getfixturevalue("start_server")()
     return server
 
 
