@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.bootstrap import Services
+from projections.registry import projection_names
 
 
 class ProgressCollector(Collector):
@@ -22,7 +23,8 @@ class ProgressCollector(Collector):
             "shop_projection_checkpoint", "Last outbox position applied", labels=["projection"]
         )
         relay = self.services.relay
-        for name in relay.positions if relay else ():
+        # This process's view: its relay's, or what it learned from the relay's feed.
+        for name in projection_names():
             checkpoint.add_metric([name], self.services.progress.position(name))
         yield checkpoint
         if relay is not None:

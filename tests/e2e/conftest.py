@@ -79,16 +79,26 @@ class Server:
         return self
 
     def wait_ready(self) -> None:
+        last = ""
+
         def ready() -> bool:
+            nonlocal last
             assert self.process is not None
             if self.process.poll() is not None:
                 raise AssertionError(f"server exited:\n{self.log.read_text()[-3000:]}")
             try:
-                return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
-            except httpx.TransportError:
+                response = httpx.get(f"{self.url}/readyz", timeout=1)
+            except httpx.TransportError as error:
+                last = repr(error)
                 return False
+            last = response.text
+            return response.status_code == 200
 
-        wait_until(ready, START_TIMEOUT, lambda: self.log.read_text()[-3000:])
+        wait_until(
+            ready,
+            START_TIMEOUT,
+            lambda: f"{self.role} /readyz: {last}\n{self.log.read_text()[-3000:]}",
+        )
 
     def stop(self) -> int:
         process, self.process = self.process, None
@@ -131,9 +141,13 @@ def start_server(server_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def ferretdb_on_postgres(
     postgres_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[list[str]]:
-    """Two FerretDB processes on FerretDB's PostgreSQL backend, fronting one database
-    (FerretDB keeps no state of its own): the production-like read store."""
+) -> Iterator[str]:
+    """FerretDB on its PostgreSQL backend: the production-like read store.
+
+    One instance for all processes: FerretDB 1.24 caches each database's collection
+    list per process and never reloads it, so a second instance on the same PostgreSQL
+    database does not see collections the first creates (a rebuild's, say).
+    """
     import asyncio
 
     from app.ferretdb import EmbeddedFerretDB, ensure_binary
@@ -143,22 +157,19 @@ def ferretdb_on_postgres(
     name = f"ferretdb_{uuid.uuid4().hex[:8]}"
     asyncio.run(create_database(postgres_url, name))
     target = postgres_url.replace("postgresql+asyncpg://", "postgres://") + f"/{name}"
-    binary = ensure_binary(Settings().cache_dir)
-    instances = [
-        EmbeddedFerretDB(binary, tmp_path_factory.mktemp("ferretdb-pg"), postgresql_url=target)
-        for _ in range(2)
-    ]
+    instance = EmbeddedFerretDB(
+        ensure_binary(Settings().cache_dir), tmp_path_factory.mktemp("ferretdb-pg"),
+        postgresql_url=target,
+    )  # fmt: skip
     try:
-        yield [instance.start() for instance in instances]
+        yield instance.start()
     finally:
-        for instance in instances:
-            instance.stop()
+        instance.stop()
 
 
 class Cluster:
     """The production topology: PostgreSQL write store, FerretDB on PostgreSQL, two
-    ``relay`` and two ``api`` processes (the apis on one FerretDB, the relays on the
-    other)."""
+    ``relay`` and two ``api`` processes."""
 
     def __init__(self, apis: list[Server], relays: list[Server]) -> None:
         self.apis = apis
@@ -175,23 +186,16 @@ class Cluster:
 
 @pytest.fixture
 async def cluster(
-    postgres_url: str, ferretdb_on_postgres: list[str], server_env: dict[str, str],
-    tmp_path: Path,
-) -> AsyncIterator[Cluster]:  # fmt: skip
+    postgres_url: str, ferretdb_on_postgres: str, server_env: dict[str, str], tmp_path: Path
+) -> AsyncIterator[Cluster]:
     from tests.conftest import fresh_database
 
     async with fresh_database(postgres_url) as database_url:
-        env = {**server_env, "DATABASE_URL": database_url}
-        relays = [
-            Server({**env, "MONGODB_URL": ferretdb_on_postgres[1]}, tmp_path / f"relay{n}.log",
-                   "relay")
-            for n in range(2)
-        ]  # fmt: skip
-        apis = [
-            Server({**env, "MONGODB_URL": ferretdb_on_postgres[0]}, tmp_path / f"api{n}.log", "api")
-            for n in range(2)
-        ]
-        cluster = Cluster(apis, relays)
+        env = {**server_env, "DATABASE_URL": database_url, "MONGODB_URL": ferretdb_on_postgres}
+        cluster = Cluster(
+            apis=[Server(env, tmp_path / f"api{n}.log", "api") for n in range(2)],
+            relays=[Server(env, tmp_path / f"relay{n}.log", "relay") for n in range(2)],
+        )
         try:
             for server in cluster.servers:
                 server.start(wait_ready=False)

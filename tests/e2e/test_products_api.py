@@ -6,6 +6,7 @@ import signal
 from typing import Any
 
 import httpx
+import pytest
 
 from projections.registry import projection_names
 from tests.e2e.conftest import Client, Server, subscription
@@ -218,14 +219,22 @@ async def test_api_and_relay_in_separate_processes(start_server: Any) -> None:
                 assert (await next_payload())["data"]["productUpdated"]["stockOnHand"] == 5 + n
 
 
-async def test_probes_graphiql_and_projection_status(server: Server, client: Client) -> None:
+async def test_probes_graphiql_and_projection_status(
+    server: Server, client: Client, request: pytest.FixtureRequest
+) -> None:
     async with httpx.AsyncClient(base_url=server.url) as http:
         assert (await http.get("/healthz")).status_code == 200
         ready = await http.get("/readyz")
         assert ready.json()["checks"] == {"writeStore": True, "readStore": True, "relay": True}
         page = await http.get("/graphql", headers={"accept": "text/html"})
         assert "graphiql" in page.text.lower()
-        assert "shop_relay_running 1.0" in (await http.get("/metrics")).text
+    relays = [server] if server.role == "all" else request.getfixturevalue("cluster").relays
+    async with httpx.AsyncClient() as http:
+        running = [
+            "shop_relay_running 1.0" in (await http.get(f"{relay.url}/metrics")).text
+            for relay in relays
+        ]
+    assert running.count(True) == 1, running
     created = await create(client)
     await client.data(PRODUCT, {"id": created["id"], "v": created["version"]})
     every_read_model_at_1 = """{
@@ -236,6 +245,10 @@ async def test_probes_graphiql_and_projection_status(server: Server, client: Cli
       topProducts(minVersion: 1) { sku }
     }"""
     await client.data(every_read_model_at_1)
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        scraped = (await http.get("/metrics")).text
+    assert all(f'shop_projection_checkpoint{{projection="{n}"}} 1.0' in scraped
+               for n in projection_names()), scraped  # fmt: skip
     status = await client.data("{ projections { name checkpoint headVersion lag state } }")
     assert status["projections"] == [
         {"name": name, "checkpoint": 1, "headVersion": 1, "lag": 0, "state": "RUNNING"}
