@@ -16,7 +16,7 @@ from typing import Any, TypedDict
 
 from pymongo import IndexModel, InsertOne, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -61,9 +61,12 @@ async def prepare_collections(
     for collection, documents in seeds.items():
         for document in documents:
             fields = {k: v for k, v in document.items() if k != "_id"}
-            await db[collection + suffix].update_one(
-                {"_id": document["_id"]}, {"$setOnInsert": fields}, upsert=True
-            )
+            try:
+                await db[collection + suffix].update_one(
+                    {"_id": document["_id"]}, {"$setOnInsert": fields}, upsert=True
+                )
+            except DuplicateKeyError:
+                pass  # another process starting beside this one created it first
 
 
 async def _insert_new(collection: Any, inserts: list[MongoWrite]) -> None:
