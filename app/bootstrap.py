@@ -12,6 +12,7 @@ from typing import Any
 
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth import Authenticator, authenticator
@@ -48,6 +49,8 @@ MONGODB_WRITE_CHUNK = 1000
 class ReadStore:
     client: AsyncMongoClient[dict[str, Any]]
     is_ferretdb: bool
+    backend: str | None = None
+    """FerretDB's backend, ``sqlite`` or ``postgresql`` (None: MongoDB)."""
 
     @property
     def write_chunk(self) -> int:
@@ -59,16 +62,25 @@ class ReadStore:
         return FERRETDB_CONCURRENT_WRITES if self.is_ferretdb else None
 
     @property
+    def check_versions(self) -> bool:
+        """Whether the relay decides version guards itself: only FerretDB on SQLite needs
+        it, whose guarded filters scan the collection (see ``projections.relay._checked``);
+        on PostgreSQL FerretDB uses the filter, as MongoDB does."""
+        return self.is_ferretdb and self.backend != "postgresql"
+
+    @property
     def relay_options(self) -> RelayOptions:
         """How a relay (live or rebuilding) writes here; FerretDB gets its workarounds."""
         return RelayOptions(
             write_chunk=self.write_chunk,
-            check_versions=self.is_ferretdb,
+            check_versions=self.check_versions,
             concurrent_writes=self.concurrent_writes,
         )
 
 
-async def connect_read_store(url: str, server_timeout: float = 30.0) -> ReadStore:
+async def connect_read_store(
+    url: str, server_timeout: float = 30.0, database: str = "shop"
+) -> ReadStore:
     """A client sized for the server behind ``url``: FerretDB (found by its buildInfo,
     however it was started) gets a smaller pool, and the relay smaller bulk writes.
 
@@ -91,7 +103,26 @@ async def connect_read_store(url: str, server_timeout: float = 30.0) -> ReadStor
     sized: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         url, maxPoolSize=FERRETDB_MAX_POOL, **options
     )
-    return ReadStore(sized, is_ferretdb=True)
+    try:
+        backend = await ferretdb_backend(sized[database])
+    except BaseException:
+        await sized.close()
+        raise
+    return ReadStore(sized, is_ferretdb=True, backend=backend)
+
+
+PROBE = "shop_backend_probe"
+
+
+async def ferretdb_backend(db: AsyncDatabase[dict[str, Any]]) -> str:
+    """Which backend a FerretDB stores in, from its query plan (nothing else tells):
+    SQLite's plan is a list of ``id=… detail=…`` lines, PostgreSQL's a JSON plan."""
+    with contextlib.suppress(DuplicateKeyError):
+        await db[PROBE].insert_one({"_id": 1})
+    plan = (await db.command("explain", {"find": PROBE, "filter": {"_id": 1}})).get(
+        "queryPlanner", {}
+    )
+    return "postgresql" if isinstance(plan.get("Plan"), dict) else "sqlite"
 
 
 @dataclass
@@ -140,7 +171,9 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
         stack.push_async_callback(_within, 1.0, "closing the write store's pool", engine.dispose)
         await create_schema(engine)
 
-        read_store = await connect_read_store(mongo_url, settings.shop_read_store_timeout)
+        read_store = await connect_read_store(
+            mongo_url, settings.shop_read_store_timeout, settings.mongodb_database
+        )
         mongo = read_store.client
         stack.push_async_callback(_within, 1.0, "closing the read store's client", mongo.close)
         db = ReadDatabase(mongo[settings.mongodb_database])

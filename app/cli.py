@@ -248,7 +248,9 @@ def rebuild_command(
     async def go() -> None:
         async with read_store_url(settings) as url:
             engine = create_engine(settings.write_store_url)
-            store = await connect_read_store(url)
+            store = await connect_read_store(
+                url, settings.shop_read_store_timeout, settings.mongodb_database
+            )
             client = store.client
             try:
                 with _progress() as progress:

@@ -490,7 +490,7 @@ async def p8_drivers(stores: Stores, mongodb_url: str, store: ReadStore) -> Row:
                 started = time.perf_counter()
                 await apply_writes(
                     client[database], writes, store.write_chunk,
-                    check_versions=store.is_ferretdb,
+                    check_versions=store.check_versions,
                 )  # fmt: skip
                 seconds[name].append(time.perf_counter() - started)
                 await client.drop_database(database)
@@ -584,7 +584,7 @@ async def p5_order_history(stores: Stores, store: ReadStore, options: Options) -
             await conn.execute(sa.insert(model.order_lines), line_rows)
         await db[order_views.COLLECTION].insert_many(documents, ordered=False)  # type: ignore[arg-type]
         lists = coalesce([w for e in listed for w in history_projection.project(e)])
-        await apply_writes(db, lists, store.write_chunk, check_versions=store.is_ferretdb)
+        await apply_writes(db, lists, store.write_chunk, check_versions=store.check_versions)
         progress(f"P5: loaded {min(n, start + batch):,} of {n:,} orders into both stores")
 
     customer = customers[0]

@@ -61,12 +61,11 @@ async def prepare_collections(
     for collection, documents in seeds.items():
         for document in documents:
             fields = {k: v for k, v in document.items() if k != "_id"}
-            try:
+            # Another process starting beside this one may create it first.
+            with contextlib.suppress(DuplicateKeyError):
                 await db[collection + suffix].update_one(
                     {"_id": document["_id"]}, {"$setOnInsert": fields}, upsert=True
                 )
-            except DuplicateKeyError:
-                pass  # another process starting beside this one created it first
 
 
 async def _insert_new(collection: Any, inserts: list[MongoWrite]) -> None:

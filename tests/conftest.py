@@ -47,6 +47,29 @@ def mongo_url(ferretdb_dir: Path | None) -> Iterator[str]:
         ferretdb.stop()
 
 
+@pytest.fixture(scope="session")
+def ferretdb_on_postgres(
+    postgres_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """FerretDB on its PostgreSQL backend: the production-like read store.
+
+    One instance for all processes: FerretDB 1.24 caches each database's collection
+    list per process and never reloads it, so a second instance on the same PostgreSQL
+    database does not see collections the first creates (a rebuild's, say).
+    """
+    name = f"ferretdb_{uuid.uuid4().hex[:8]}"
+    asyncio.run(create_database(postgres_url, name))
+    target = postgres_url.replace("postgresql+asyncpg://", "postgres://") + f"/{name}"
+    instance = EmbeddedFerretDB(
+        ensure_binary(Settings().cache_dir), tmp_path_factory.mktemp("ferretdb-pg"),
+        postgresql_url=target,
+    )  # fmt: skip
+    try:
+        yield instance.start()
+    finally:
+        instance.stop()
+
+
 @pytest.fixture
 async def mongo(mongo_url: str) -> AsyncIterator[AsyncMongoClient[dict[str, Any]]]:
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url, tz_aware=True)

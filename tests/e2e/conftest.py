@@ -138,35 +138,6 @@ def start_server(server_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
         server.stop()
 
 
-@pytest.fixture(scope="session")
-def ferretdb_on_postgres(
-    postgres_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """FerretDB on its PostgreSQL backend: the production-like read store.
-
-    One instance for all processes: FerretDB 1.24 caches each database's collection
-    list per process and never reloads it, so a second instance on the same PostgreSQL
-    database does not see collections the first creates (a rebuild's, say).
-    """
-    import asyncio
-
-    from app.ferretdb import EmbeddedFerretDB, ensure_binary
-    from app.settings import Settings
-    from tests.conftest import create_database
-
-    name = f"ferretdb_{uuid.uuid4().hex[:8]}"
-    asyncio.run(create_database(postgres_url, name))
-    target = postgres_url.replace("postgresql+asyncpg://", "postgres://") + f"/{name}"
-    instance = EmbeddedFerretDB(
-        ensure_binary(Settings().cache_dir), tmp_path_factory.mktemp("ferretdb-pg"),
-        postgresql_url=target,
-    )  # fmt: skip
-    try:
-        yield instance.start()
-    finally:
-        instance.stop()
-
-
 class Cluster:
     """The production topology: PostgreSQL write store, FerretDB on PostgreSQL, two
     ``relay`` and two ``api`` processes."""
