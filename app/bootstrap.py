@@ -26,6 +26,7 @@ from app.settings import Role, Settings
 from domain.bus import CommandBus
 from domain.store import create_engine, create_schema
 from projections.feeds import Feeds
+from projections.lease import Lease
 from projections.progress import Progress, ProgressFollower
 from projections.readdb import ReadDatabase
 from projections.registry import all_projections
@@ -204,6 +205,7 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
                 batch_size=settings.shop_relay_batch_size,
                 poll_interval=settings.shop_relay_poll_interval,
                 feed=feed,
+                lease=Lease(engine, db, ttl=settings.shop_relay_lease_ttl),
                 **read_store.relay_options,
             )
             await relay.setup()

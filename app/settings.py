@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     shop_relay_poll_interval: float = Field(
         0.5, gt=0, description="Seconds between outbox polls when no commit woke the relay."
     )
+    shop_relay_lease_ttl: float = Field(
+        2.0,
+        ge=0.5,
+        description="Seconds a relay's lease lasts unrenewed: a standby relay takes over "
+        "within about 1.25 times this after the leader dies.",
+    )
     shop_shutdown_grace: float = Field(
         10.0,
         gt=0,

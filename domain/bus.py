@@ -19,7 +19,9 @@ from domain.errors import (
     DomainError,
     IdempotencyKeyReused,
     Problems,
+    StoreUnavailable,
     ValidationFailed,
+    unreachable,
 )
 from domain.handlers import HANDLERS, Handler
 from domain.idempotency import Answer, CommandOutcome
@@ -251,7 +253,15 @@ class CommandBus:
                 answers, written = await self._transactions.run(
                     lambda uow: self._run(uow, [request])
                 )
+            except CommitOutcomeUnknown:
+                raise
             except Exception as error:
+                if unreachable(error):
+                    if attempt == 1:  # a pooled connection the store dropped: once more
+                        continue
+                    raise StoreUnavailable(
+                        "the write store cannot be reached; nothing was written: try again shortly"
+                    ) from error
                 if attempt == ATTEMPTS or not _may_run_again(error):
                     raise
                 log.info("command %s runs again (%r)", type(request.command).__name__, error)

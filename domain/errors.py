@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
+from sqlalchemy.exc import DBAPIError
+
 
 class DomainError(Exception):
     """A command was refused; nothing was written."""
@@ -119,6 +121,31 @@ class CommitOutcomeUnknown(Exception):
     Retrying with the same idempotency key is safe: it answers the first result if
     the command did take effect, and runs it if not.
     """
+
+
+class StoreUnavailable(Exception):
+    """The write store could not be reached: the command took no effect (it never got as
+    far as a COMMIT), and may be sent again once the store is back."""
+
+
+def unreachable(error: BaseException) -> bool:
+    """Whether ``error`` (or what caused it) says the store could not be reached, or
+    the connection to it was lost, rather than that a statement failed."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+            return True
+        if isinstance(seen, OSError | TimeoutError):
+            return True
+        if type(seen).__module__.startswith("asyncpg") and type(seen).__name__ in _ASYNCPG_LOST:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+_ASYNCPG_LOST = frozenset(
+    {"ConnectionDoesNotExistError", "CannotConnectNowError", "ConnectionFailureError"}
+)
 
 
 class Problems:

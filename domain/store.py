@@ -10,6 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from domain.model import metadata
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# Seconds to open a PostgreSQL connection before the store counts as unreachable.
+CONNECT_TIMEOUT = 1.5
 # Its own advisory lock key (the outbox has another); the same in every process.
 SCHEMA_LOCK_KEY = 0x5E0B0D
 
@@ -21,6 +23,10 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     deferred transaction that reads and then writes can fail with SQLITE_BUSY
     instead of waiting when another connection wrote in between.
     """
+    if sa.make_url(url).drivername == "postgresql+asyncpg":
+        # A store that is down answers within seconds, not asyncpg's default minute.
+        connect_args = {"timeout": CONNECT_TIMEOUT, **kwargs.pop("connect_args", {})}
+        kwargs["connect_args"] = connect_args
     engine = create_async_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine.sync_engine, "connect", _configure_sqlite)

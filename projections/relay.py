@@ -31,7 +31,8 @@ from projections.signals import Advance, ProgressFeed
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 5.0
-# A bulk write goes out only while the lease is ours for at least this long.
+# A bulk write goes out only while the lease is ours for at least this long (or half the
+# lease's ttl, if that is shorter).
 LEASE_MARGIN = 3.0
 DUPLICATE_KEY = 11000
 
@@ -354,7 +355,10 @@ class Relay:
         self.running = False
         """Whether :meth:`run` holds the lease now."""
         self.write_gate = WriteGate(
-            self.lease, concurrent_writes, LEASE_MARGIN, tenure=lambda: self.epoch
+            self.lease,
+            concurrent_writes,
+            min(LEASE_MARGIN, self.lease.ttl.total_seconds() / 2),
+            tenure=lambda: self.epoch,
         )
         self._retry_at: dict[str, float] = {}
         self._backoff: dict[str, float] = {}
@@ -483,7 +487,8 @@ class Relay:
 
     @property
     def _standby_interval(self) -> float:
-        interval = min(self.poll_interval, self.lease.ttl.total_seconds() / 3)
+        # A standby looks 4 times per ttl: it takes over within 1.25 ttl of a death.
+        interval = min(self.poll_interval, self.lease.ttl.total_seconds() / 4)
         if self._retry_at and self.running:
             soonest = min(self._retry_at.values()) - asyncio.get_running_loop().time()
             interval = min(interval, max(soonest, 0.0))

@@ -7,10 +7,10 @@ from graphql import GraphQLError
 
 from domain import commands
 from domain.commands import Command
-from domain.errors import CommitOutcomeUnknown, DomainError
+from domain.errors import CommitOutcomeUnknown, DomainError, StoreUnavailable
 from schema.context import Info
 from schema.errors import user_errors
-from schema.types import CommandResult, given
+from schema.types import CommandResult, ErrorCode, UserError, given
 
 
 async def execute(info: Info, command: Command, idempotency_key: str | None) -> CommandResult:
@@ -22,6 +22,10 @@ async def execute(info: Info, command: Command, idempotency_key: str | None) -> 
         )
     except DomainError as error:
         return CommandResult.failed(user_errors(error))
+    except StoreUnavailable as error:
+        return CommandResult.failed(
+            [UserError(code=ErrorCode.UNAVAILABLE, message=str(error), field=None)]
+        )
     except CommitOutcomeUnknown as error:
         # The store failed while committing and could not say whether it did: the client
         # retries with the same idempotency key and gets the first result, if there was one.

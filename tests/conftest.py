@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import glob
 import os
 import shutil
@@ -25,6 +24,9 @@ from app.settings import Settings
 from domain.bus import CommandBus
 from domain.store import create_engine, create_schema
 from projections.relay import Relay
+
+# Helpers whose asserts should explain themselves like a test's do.
+pytest.register_assert_rewrite("tests.e2e.consistency")
 
 
 @pytest.fixture(scope="session")
@@ -95,28 +97,52 @@ def _postgres_bin(name: str) -> str:
     return found[-1]
 
 
+class Postgres:
+    """A throwaway PostgreSQL cluster on loopback, stopped and started at will."""
+
+    def __init__(self) -> None:
+        self.data = Path(tempfile.mkdtemp(prefix="shop-postgres-"))
+        self.as_postgres: list[str] = []
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+            shutil.chown(self.data, "postgres", "postgres")
+            self.as_postgres = ["runuser", "-u", "postgres", "--"]
+        self.port = free_port()
+        self._run([*self.as_postgres, _postgres_bin("initdb"), "-D", str(self.data), "-A",
+                   "trust", "-U", "postgres"])  # fmt: skip
+        self.url = f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}"
+
+    @staticmethod
+    def _run(command: list[str]) -> None:
+        subprocess.run(command, check=True, capture_output=True)
+
+    def _ctl(self, *args: str) -> None:
+        self._run([*self.as_postgres, _postgres_bin("pg_ctl"), "-D", str(self.data), *args])
+
+    def start(self) -> None:
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.data} -c fsync=off -c max_connections=200"
+        self._ctl("-o", options, "-l", str(self.data / "log"), "-w", "start")
+
+    def stop(self) -> None:
+        self._ctl("-m", "immediate", "stop")
+
+    def remove(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop()
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A real PostgreSQL for the session: TEST_POSTGRES_URL, or a throwaway cluster on loopback."""
     if url := os.environ.get("TEST_POSTGRES_URL"):
         yield url
         return
-    data = Path(tempfile.mkdtemp(prefix="shop-postgres-"))
-    as_postgres: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        shutil.chown(data, "postgres", "postgres")
-        as_postgres = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
-    run = functools.partial(subprocess.run, check=True, capture_output=True)
-    run([*as_postgres, _postgres_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"])
-    options = f"-h 127.0.0.1 -p {port} -k {data} -c fsync=off -c max_connections=200"
-    pg_ctl = [*as_postgres, _postgres_bin("pg_ctl"), "-D", str(data)]
-    run([*pg_ctl, "-o", options, "-l", str(data / "log"), "-w", "start"])
+    cluster = Postgres()
+    cluster.start()
     try:
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}"
+        yield cluster.url
     finally:
-        run([*pg_ctl, "-m", "immediate", "stop"])
-        shutil.rmtree(data, ignore_errors=True)
+        cluster.remove()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

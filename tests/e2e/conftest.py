@@ -100,6 +100,13 @@ class Server:
             lambda: f"{self.role} /readyz: {last}\n{self.log.read_text()[-3000:]}",
         )
 
+    def kill(self) -> None:
+        """kill -9, and reaped; ``start`` runs it again on the same stores."""
+        process, self.process = self.process, None
+        if process is not None:
+            process.kill()
+            process.wait()
+
     def stop(self) -> int:
         process, self.process = self.process, None
         if process is None:
@@ -142,9 +149,10 @@ class Cluster:
     """The production topology: PostgreSQL write store, FerretDB on PostgreSQL, two
     ``relay`` and two ``api`` processes."""
 
-    def __init__(self, apis: list[Server], relays: list[Server]) -> None:
+    def __init__(self, apis: list[Server], relays: list[Server], database_url: str) -> None:
         self.apis = apis
         self.relays = relays
+        self.database_url = database_url
 
     @property
     def servers(self) -> list[Server]:
@@ -166,6 +174,7 @@ async def cluster(
         cluster = Cluster(
             apis=[Server(env, tmp_path / f"api{n}.log", "api") for n in range(2)],
             relays=[Server(env, tmp_path / f"relay{n}.log", "relay") for n in range(2)],
+            database_url=database_url,
         )
         try:
             for server in cluster.servers:
