@@ -32,6 +32,15 @@ class ProgressCollector(Collector):
             yield GaugeMetricFamily(
                 "shop_relay_running", "1 while holding the lease", relay.running
             )
+            failing = GaugeMetricFamily(
+                "shop_projection_failing",
+                "1 while a projection's last attempt failed (it retries with back-off; "
+                "lastError in the projections query)",
+                labels=["projection"],
+            )
+            for name in relay.positions:
+                failing.add_metric([name], 1.0 if name in relay.failing else 0.0)
+            yield failing
 
 
 def registry_for(services: Services) -> CollectorRegistry:

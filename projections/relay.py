@@ -362,6 +362,8 @@ class Relay:
         )
         self._retry_at: dict[str, float] = {}
         self._backoff: dict[str, float] = {}
+        self.failing: dict[str, str] = {}
+        """The last error of each projection whose last attempt failed (for metrics)."""
         self._wake = asyncio.Event()
         self._retry_now = asyncio.Event()
         # Where it tells other processes of its progress (projections.signals); a
@@ -512,12 +514,16 @@ class Relay:
         failures: dict[str, BaseException] = {}
         for projection in ready:
             behind = [e for e in events if e.position > self.positions[projection.name]]
-            try:
-                if behind:
-                    writes = [w for event in behind for w in projection.project(event)]
-                    parts.append((projection, behind, writes))
-            except Exception as fault:  # a projector's fault: that projection's alone
-                failures[projection.name] = fault
+            writes, projected = [], 0
+            for event in behind:
+                try:
+                    writes.extend(projection.project(event))
+                except Exception as fault:  # a projector's fault: that projection's alone,
+                    failures[projection.name] = fault  # which stops just before the event
+                    break
+                projected += 1
+            if projected:
+                parts.append((projection, behind[:projected], writes))
         if not parts and not failures:
             return len(events)
         mergeable = {p.name: behind[0].position > self.attempted[p.name] for p, behind, _ in parts}
@@ -544,6 +550,7 @@ class Relay:
             else:
                 self._backoff.pop(projection.name, None)
                 self._retry_at.pop(projection.name, None)
+                self.failing.pop(projection.name, None)
                 advances.append(Advance(projection.name, behind[-1].position, result))
         if self.feed is not None and advances:
             await self.feed.publish(self.epoch, advances)
@@ -593,6 +600,7 @@ class Relay:
     async def _failed(self, failures: dict[str, BaseException]) -> None:
         loop = asyncio.get_running_loop()
         for name, error in failures.items():
+            self.failing[name] = repr(error)
             backoff = self._backoff.get(name, 0.05) * 2
             self._backoff[name] = min(backoff, MAX_BACKOFF)
             self._retry_at[name] = loop.time() + self._backoff[name]

@@ -7,6 +7,7 @@ doubled events; each runs with both ways of applying version guards.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import timedelta
 from typing import Any
@@ -517,3 +518,66 @@ async def test_a_renewal_that_outlasts_the_lease_lets_no_write_through(
     with pytest.raises(LeaseLost):
         await relay.run_once()
     assert await db.products.count_documents({}) == 0
+
+
+async def test_a_poison_event_stalls_only_its_projection_until_the_projector_is_fixed(
+    bus: CommandBus, engine: AsyncEngine, db: Db
+) -> None:
+    """A projector that raises on one event: its projection stops just before it, says
+    why (lastError, and the failing metric), retries with back-off; the others go on.
+    Once the projector is fixed, it converges."""
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry
+
+    from app.metrics import ProgressCollector
+    from projections.audit import AuditTrailProjection
+
+    pid = await create(bus)
+    poison = (await bus.execute(RestockProduct(pid, 7))).version
+    for _ in range(5):
+        await bus.execute(RestockProduct(pid, 1))
+
+    class Poisoned(ProductsProjection):
+        broken = True
+
+        def project(self, event: RecordedEvent) -> list[Write]:
+            if self.broken and event.position == poison:
+                raise Crash(f"cannot project event {event.position}")
+            return super().project(event)
+
+    products = Poisoned()
+    relay = Relay(engine, db, [products, AuditTrailProjection()], Progress(), write_chunk=8)
+    registry = CollectorRegistry()
+    registry.register(ProgressCollector(SimpleNamespace(relay=relay, progress=relay.progress)))  # type: ignore[arg-type]
+    running = asyncio.create_task(relay.run())
+    try:
+        head = poison + 5
+        await eventually(lambda: _at(relay, "audit_trail", head))
+        await eventually(lambda: _failing(registry, "products"))
+        stored = await checkpoints.load_all(db)
+        assert stored["products"].position == poison - 1
+        assert f"cannot project event {poison}" in (stored["products"].last_error or "")
+        assert stored["audit_trail"].last_error is None
+
+        products.broken = False  # the fix (a deploy); the back-off ends on its own
+        await eventually(lambda: _at(relay, "products", head), within=15)
+        assert await stock_of(db, pid) == (12, head)
+        assert (await checkpoints.load_all(db))["products"].last_error is None
+        assert not await _failing(registry, "products")
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+
+async def _at(relay: Relay, name: str, position: int) -> bool:
+    return relay.positions.get(name, 0) >= position
+
+
+async def _failing(registry: Any, name: str) -> bool:
+    from prometheus_client import generate_latest
+
+    return (
+        f'shop_projection_failing{{projection="{name}"}} 1.0' in generate_latest(registry).decode()
+    )
