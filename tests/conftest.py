@@ -50,9 +50,9 @@ def mongo_url(ferretdb_dir: Path | None) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def ferretdb_on_postgres(
+def ferretdb_pg(
     postgres_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
+) -> Iterator[EmbeddedFerretDB]:
     """FerretDB on its PostgreSQL backend: the production-like read store.
 
     One instance for all processes: FerretDB 1.24 caches each database's collection
@@ -66,10 +66,16 @@ def ferretdb_on_postgres(
         ensure_binary(Settings().cache_dir), tmp_path_factory.mktemp("ferretdb-pg"),
         postgresql_url=target,
     )  # fmt: skip
+    instance.start()
     try:
-        yield instance.start()
+        yield instance
     finally:
         instance.stop()
+
+
+@pytest.fixture(scope="session")
+def ferretdb_on_postgres(ferretdb_pg: EmbeddedFerretDB) -> str:
+    return ferretdb_pg.url
 
 
 @pytest.fixture

@@ -21,9 +21,9 @@ READ = """query($v: Version, $first: Int) {
   }
   topProducts(limit: $first, minVersion: $v) { productId unitsSold revenueCents orderCount }
 }"""
-HISTORY = """query($c: ID!, $v: Version) {
-  orderHistory(customerId: $c, first: 100, minVersion: $v) {
-    totalCount edges { node { id status totalCents } }
+HISTORY = """query($c: ID!, $v: Version, $after: String) {
+  orderHistory(customerId: $c, first: 100, after: $after, minVersion: $v) {
+    pageInfo { hasNextPage endCursor } edges { node { id status totalCents } }
   }
 }"""
 
@@ -99,8 +99,14 @@ async def assert_read_models_match(client: Client, database_url: str) -> dict[st
     assert sales == expected["sales"]
     found: dict[str, Any] = {}
     for customer in expected["customers_with_orders"]:
-        page = (await client.data(HISTORY, {"c": customer, "v": head}))["orderHistory"]
-        found.update({e["node"]["id"]: e["node"] for e in page["edges"]})
+        after = None
+        while True:
+            variables = {"c": customer, "v": head, "after": after}
+            page = (await client.data(HISTORY, variables))["orderHistory"]
+            found.update({e["node"]["id"]: e["node"] for e in page["edges"]})
+            if not page["pageInfo"]["hasNextPage"]:
+                break
+            after = page["pageInfo"]["endCursor"]
     assert {
         k: {"status": n["status"], "totalCents": n["totalCents"]} for k, n in found.items()
     } == (expected["orders"])

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from app.ferretdb import EmbeddedFerretDB
 from tests.conftest import Postgres, create_database, eventually
 from tests.e2e.conftest import Client, Cluster, Server, wait_until
 from tests.e2e.consistency import assert_read_models_match
@@ -198,3 +199,26 @@ async def test_with_the_write_store_down_commands_fail_fast_and_reads_go_on(
             assert read == {"product": {"stockOnHand": 6}}
     finally:
         postgres.remove()
+
+
+async def test_with_the_read_store_down_commands_are_accepted_and_reads_catch_up(
+    cluster: Cluster, ferretdb_pg: EmbeddedFerretDB
+) -> None:
+    """FerretDB stops answering (SIGSTOP) while orders come in, then comes back."""
+    rng = random.Random()
+    assert ferretdb_pg.process is not None
+    async with httpx.AsyncClient(base_url=cluster.apis[0].url, timeout=30) as http:
+        client = Client(http)
+        customers, products = await shop(client, rng)
+        ferretdb_pg.process.send_signal(signal.SIGSTOP)
+        placed: list[dict[str, Any]] = []
+        try:
+            down_until = time.monotonic() + 3  # orders keep coming for 3 s of outage
+            while time.monotonic() < down_until:
+                n = len(placed)
+                placed.append(await place(client, customers[n % 3], products[n % 4], 1))
+        finally:
+            ferretdb_pg.process.send_signal(signal.SIGCONT)
+        assert all(p["success"] for p in placed), placed
+        # Back: the last write is readable within seconds, and everything matches.
+        await assert_read_models_match(client, cluster.database_url)
