@@ -23,13 +23,13 @@ from rich.table import Table
 from app.bootstrap import connect_read_store
 from app.seed import seed
 from app.settings import Settings
-from bench import measures, profile
+from bench import measures, profile, topology
 from bench.harness import ROOT, GraphQLClient, Row, ServerProcess, Stores, progress
 from domain.bus import CommandBus
 from domain.commands import RestockProduct
 from domain.store import create_engine, create_schema
 
-ALL = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9")
+ALL = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10")
 PROJECTIONS = "{ projections { name checkpoint headVersion } }"
 
 
@@ -113,6 +113,14 @@ async def run(
         for row in result if isinstance(result, list) else [result]:
             record(row)
 
+    if "P10" in chosen:
+        await attempt(
+            "P10: the production topology",
+            topology.p10_topology(stores.folder / "topology", stores.cache_dir,
+                                  writes=100 if options.seconds < 5 else 300),
+        )  # fmt: skip
+        if chosen == ["P10"]:
+            return rows
     if "P2" in chosen:
         await attempt("P2: command bus and raw aiosqlite", measures.p2_command_bus(stores, options))
     products, customers, version = await seed_shop(stores, options)

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import glob
 import os
-import shutil
-import subprocess
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -19,8 +15,9 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from app.ferretdb import EmbeddedFerretDB, ensure_binary, free_port
+from app.ferretdb import EmbeddedFerretDB, ensure_binary
 from app.settings import Settings
+from bench.postgres import Postgres
 from domain.bus import CommandBus
 from domain.store import create_engine, create_schema
 from projections.relay import Relay
@@ -94,47 +91,6 @@ async def db(mongo: AsyncMongoClient[dict[str, Any]]) -> AsyncIterator[AsyncData
         yield mongo[name]
     finally:
         await mongo.drop_database(name)
-
-
-def _postgres_bin(name: str) -> str:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or [shutil.which(name) or ""]
-    if not found[-1]:
-        raise RuntimeError(f"PostgreSQL's {name} not found: `make setup` installs postgresql")
-    return found[-1]
-
-
-class Postgres:
-    """A throwaway PostgreSQL cluster on loopback, stopped and started at will."""
-
-    def __init__(self) -> None:
-        self.data = Path(tempfile.mkdtemp(prefix="shop-postgres-"))
-        self.as_postgres: list[str] = []
-        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-            shutil.chown(self.data, "postgres", "postgres")
-            self.as_postgres = ["runuser", "-u", "postgres", "--"]
-        self.port = free_port()
-        self._run([*self.as_postgres, _postgres_bin("initdb"), "-D", str(self.data), "-A",
-                   "trust", "-U", "postgres"])  # fmt: skip
-        self.url = f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}"
-
-    @staticmethod
-    def _run(command: list[str]) -> None:
-        subprocess.run(command, check=True, capture_output=True)
-
-    def _ctl(self, *args: str) -> None:
-        self._run([*self.as_postgres, _postgres_bin("pg_ctl"), "-D", str(self.data), *args])
-
-    def start(self) -> None:
-        options = f"-h 127.0.0.1 -p {self.port} -k {self.data} -c fsync=off -c max_connections=200"
-        self._ctl("-o", options, "-l", str(self.data / "log"), "-w", "start")
-
-    def stop(self) -> None:
-        self._ctl("-m", "immediate", "stop")
-
-    def remove(self) -> None:
-        with contextlib.suppress(subprocess.CalledProcessError):
-            self.stop()
-        shutil.rmtree(self.data, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
