@@ -37,7 +37,7 @@ test-model: setup
 	MODEL_EXAMPLES=$${MODEL_EXAMPLES:-100} MODEL_STEPS=$${MODEL_STEPS:-50} \
 	  $(BIN)/pytest tests/integration/test_relay_model.py -p no:cacheprovider $(PYTEST_ARGS)
 
-# make bench - P1-P8 on fresh embedded stores, one table (bench/results/latest.json); ARGS=--quick
+# make bench - P1-P9 on fresh embedded stores and P10 on the production topology, one table (bench/results/latest.json); ARGS=--quick
 bench: setup
 	$(BIN)/cqrs-shop bench $(ARGS)
 

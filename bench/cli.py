@@ -1,4 +1,4 @@
-"""``cqrs-shop bench``: seeds a shop on fresh embedded stores, runs P1-P9, prints one table."""
+"""``cqrs-shop bench``: P1-P9 on fresh embedded stores, P10 on the production topology."""
 
 from __future__ import annotations
 
