@@ -215,9 +215,7 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
         # Progress comes from the local relay while it holds the lease; otherwise (api role,
         # or a standby relay) from the feed another process's relay publishes.
         local = services.relay
-        follower = ProgressFollower(
-            db, services.progress, feed, needed=lambda: local is None or not local.running
-        )
+        follower = ProgressFollower(db, services.progress, feed, needed=lambda: not _applies(local))
         services.follower = follower
         await follower.start()
         _spawn(services.tasks, follower.run(), "progress follower")
@@ -237,6 +235,12 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
             _spawn(services.tasks, _keep_ids_indexed(embedded_dir), "ferretdb id indexes")
         log.info("shop server ready", extra={"role": str(role)})
         yield services
+
+
+def _applies(relay: Relay | None) -> bool:
+    """Whether this process's relay applies events now (and so reports progress itself):
+    it runs and its lease is surely its own."""
+    return relay is not None and relay.running and relay.lease.held_for() > 0
 
 
 def _ignore() -> None:

@@ -229,11 +229,11 @@ class EmbeddedFerretDB:
         self.url = f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
 
     def wait_until_ready(self, timeout: float = START_TIMEOUT) -> str:
-        """Waits until the launched process answers ``ping`` (stopping it if it does not)."""
+        """Waits until the launched process answers on its port (ending it if it does not)."""
         try:
             self._wait_until_ready(timeout, self.log_path)
         except BaseException:
-            self.stop()
+            self._end_child()
             raise
         (self.data_dir / URL_FILE).write_text(self.url)
         log.info("embedded FerretDB %s listening on 127.0.0.1:%d", VERSION, self.port)
@@ -253,8 +253,10 @@ class EmbeddedFerretDB:
                         f"FerretDB exited with code {self.process.returncode}:\n{tail}"
                     )
                 with contextlib.suppress(PyMongoError):
-                    client.admin.command("ping")
-                    return
+                    # Whoever answers must be our child: after a restart on the same
+                    # port, another program may have taken it while ours failed to bind.
+                    if client.admin.command("serverStatus").get("pid") == self.process.pid:
+                        return
                 if time.monotonic() > deadline:
                     raise ReadStoreUnavailable(f"FerretDB did not answer ping within {timeout}s")
                 time.sleep(0.05)
@@ -301,6 +303,10 @@ class EmbeddedFerretDB:
     def stop(self) -> None:
         self._stopping = True
         (self.data_dir / URL_FILE).unlink(missing_ok=True)
+        self._end_child()
+
+    def _end_child(self) -> None:
+        """Terminates (then kills) the child if it runs, and reaps it."""
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +37,10 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 200
 # (two products with one SKU on PostgreSQL; running again sees the winner and answers
 # as if it came second), PostgreSQL can end one of two transactions that wait for
 # each other (deadlock) or cannot be serialised, and a COMMIT can fail (NotCommitted).
+# A failure this quick that says the store is unreachable is a pooled connection the
+# store dropped (it restarted): the next attempt gets a fresh one. A slower one is the
+# store itself: the command answers UNAVAILABLE at once (within CONNECT_TIMEOUT).
+STALE_CONNECTION_SECONDS = 0.25
 ATTEMPTS = 5
 # SQLSTATEs of a transaction the database ended so that others can go on.
 _RUN_AGAIN_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock, serialization failure
@@ -96,6 +101,14 @@ def _may_run_again(error: Exception) -> bool:
         code = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
         return code in _RUN_AGAIN_SQLSTATES
     return False
+
+
+def _unavailable(error: Exception) -> StoreUnavailable:
+    unavailable = StoreUnavailable(
+        "the write store cannot be reached; nothing was written: try again shortly"
+    )
+    unavailable.__cause__ = error
+    return unavailable
 
 
 def _no_op_first(steps: Sequence[_Step]) -> bool:
@@ -222,13 +235,22 @@ class CommandBus:
         if len(group) == 1:
             await self._settle(group[0])
             return
+        began = time.monotonic()
         try:
             answers, written = await self._transactions.run(lambda uow: self._run(uow, group))
         except CommitOutcomeUnknown as error:
             for request in group:
                 _answer(request, error)
             return
-        except Exception as error:  # it took no effect: one by one, each with its retries
+        except Exception as error:
+            if unreachable(error) and time.monotonic() - began > STALE_CONNECTION_SECONDS:
+                # The store is down, not just a pooled connection it dropped: the whole
+                # group answers at once rather than one command at a time, each waiting.
+                unavailable = _unavailable(error)
+                for request in group:
+                    _answer(request, unavailable)
+                return
+            # It took no effect: one by one, each with its retries.
             log.info("a group of %d commands runs again one by one (%r)", len(group), error)
             for request in group:
                 await self._settle(request)
@@ -248,6 +270,7 @@ class CommandBus:
 
     async def _execute_alone(self, request: _Request) -> CommandOutcome:
         """One command in its own transaction, run again while that may help."""
+        began = time.monotonic()
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 answers, written = await self._transactions.run(
@@ -257,11 +280,9 @@ class CommandBus:
                 raise
             except Exception as error:
                 if unreachable(error):
-                    if attempt == 1:  # a pooled connection the store dropped: once more
-                        continue
-                    raise StoreUnavailable(
-                        "the write store cannot be reached; nothing was written: try again shortly"
-                    ) from error
+                    if attempt == 1 and time.monotonic() - began < STALE_CONNECTION_SECONDS:
+                        continue  # a pooled connection the store dropped: once more, at once
+                    raise _unavailable(error) from error
                 if attempt == ATTEMPTS or not _may_run_again(error):
                     raise
                 log.info("command %s runs again (%r)", type(request.command).__name__, error)

@@ -10,8 +10,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from domain.model import metadata
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
-# Seconds to open a PostgreSQL connection before the store counts as unreachable.
+# Seconds to open a PostgreSQL connection before the store counts as unreachable, and
+# the most a statement may take (a store that hangs, rather than being down, answers
+# within this; a COMMIT that times out goes through the commit-outcome check).
 CONNECT_TIMEOUT = 1.5
+COMMAND_TIMEOUT = 10.0
 # Its own advisory lock key (the outbox has another); the same in every process.
 SCHEMA_LOCK_KEY = 0x5E0B0D
 
@@ -25,7 +28,11 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     """
     if sa.make_url(url).drivername == "postgresql+asyncpg":
         # A store that is down answers within seconds, not asyncpg's default minute.
-        connect_args = {"timeout": CONNECT_TIMEOUT, **kwargs.pop("connect_args", {})}
+        connect_args = {
+            "timeout": CONNECT_TIMEOUT,
+            "command_timeout": COMMAND_TIMEOUT,
+            **kwargs.pop("connect_args", {}),
+        }
         kwargs["connect_args"] = connect_args
     engine = create_async_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":

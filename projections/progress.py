@@ -182,19 +182,23 @@ class ProgressFollower:
             self.progress.wake_all()
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        polled = loop.time()
         while True:
-            timed_out = False
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._signalled.wait(), self.safety_interval)
-            except TimeoutError:
-                timed_out = True
             self._signalled.clear()
+            # The safety poll is due by the clock, however often signals come (on SQLite
+            # every commit of any process is one).
+            due = loop.time() - polled >= self.safety_interval
             try:
-                await self._step(timed_out)
+                await self._step(due)
             except (PyMongoError, SQLAlchemyError, OSError):
-                log.exception("following the relay's progress failed")
+                log.warning("following the relay's progress failed", exc_info=True)
+            if due:
+                polled = loop.time()
 
-    async def _step(self, timed_out: bool) -> None:
+    async def _step(self, poll_due: bool) -> None:
         if not self.needed():
             self._following = False
             return
@@ -203,7 +207,7 @@ class ProgressFollower:
             self.last_id = await self.feed.last_id()
             await self.poll_checkpoints()
             self.progress.wake_all()
-        elif timed_out:
+            return
+        await self.catch_up()
+        if poll_due:
             await self.poll_checkpoints()
-        else:
-            await self.catch_up()

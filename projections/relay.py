@@ -456,11 +456,15 @@ class Relay:
                     if self.lease.held_for() <= 0:  # say, the lease could not be renewed
                         self.running = False
                     if self.running:  # a standby's errors are not the projections'
+                        self.failing.update({p.name: repr(error) for p in self.projections})
                         await self._record_errors({p.name: error for p in self.projections})
-                    self._retry_now.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._retry_now.wait(), backoff)
-                    backoff = 0.1 if self._retry_now.is_set() else min(backoff * 2, MAX_BACKOFF)
+                    if self._retry_now.is_set():  # set during the batch or the wait
+                        self._retry_now.clear()
+                        backoff = 0.1
+                    else:
+                        backoff = min(backoff * 2, MAX_BACKOFF)
                     continue
                 if applied is None or applied < self.batch_size:
                     await self._idle(self._standby_interval)
@@ -525,6 +529,8 @@ class Relay:
             if projected:
                 parts.append((projection, behind[:projected], writes))
         if not parts and not failures:
+            for projection in ready:
+                self.failing.pop(projection.name, None)  # caught up: nothing failing
             return len(events)
         mergeable = {p.name: behind[0].position > self.attempted[p.name] for p, behind, _ in parts}
         announced = {p.name: behind[-1].position for p, behind, writes in parts if writes}
@@ -550,8 +556,10 @@ class Relay:
             else:
                 self._backoff.pop(projection.name, None)
                 self._retry_at.pop(projection.name, None)
-                self.failing.pop(projection.name, None)
                 advances.append(Advance(projection.name, behind[-1].position, result))
+        for projection in ready:
+            if projection.name not in failures:
+                self.failing.pop(projection.name, None)
         if self.feed is not None and advances:
             await self.feed.publish(self.epoch, advances)
         for error in failures.values():

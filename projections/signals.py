@@ -218,7 +218,7 @@ class WriteStoreSignals:
                 self._both()  # whatever was committed while nobody listened
                 await lost.wait()
                 log.warning("lost the write store's notifications; reconnecting")
-            except (OSError, asyncpg.PostgresError) as error:
+            except Exception as error:  # whatever it was, listen again on a new connection
                 log.warning("listening to the write store failed (%r)", error)
             finally:
                 self.connected.clear()

@@ -21,6 +21,7 @@ from projections.products import ProductsProjection
 from projections.progress import Progress, ProgressFollower
 from projections.relay import Relay
 from projections.signals import Advance, ProgressFeed, WriteStoreSignals
+from tests.conftest import eventually
 
 Db = AsyncDatabase[dict[str, Any]]
 WITHIN = 10.0
@@ -145,7 +146,7 @@ async def test_a_follower_applies_the_feed_positions_and_keys(
         outcome = await bus.execute(RestockProduct(product, quantity=1))
         await relay.run_once()
         follower.signal()
-        await follower._step(timed_out=False)
+        await follower._step(poll_due=False)
         assert changed.is_set()
         assert not unchanged.is_set()
     assert await reader.wait_for("products", outcome.version, within=0) >= outcome.version
@@ -184,3 +185,32 @@ async def test_a_new_tenure_in_the_feed_reads_the_checkpoints_first(
     await follower.catch_up()
     assert seen_epoch < 4 == follower.epoch
     assert follower.progress.position("products") == 6
+
+
+async def test_the_safety_poll_happens_however_often_signals_come(
+    engine: AsyncEngine, db: Db
+) -> None:
+    """On SQLite every commit of any process signals; a switch that no feed row tells of
+    (a rebuild's, with no events after it) must still be read within the interval."""
+    follower = ProgressFollower(db, Progress(), ProgressFeed(engine), safety_interval=0.3)
+    await follower.start()
+    running = asyncio.create_task(follower.run())
+
+    async def signalling() -> None:
+        while True:
+            follower.signal()
+            await asyncio.sleep(0.01)
+
+    noise = asyncio.create_task(signalling())
+    try:
+        await db[checkpoints.COLLECTION].insert_one({"_id": "products", "position": 9, "epoch": 2})
+
+        async def read() -> bool:
+            return follower.progress.position("products") == 9
+
+        await eventually(read, within=5)
+    finally:
+        for task in (noise, running):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -321,3 +321,34 @@ async def test_text_neither_store_can_keep_is_refused_with_its_field(
         await bus.execute(UpdateProduct(bad, name="x"))
     assert codes(raised.value) == {("VALIDATION_FAILED", "id")}
     assert await counts(engine) == (0, 0, 0)
+
+
+async def test_a_write_store_that_never_answers_makes_commands_unavailable_at_once() -> None:
+    """A PostgreSQL address that accepts connections and says nothing (a partition, a
+    dead host behind a proxy): every command answers UNAVAILABLE within the connect
+    timeout, together, not one after another."""
+    import socket
+    import time
+
+    from domain.errors import StoreUnavailable
+    from domain.store import CONNECT_TIMEOUT
+    from domain.store import create_engine as create_store_engine
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        port = listener.getsockname()[1]
+        engine = create_store_engine(f"postgresql+asyncpg://nobody@127.0.0.1:{port}/shop")
+        bus = CommandBus(engine)
+        try:
+            started = time.monotonic()
+            outcomes = await asyncio.gather(
+                *(bus.execute(new_product(f"mug-{n}")) for n in range(4)),
+                return_exceptions=True,
+            )
+            took = time.monotonic() - started
+        finally:
+            bus.close()
+            await engine.dispose()
+    assert all(isinstance(o, StoreUnavailable) for o in outcomes), outcomes
+    assert took < CONNECT_TIMEOUT + 1.0, f"{took:.1f}s"
