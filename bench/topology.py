@@ -193,15 +193,15 @@ async def p10_topology(
         Row("P10d", "a subscription on another api hears a write, p50", hear["p50"], None,
             "ms", "", detail=hear),
         Row("P10e", f"lag p99 under {LOAD_RATE} writes/s (relay in its own process)",
-            load["p99"], None, "ms", "<= 100 ms", detail=load),
+            load["p99"], None, "ms", "", detail=load),
         Row("P10f", f"relay fail-over after kill -9 (median of {failovers})", takeover["p50"],
             None, "s", "<= 3 s", detail={"seconds": [round(t, 2) for t in takeovers]}),
         Row("P10g", "read store back after 3 s down: last write readable after", read_store_back,
             None, "s", "", detail={}),
         Row("P10h", "write store down: a command answers UNAVAILABLE after", failed_in * 1000,
             None, "ms", "<= 2000 ms", detail={}),
-        Row("P10i", "write store back: first command accepted after", writes_back, None, "s",
-            "", detail={}),
+        Row("P10i", "write store back: first command accepted after", writes_back * 1000, None,
+            "ms", "", detail={}),
     ]  # fmt: skip
 
 
