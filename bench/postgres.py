@@ -55,14 +55,19 @@ class Postgres:
         return f"postgres://postgres@127.0.0.1:{self.port}/{database}"
 
     async def create_database(self, name: str) -> None:
-        admin = create_async_engine(f"{self.url}/postgres", isolation_level="AUTOCOMMIT")
-        try:
-            async with admin.connect() as conn:
-                await conn.exec_driver_sql(f"CREATE DATABASE {name}")
-        finally:
-            await admin.dispose()
+        await create_database(self.url, name)
 
     def remove(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):
             self.stop()
         shutil.rmtree(self.data, ignore_errors=True)
+
+
+async def create_database(server: str, name: str) -> None:
+    """Creates database ``name`` on the PostgreSQL server at ``server`` (a URL without one)."""
+    admin = create_async_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            await conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    finally:
+        await admin.dispose()

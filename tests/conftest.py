@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.ferretdb import EmbeddedFerretDB, ensure_binary
 from app.settings import Settings
-from bench.postgres import Postgres
+from bench.postgres import Postgres, create_database
 from domain.bus import CommandBus
 from domain.store import create_engine, create_schema
 from projections.relay import Relay
@@ -115,15 +115,6 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         return
     async with fresh_database(request.getfixturevalue("postgres_url")) as url:
         yield url
-
-
-async def create_database(server: str, name: str) -> None:
-    admin = create_async_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    finally:
-        await admin.dispose()
 
 
 @contextlib.asynccontextmanager
