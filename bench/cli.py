@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
+import math
 import platform
 import resource
+import statistics
 import sys
 import time
 import traceback
@@ -24,13 +27,12 @@ from app.bootstrap import connect_read_store
 from app.seed import seed
 from app.settings import Settings
 from bench import measures, profile, topology
-from bench.harness import ROOT, GraphQLClient, Row, ServerProcess, Stores, progress
+from bench.harness import ROOT, Row, ServerProcess, Stores, caught_up, progress
 from domain.bus import CommandBus
 from domain.commands import RestockProduct
 from domain.store import create_engine, create_schema
 
 ALL = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10")
-PROJECTIONS = "{ projections { name checkpoint headVersion } }"
 
 
 def bench(
@@ -44,6 +46,10 @@ def bench(
         ROOT / "bench" / "results" / "latest.json"
     ),
     seconds: Annotated[float | None, typer.Option(help="Seconds per closed-loop run.")] = None,
+    repeats: Annotated[
+        int | None,
+        typer.Option(help="Runs of P1, P2 and P4 (median and range); default 3, 1 with --quick."),
+    ] = None,
     history_orders: Annotated[int | None, typer.Option(help="Orders for P5.")] = None,
     profile: Annotated[
         bool, typer.Option(help="Sample the server with py-spy during P1, P4 and P7.")
@@ -60,10 +66,12 @@ def bench(
     if quick:
         options = measures.Options(
             seconds=2, subscribers=(200, 1000), history_orders=10_000, commands=1000,
-            seed_orders=200,
+            seed_orders=200, repeats=1,
         )  # fmt: skip
     if seconds:
         options.seconds = seconds
+    if repeats:
+        options.repeats = repeats
     if history_orders:
         options.history_orders = history_orders
     _raise_open_files_limit()
@@ -100,29 +108,39 @@ async def run(
         rows.append(row)
         progress(f"{row.id}: {row.measured:,.1f} {row.unit}" + _ratio_text(row))
 
-    async def attempt(name: str, measure: Awaitable[Row | list[Row]]) -> None:
-        """Runs one measure; a failure is a row of its own, and the others still run."""
-        progress(name)
-        try:
-            result = await measure
-        except Exception as error:
-            traceback.print_exc()
-            rows.append(Row(name.split(":")[0], f"FAILED: {error!r}"[:200], float("nan"),
-                            None, "", ""))  # fmt: skip
-            return
-        for row in result if isinstance(result, list) else [result]:
+    async def attempt(
+        name: str, measure: Callable[[], Awaitable[Row | list[Row]]], repeats: int = 1
+    ) -> None:
+        """Runs one measure ``repeats`` times (rows: the median, with the range); a failure
+        is a row of its own, shown as n/a, and the others still run."""
+        runs: list[list[Row]] = []
+        for n in range(repeats):
+            progress(name if repeats == 1 else f"{name} (run {n + 1} of {repeats})")
+            try:
+                result = await measure()
+            except Exception as error:
+                traceback.print_exc()
+                rows.append(Row(name.split(":")[0], f"FAILED: {error!r}"[:200], float("nan"),
+                                None, "", ""))  # fmt: skip
+                return
+            runs.append(result if isinstance(result, list) else [result])
+        for row in combine(runs):
             record(row)
 
     if "P10" in chosen:
         await attempt(
             "P10: the production topology",
-            topology.p10_topology(stores.folder / "topology", stores.cache_dir,
+            lambda: topology.p10_topology(stores.folder / "topology", stores.cache_dir,
                                   writes=100 if options.seconds < 5 else 300),
         )  # fmt: skip
         if chosen == ["P10"]:
             return rows
     if "P2" in chosen:
-        await attempt("P2: command bus and raw aiosqlite", measures.p2_command_bus(stores, options))
+        await attempt(
+            "P2: command bus and plain sqlite3",
+            lambda: measures.p2_command_bus(stores, options),
+            options.repeats,
+        )
     products, customers, version = await seed_shop(stores, options)
     server_measures = {"P1", "P3", "P4", "P7", "P9"} & set(chosen)
     if server_measures:
@@ -132,27 +150,35 @@ async def run(
             if "P1" in chosen:
                 with sampled(server, profiles, "P1", options):
                     await attempt(
-                        "P1: placeOrder and no-op mutations", measures.p1_place_order(shop)
+                        "P1: placeOrder and no-op mutations",
+                        lambda: measures.p1_place_order(shop),
+                        options.repeats,
                     )
                 shop.results["P1"] = rows[-1]
             if "P3" in chosen and rows[-1].measured > 0:
-                await attempt("P3: lag at half of P1's rate", measures.p3_lag(shop))
+                await attempt("P3: lag at half of P1's rate", lambda: measures.p3_lag(shop))
                 await caught_up(server, shop.version)  # the backlog of the loaded run drained
                 await attempt(
                     f"P3: lag at {options.low_rate:.0f} orders/s",
-                    measures.p3_lag(shop, options.low_rate),
+                    lambda: measures.p3_lag(shop, options.low_rate),
                 )
             if "P4" in chosen:
                 with sampled(server, profiles, "P4", options):
-                    await attempt("P4: product and no-op queries", measures.p4_product_query(shop))
+                    await attempt(
+                        "P4: product and no-op queries",
+                        lambda: measures.p4_product_query(shop),
+                        options.repeats,
+                    )
             if "P9" in chosen:
-                await attempt("P9: refusals next to { __typename }", measures.p9_refusals(shop))
+                await attempt(
+                    "P9: refusals next to { __typename }", lambda: measures.p9_refusals(shop)
+                )
             if "P7" in chosen:
                 for subscribers in options.subscribers:
                     sample = profiles / f"profile-P7-{subscribers}.txt" if profiles else None
                     await attempt(
                         f"P7: {subscribers} subscribers",
-                        measures.p7_fanout(shop, subscribers, sample),
+                        functools.partial(measures.p7_fanout, shop, subscribers, sample),
                     )
                     if sample is not None and sample.exists():
                         report_profile(f"P7/{subscribers}", sample)
@@ -168,24 +194,24 @@ async def in_process_read_measures(
     mongodb_url: str,
     options: measures.Options,
     chosen: list[str],
-    attempt: Callable[[str, Awaitable[Row | list[Row]]], Awaitable[None]],
+    attempt: Callable[..., Awaitable[None]],
 ) -> None:
     store = await connect_read_store(mongodb_url)
     try:
         if "P6" in chosen:
             await attempt(
                 "P6: relay from zero, and raw upserts",
-                measures.p6_relay(stores, store),
+                lambda: measures.p6_relay(stores, store),
             )
         if "P8" in chosen:
             await attempt(
                 "P8: PyMongo async and Motor",
-                measures.p8_drivers(stores, mongodb_url, store),
+                lambda: measures.p8_drivers(stores, mongodb_url, store),
             )
         if "P5" in chosen:
             await attempt(
                 f"P5: orderHistory at {options.history_orders:,} orders",
-                measures.p5_order_history(stores, store, options),
+                lambda: measures.p5_order_history(stores, store, options),
             )
     finally:
         await store.client.close()
@@ -216,21 +242,6 @@ async def seed_shop(stores: Stores, options: measures.Options) -> tuple[list[str
     return products, customers, version
 
 
-async def caught_up(server: ServerProcess, version: int) -> None:
-    """Waits (with progress) until every projection of the server has reached ``version``."""
-    async with GraphQLClient(server.url, 1) as client:
-        deadline = time.monotonic() + 600
-        while True:
-            states = (await client.post(PROJECTIONS))["projections"]
-            behind = min(int(p["checkpoint"]) for p in states)
-            if behind >= version:
-                return
-            progress(f"relay catching up: {behind}/{version}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("the relay did not catch up within 10 minutes")
-            await asyncio.sleep(1)
-
-
 @contextlib.contextmanager
 def sampled(
     server: ServerProcess, folder: Path | None, name: str, options: measures.Options
@@ -256,6 +267,34 @@ def report_profile(name: str, output: Path) -> None:
                  f"inclusive {share['inclusive']:5.1f}%")  # fmt: skip
 
 
+def combine(runs: list[list[Row]]) -> list[Row]:
+    """One row per measure over several runs: the medians, each run and the range kept
+    in ``detail`` (a ratio is the median of the runs' ratios, not a ratio of medians)."""
+    if len(runs) == 1:
+        return runs[0]
+    combined = []
+    for index, first in enumerate(runs[0]):
+        same = [run[index] for run in runs if index < len(run)]
+        measured = [row.measured for row in same]
+        ratios = [row.ratio for row in same if row.ratio is not None]
+        baselines = [row.baseline for row in same if row.baseline is not None]
+        detail = {
+            **same[-1].detail,
+            "runs": [
+                {"measured": r.measured, "baseline": r.baseline, "ratio": r.ratio} for r in same
+            ],
+            "measured_range": [min(measured), max(measured)],
+        }
+        if ratios:
+            detail["ratio_range"] = [min(ratios), max(ratios)]
+        combined.append(
+            Row(first.id, f"{first.what} (median of {len(same)})", statistics.median(measured),
+                statistics.median(baselines) if baselines else None, first.unit, first.goal,
+                ratio=statistics.median(ratios) if ratios else None, detail=detail)
+        )  # fmt: skip
+    return combined
+
+
 def render(rows: list[Row]) -> None:
     table = Table(title="cqrs-shop benchmarks (ratio = measured ÷ baseline)")
     for column in ("", "measure", "measured", "baseline", "ratio", "goal", "met"):
@@ -263,7 +302,8 @@ def render(rows: list[Row]) -> None:
     for row in rows:
         met = row.met()
         table.add_row(
-            row.id, row.what, f"{row.measured:,.1f} {row.unit}",
+            row.id, row.what,
+            "n/a" if math.isnan(row.measured) else f"{row.measured:,.1f} {row.unit}",
             "" if row.baseline is None else f"{row.baseline:,.1f} {row.unit}",
             "" if row.ratio is None else f"{row.ratio:.2f}", row.goal,
             {True: "yes", False: "NO", None: ""}[met],

@@ -236,21 +236,30 @@ class Load:
 async def closed_loop(
     call: Callable[[int], Awaitable[Any]], concurrency: int, seconds: float, warmup: float = 1.0
 ) -> Load:
-    """``concurrency`` workers call ``call(n)`` back to back; counts only after ``warmup``."""
+    """``concurrency`` workers call ``call(n)`` back to back for ``warmup`` + ``seconds``.
+
+    The rate is the calls completed inside the measured window divided by its length
+    (calls in flight at either edge count where they end); the latencies are those of
+    the calls started inside it."""
     loop = asyncio.get_running_loop()
     start = loop.time()
     measure_from, stop_at = start + warmup, start + warmup + seconds
     latencies: list[float] = []
+    completed = 0
     counter = iter(range(10**12))
 
     async def worker() -> None:
+        nonlocal completed
         while (now := loop.time()) < stop_at:
             await call(next(counter))
+            done = loop.time()
             if now >= measure_from:
-                latencies.append(loop.time() - now)
+                latencies.append(done - now)
+            if measure_from <= done <= stop_at:
+                completed += 1
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return Load(len(latencies), loop.time() - measure_from, latencies)
+    return Load(completed, seconds, latencies)
 
 
 async def at_least(call: Callable[[int], Awaitable[Any]], calls: int, seconds: float) -> Load:
@@ -340,3 +349,21 @@ def summary(values: list[float], scale: float = 1000.0) -> dict[str, float]:
         "mean": (statistics.fmean(values) if values else float("nan")) * scale,
         "n": len(values),
     }
+
+
+PROJECTIONS = "{ projections { name checkpoint headVersion } }"
+
+
+async def caught_up(server: ServerProcess, version: int) -> None:
+    """Waits (with progress) until every projection of the server has reached ``version``."""
+    async with GraphQLClient(server.url, 1) as client:
+        deadline = time.monotonic() + 600
+        while True:
+            states = (await client.post(PROJECTIONS))["projections"]
+            behind = min(int(p["checkpoint"]) for p in states)
+            if behind >= version:
+                return
+            progress(f"relay catching up: {behind}/{version}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the relay did not catch up within 10 minutes")
+            await asyncio.sleep(1)

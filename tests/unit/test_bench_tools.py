@@ -46,3 +46,31 @@ def test_profile_samples_are_summed_by_package(tmp_path: Path) -> None:
     assert shares["sqlalchemy"] == {"self": 75.0, "inclusive": 75.0}
     assert shares["python"]["self"] == 25.0
     assert "app" not in shares  # never a leaf here, so not among the self shares
+
+
+async def test_a_closed_loop_counts_what_completes_inside_its_window() -> None:
+    """Calls of 0.1 s by 2 workers over a 0.5 s window: about 10 completions, 20 per
+    second, whatever lies in the warm-up or ends after the window."""
+    import asyncio
+
+    from bench.harness import closed_loop
+
+    async def call(_: int) -> None:
+        await asyncio.sleep(0.1)
+
+    load = await closed_loop(call, concurrency=2, seconds=0.5, warmup=0.05)
+    assert load.seconds == 0.5
+    assert 4 <= load.count <= 10  # the old count took the calls started in it: 12
+    assert all(latency >= 0.1 for latency in load.latencies)
+
+
+def test_repeated_runs_show_the_median_and_the_range() -> None:
+    from bench.cli import combine
+
+    runs = [[Row("P1", "x", m, b, "req/s", ">= 0.6")] for m, b in ((10, 20), (30, 40), (20, 25))]
+    [row] = combine(runs)
+    assert (row.measured, row.baseline) == (20, 25)
+    assert row.ratio == 0.75  # the median of 0.5, 0.75 and 0.8
+    assert row.detail["measured_range"] == [10, 30]
+    assert row.detail["ratio_range"] == [0.5, 0.8]
+    assert "median of 3" in row.what
