@@ -308,7 +308,14 @@ def render(rows: list[Row]) -> None:
             "" if row.ratio is None else f"{row.ratio:.2f}", row.goal,
             {True: "yes", False: "NO", None: ""}[met],
         )  # fmt: skip
-    Console(width=160).print(table)
+    console = Console(width=160)
+    console.print(table)
+    for row in rows:
+        cpu, noop = row.detail.get("cpu_ms_per_request"), row.detail.get("noop_cpu_ms_per_request")
+        if cpu:
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+            baseline = ", ".join(f"{k} {v:.2f}" for k, v in (noop or {}).items())
+            console.print(f"{row.id} CPU ms per request: {parts} (baseline: {baseline})")
 
 
 def _ratio_text(row: Row) -> str:

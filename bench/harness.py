@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -180,6 +181,10 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait()
 
+    def cpu_meter(self) -> CpuMeter:
+        assert self.process is not None
+        return CpuMeter(self.process.pid)
+
     def rss_bytes(self) -> int:
         assert self.process is not None
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -227,6 +232,8 @@ class Load:
     count: int
     seconds: float
     latencies: list[float]
+    cpu_ms: dict[str, float] = field(default_factory=dict)
+    """CPU milliseconds per completed request, per process kind (see :class:`CpuMeter`)."""
 
     @property
     def rate(self) -> float:
@@ -234,7 +241,11 @@ class Load:
 
 
 async def closed_loop(
-    call: Callable[[int], Awaitable[Any]], concurrency: int, seconds: float, warmup: float = 1.0
+    call: Callable[[int], Awaitable[Any]],
+    concurrency: int,
+    seconds: float,
+    warmup: float = 1.0,
+    cpu: CpuMeter | None = None,
 ) -> Load:
     """``concurrency`` workers call ``call(n)`` back to back for ``warmup`` + ``seconds``.
 
@@ -258,8 +269,54 @@ async def closed_loop(
             if measure_from <= done <= stop_at:
                 completed += 1
 
+    marks: list[dict[str, float]] = []
+    if cpu is not None:
+        loop.call_at(measure_from, lambda: marks.append(cpu.read()))
+        loop.call_at(stop_at, lambda: marks.append(cpu.read()))
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return Load(completed, seconds, latencies)
+    used: dict[str, float] = {}
+    if len(marks) == 2 and completed:
+        used = {k: (marks[1][k] - marks[0][k]) * 1000 / completed for k in marks[0]}
+    return Load(completed, seconds, latencies, used)
+
+
+class CpuMeter:
+    """Cumulative CPU seconds (user + system, from ``/proc``) of the server process, of
+    the read store it runs (its FerretDB child, if any) and of this client process."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.server = server_pid
+        self.read_store = [pid for pid in _children(server_pid) if b"ferretdb" in _cmdline(pid)]
+
+    def read(self) -> dict[str, float]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return {
+            "server": _cpu_seconds(self.server),
+            "read_store": sum(_cpu_seconds(pid) for pid in self.read_store),
+            "client": usage.ru_utime + usage.ru_stime,
+        }
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 async def at_least(call: Callable[[int], Awaitable[Any]], calls: int, seconds: float) -> Load:

@@ -111,17 +111,19 @@ class Shop:
 
 async def p1_place_order(shop: Shop) -> Row:
     o = shop.options
+    cpu = shop.server.cpu_meter()
     async with GraphQLClient(shop.server.url, o.concurrency) as client:
-        placed = await closed_loop(lambda _: shop.place(client), o.concurrency, o.seconds)
+        placed = await closed_loop(lambda _: shop.place(client), o.concurrency, o.seconds, cpu=cpu)
         # The baseline runs on a quiet server: the relay has drained placeOrder's backlog.
         await caught_up(shop.server, shop.version)
         noop = await closed_loop(
-            lambda _: client.post("mutation { noop }"), o.concurrency, o.seconds
+            lambda _: client.post("mutation { noop }"), o.concurrency, o.seconds, cpu=cpu
         )
     return Row(
         "P1", "placeOrder over HTTP ÷ no-op mutation", placed.rate, noop.rate, "req/s", ">= 0.6",
         detail={"latency_ms": summary(placed.latencies), "noop_latency_ms": summary(noop.latencies),
-                "concurrency": o.concurrency},
+                "concurrency": o.concurrency, "cpu_ms_per_request": placed.cpu_ms,
+                "noop_cpu_ms_per_request": noop.cpu_ms},
     )  # fmt: skip
 
 
@@ -188,16 +190,21 @@ async def p3_lag(shop: Shop, fixed_rate: float | None = None) -> list[Row]:
 async def p4_product_query(shop: Shop) -> Row:
     o = shop.options
     version = shop.version
+    cpu = shop.server.cpu_meter()
     async with GraphQLClient(shop.server.url, o.concurrency) as client:
         read = await closed_loop(
             lambda _: client.post(PRODUCT, {"id": shop.rng.choice(shop.products), "v": version}),
-            o.concurrency, o.seconds,
+            o.concurrency, o.seconds, cpu=cpu,
         )  # fmt: skip
-        noop = await closed_loop(lambda _: client.post("{ noop }"), o.concurrency, o.seconds)
+        noop = await closed_loop(
+            lambda _: client.post("{ noop }"), o.concurrency, o.seconds, cpu=cpu
+        )
     return Row(
         "P4", "product(id, minVersion) over HTTP ÷ no-op query", read.rate, noop.rate, "req/s",
         ">= 0.5", detail={"latency_ms": summary(read.latencies),
-                          "noop_latency_ms": summary(noop.latencies)},
+                          "noop_latency_ms": summary(noop.latencies),
+                          "cpu_ms_per_request": read.cpu_ms,
+                          "noop_cpu_ms_per_request": noop.cpu_ms},
     )  # fmt: skip
 
 

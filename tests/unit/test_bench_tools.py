@@ -74,3 +74,17 @@ def test_repeated_runs_show_the_median_and_the_range() -> None:
     assert row.detail["measured_range"] == [10, 30]
     assert row.detail["ratio_range"] == [0.5, 0.8]
     assert "median of 3" in row.what
+
+
+def test_cpu_is_read_from_proc_per_process() -> None:
+    import os
+
+    from bench.harness import CpuMeter
+
+    meter = CpuMeter(os.getpid())  # this process stands in for the server
+    before = meter.read()
+    sum(i * i for i in range(2_000_000))  # some CPU
+    after = meter.read()
+    assert after["server"] > before["server"]
+    assert after["client"] > before["client"]
+    assert after["read_store"] == before["read_store"] == 0.0
