@@ -156,7 +156,7 @@ async def run(
                     )
                 shop.results["P1"] = rows[-1]
             if "P3" in chosen and rows[-1].measured > 0:
-                await attempt("P3: lag at half of P1's rate", lambda: measures.p3_lag(shop))
+                await attempt("P3: lag at half the relay's capacity", lambda: measures.p3_lag(shop))
                 await caught_up(server, shop.version)  # the backlog of the loaded run drained
                 await attempt(
                     f"P3: lag at {options.low_rate:.0f} orders/s",
