@@ -387,16 +387,28 @@ async def p7_fanout(shop: Shop, subscribers: int, profile_to: Path | None = None
         if profile_to is not None and shop.server.process is not None:
             sampler = profile.start(shop.server.process.pid, 10, profile_to)
         for _ in range(changes):
-            sent = loop.time()
+            arrivals: list[float] = []
+            listening = 0
+            all_listening = asyncio.Event()
 
-            async def receive(s: Subscription, sent: float = sent) -> None:
+            async def receive(
+                s: Subscription, ready: asyncio.Event = all_listening,
+                arrivals: list[float] = arrivals,
+            ) -> None:  # fmt: skip
+                nonlocal listening
+                listening += 1
+                if listening == len(subscriptions):
+                    ready.set()
                 await s.next()
-                latencies.append(loop.time() - sent)
+                arrivals.append(loop.time())
 
             receivers = [asyncio.create_task(receive(s)) for s in subscriptions]
+            await all_listening.wait()  # the clock starts once every listener waits
+            sent = loop.time()
             result = await client.post(RESTOCK, {"id": product})
             shop.version = max(shop.version, int(result["restockProduct"]["version"]))
             await asyncio.wait_for(asyncio.gather(*receivers), 60)
+            latencies.extend(arrival - sent for arrival in arrivals)
         if sampler is not None:
             sampler.wait(60)
     s = summary(latencies)

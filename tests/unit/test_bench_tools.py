@@ -87,4 +87,4 @@ def test_cpu_is_read_from_proc_per_process() -> None:
     after = meter.read()
     assert after["server"] > before["server"]
     assert after["client"] > before["client"]
-    assert after["read_store"] == before["read_store"] == 0.0
+    assert after["read_store"] >= before["read_store"]  # a FerretDB child of this process, if any
