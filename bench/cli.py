@@ -239,6 +239,7 @@ async def seed_shop(stores: Stores, options: measures.Options) -> tuple[list[str
         bus.close()
     finally:
         await engine.dispose()
+    await asyncio.to_thread(stores.freeze_outbox)
     return products, customers, version
 
 

@@ -9,6 +9,7 @@ import math
 import os
 import random
 import resource
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -97,6 +98,20 @@ class Stores:
     @property
     def database_url(self) -> str:
         return f"sqlite+aiosqlite:///{self.folder / 'shop.db'}"
+
+    @property
+    def frozen_database_url(self) -> str:
+        """A copy of the write store as seeded (see :meth:`freeze_outbox`)."""
+        return f"sqlite+aiosqlite:///{self.folder / 'seeded.db'}"
+
+    def freeze_outbox(self) -> None:
+        """Copies the seeded write store, so measures that replay the outbox (P6) work on
+        the same events whatever the HTTP measures wrote after seeding."""
+        with (
+            contextlib.closing(sqlite3.connect(self.folder / "shop.db")) as source,
+            contextlib.closing(sqlite3.connect(self.folder / "seeded.db")) as copy,
+        ):
+            source.backup(copy)
 
     @property
     def ferretdb_dir(self) -> Path | None:

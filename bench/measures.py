@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import random
 import sqlite3
@@ -18,7 +19,8 @@ from typing import Any
 
 import aiohttp
 import sqlalchemy as sa
-from pymongo import AsyncMongoClient, UpdateOne
+from pymongo import AsyncMongoClient, InsertOne, UpdateOne
+from pymongo.errors import BulkWriteError
 
 from app.auth import ADMIN, mint
 from app.bootstrap import ReadStore
@@ -38,7 +40,7 @@ from bench.harness import (
     progress,
     summary,
 )
-from domain import model
+from domain import model, outbox
 from domain.bus import CommandBus
 from domain.commands import AddressData, RegisterCustomer
 from domain.events import CUSTOMER_REGISTERED, ORDER_PLACED, RecordedEvent
@@ -49,9 +51,14 @@ from projections.history import OrderHistoryProjection
 from projections.lease import Lease
 from projections.orders import OrdersProjection
 from projections.progress import Progress
-from projections.projection import coalesce
+from projections.projection import Write, coalesce
 from projections.registry import all_projections
-from projections.relay import Relay, apply_writes, ensure_indexes, prepare_collections
+from projections.relay import (
+    Relay,
+    apply_writes,
+    ensure_indexes,
+    prepare_collections,
+)
 
 PLACE = """mutation($input: PlaceOrderInput!) {
   placeOrder(input: $input) { success id version errors { code message } } }"""
@@ -515,41 +522,78 @@ def _raw_rate(path: Path, n: int, per_transaction: int) -> float:
 
 
 async def p6_relay(stores: Stores, store: ReadStore) -> Row:
-    """All projections over the seeded outbox, from zero ÷ as many raw bulk upserts by _id."""
-    mongo, chunk = store.client, store.write_chunk  # the raw upserts use the relay's chunks
-    engine = create_engine(stores.database_url)
+    """The relay over the seeded outbox (a frozen copy: the same events in every run),
+    all projections, from zero ÷ the same writes sent raw.
+
+    The baseline is the relay's own write list, batch by batch: every projection's
+    writes for each batch of ``batch_size`` events, merged as the relay merges them, sent
+    with the same chunk size and the same bound on bulk writes in flight, projections
+    side by side, as ``_id``-only updates (what the relay sends once it knows the
+    versions). What the ratio leaves is the relay's own work: reading the outbox,
+    versions, checkpoints, the lease, announcing batches, the progress feed.
+    """
+    mongo, chunk, batch_size = store.client, store.write_chunk, 500
+    engine = create_engine(stores.frozen_database_url)
+    async with engine.connect() as conn:
+        events = await outbox.read_after(conn, 0, 10**9)
     db = mongo["bench_p6"]
     await mongo.drop_database(db)
     relay = Relay(
-        engine, db, all_projections(), Progress(), lease=Lease(engine, db), **store.relay_options,
+        engine, db, all_projections(), Progress(), lease=Lease(engine, db), batch_size=batch_size,
+        **store.relay_options,
     )  # fmt: skip
     await relay.setup()
     await stores.index_ids()
     started = time.perf_counter()
-    events = 0
-    while applied := await relay.run_once():
-        events += applied
+    applied = 0
+    while count := await relay.run_once():
+        applied += count
     relay_seconds = time.perf_counter() - started
     await engine.dispose()
 
-    raw = mongo["bench_p6_raw"]["documents"]
-    await raw.drop()
-    await raw.insert_one({"_id": "first"})
+    raw = mongo["bench_p6_raw"]
+    await mongo.drop_database(raw)
+    projections = all_projections()
+    for projection in projections:
+        await prepare_collections(raw, projection)
     await stores.index_ids()
-    operations = [
-        UpdateOne({"_id": f"d{i}"}, {"$set": {"n": i, "version": i}}, upsert=True)
-        for i in range(events)
-    ]
+    gate = asyncio.Semaphore(store.concurrent_writes or 10**6)
     started = time.perf_counter()
-    for start in range(0, len(operations), chunk):
-        await raw.bulk_write(operations[start : start + chunk], ordered=True)
+    for first in range(0, len(events), batch_size):
+        batch = events[first : first + batch_size]
+        parts = [coalesce([w for e in batch for w in p.project(e)]) for p in projections]
+        await asyncio.gather(*(_send_raw(raw, part, chunk, gate) for part in parts))
     raw_seconds = time.perf_counter() - started
     await mongo.drop_database(db)
-    await mongo.drop_database("bench_p6_raw")
+    await mongo.drop_database(raw)
     return Row(
-        "P6", "relay events/s (all projections) ÷ raw bulk upserts/s", events / relay_seconds,
-        events / raw_seconds, "op/s", ">= 0.6", detail={"events": events, "chunk": chunk},
+        "P6", "relay events/s (all projections) ÷ the same writes sent raw",
+        applied / relay_seconds, applied / raw_seconds, "events/s", ">= 0.3",
+        detail={"events": applied, "chunk": chunk, "batch": batch_size,
+                "in_flight": store.concurrent_writes},
     )  # fmt: skip
+
+
+async def _send_raw(db: Any, writes: list[Write], chunk: int, gate: asyncio.Semaphore) -> None:
+    """Per collection, in order: inserts unordered, updates by ``_id`` ordered, in chunks."""
+    by_collection: dict[str, list[Any]] = {}
+    for write in writes:
+        operation = write.operation
+        if write.guard is not None and write.update is not None:
+            operation = UpdateOne({"_id": write.key}, write.update)
+        by_collection.setdefault(write.collection, []).append(operation)
+    for name, operations in by_collection.items():
+        for inserts, run in itertools.groupby(operations, lambda op: isinstance(op, InsertOne)):
+            batch = list(run)
+            for start in range(0, len(batch), chunk):
+                async with gate:
+                    try:
+                        await db[name].bulk_write(batch[start : start + chunk], ordered=not inserts)
+                    except BulkWriteError as error:  # inserts of seeded documents, as the relay
+                        if not inserts or any(
+                            e["code"] != 11000 for e in error.details["writeErrors"]
+                        ):
+                            raise
 
 
 async def p8_drivers(stores: Stores, mongodb_url: str, store: ReadStore) -> Row:
