@@ -204,7 +204,8 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
                 services.progress,
                 batch_size=settings.shop_relay_batch_size,
                 poll_interval=settings.shop_relay_poll_interval,
-                feed=feed,
+                # The embedded read store serves this process alone: nobody else follows.
+                feed=feed if ferretdb is None else None,
                 lease=Lease(engine, db, ttl=settings.shop_relay_lease_ttl),
                 **read_store.relay_options,
             )

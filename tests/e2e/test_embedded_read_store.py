@@ -176,3 +176,19 @@ def test_without_go_the_server_says_how_to_get_a_read_store(
     assert "Install Go" in result.stderr
     assert "MONGODB_URL" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_embedded_default_publishes_no_progress_nobody_reads(
+    embedded: tuple[Server, Path], tmp_path: Path
+) -> None:
+    """Only this process reads the embedded read store, so its relay reports progress in
+    memory and writes no rows to the cross-process feed (projections.signals)."""
+    import sqlite3
+
+    server, _ = embedded
+    created = graphql(server, CREATE, sku="FEED-1")["data"]["createProduct"]
+    read = graphql(server, READ, sku="feed-1", v=created["version"])
+    assert read == {"data": {"productBySku": {"sku": "FEED-1"}}}
+    with sqlite3.connect(tmp_path / "var" / "write.db") as db:
+        assert db.execute("SELECT count(*) FROM relay_progress").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM outbox").fetchone() == (1,)
