@@ -123,10 +123,6 @@ idempotency_keys = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False, index=True),
 )
 
-# Leases of the relay and of rebuilds (``projections.lease``). They live in the write
-# store because its conditional UPDATEs are atomic: FerretDB 1.24 finds a document
-# and then replaces it by _id, so a compare-and-set on a Mongo document can let two
-# processes in. Times are the database's own clock, in seconds since 1970.
 # The relay's progress feed (projections.signals): one row per batch, read by every
 # process that serves reads; pruned by the relay.
 relay_progress = sa.Table(
@@ -136,6 +132,10 @@ relay_progress = sa.Table(
     sa.Column("body", sa.JSON, nullable=False),
 )
 
+# Leases of the relay and of rebuilds (``projections.lease``). They live in the write
+# store because its conditional UPDATEs are atomic: FerretDB 1.24 finds a document
+# and then replaces it by _id, so a compare-and-set on a Mongo document can let two
+# processes in. Times are the database's own clock, in seconds since 1970.
 relay_leases = sa.Table(
     "relay_leases",
     metadata,

@@ -203,9 +203,7 @@ class ProgressFollower:
             self._following = False
             return
         if not self._following:  # the local relay stopped: rows it skipped do not matter
-            self._following = True
-            self.last_id = await self.feed.last_id()
-            await self.poll_checkpoints()
+            await self.start()
             self.progress.wake_all()
             return
         await self.catch_up()
