@@ -25,9 +25,11 @@ from app.ferretdb import (
 from app.settings import Role, Settings
 from domain.bus import CommandBus
 from domain.store import create_engine, create_schema
+from projections.cache import ReadCache
 from projections.feeds import Feeds
 from projections.lease import Lease
 from projections.progress import Progress, ProgressFollower
+from projections.projection import collections_of
 from projections.readdb import ReadDatabase
 from projections.registry import all_projections
 from projections.relay import Relay, RelayOptions
@@ -177,7 +179,11 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
         )
         mongo = read_store.client
         stack.push_async_callback(_within, 1.0, "closing the read store's client", mongo.close)
-        db = ReadDatabase(mongo[settings.mongodb_database])
+        cache = ReadCache(
+            settings.shop_read_cache_bytes,
+            {p.name: collections_of(p) for p in all_projections()},
+        )
+        db = ReadDatabase(mongo[settings.mongodb_database], cache)
 
         services = Services(
             settings=settings,
@@ -186,7 +192,7 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
             mongo=mongo,
             db=db,
             bus=CommandBus(engine),
-            progress=(progress := Progress()),
+            progress=(progress := Progress(cache)),
             feeds=Feeds(progress),
             auth=auth,
         )

@@ -5,20 +5,21 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
 from app.bootstrap import Services
 from projections.registry import projection_names
+from schema import sharing
 
 
 class ProgressCollector(Collector):
     def __init__(self, services: Services) -> None:
         self.services = services
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         checkpoint = GaugeMetricFamily(
             "shop_projection_checkpoint", "Last outbox position applied", labels=["projection"]
         )
@@ -41,6 +42,44 @@ class ProgressCollector(Collector):
             for name in relay.positions:
                 failing.add_metric([name], 1.0 if name in relay.failing else 0.0)
             yield failing
+        yield from _cache_metrics(self.services)
+        yield from _subscription_metrics()
+
+
+def _cache_metrics(services: Services) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """The read cache's size and use (projections.cache)."""
+    cache = services.progress.cache
+    if cache is None or not cache.enabled:
+        return
+    stats = cache.stats
+    yield CounterMetricFamily(
+        "shop_read_cache_hits", "Reads answered from this process's read cache", stats.hits
+    )
+    yield CounterMetricFamily(
+        "shop_read_cache_misses", "Reads the read cache sent to the read store", stats.misses
+    )
+    yield CounterMetricFamily(
+        "shop_read_cache_evictions", "Entries dropped to stay within its bytes", stats.evictions
+    )
+    yield CounterMetricFamily(
+        "shop_read_cache_invalidations", "Changes that dropped entries", stats.invalidations
+    )
+    yield GaugeMetricFamily("shop_read_cache_bytes", "Bytes the read cache holds", cache.bytes)
+    yield GaugeMetricFamily("shop_read_cache_max_bytes", "Its bound", cache.max_bytes)
+    yield GaugeMetricFamily("shop_read_cache_entries", "Entries it holds", len(cache))
+
+
+def _subscription_metrics() -> Iterator[CounterMetricFamily]:
+    yield CounterMetricFamily(
+        "shop_subscription_events_executed",
+        "Subscription events whose selection set was executed",
+        sharing.STATS.executed,
+    )
+    yield CounterMetricFamily(
+        "shop_subscription_events_shared",
+        "Subscription events answered with another subscriber's execution",
+        sharing.STATS.shared,
+    )
 
 
 def registry_for(services: Services) -> CollectorRegistry:

@@ -58,6 +58,12 @@ class Settings(BaseSettings):
         "before it fails (UNAVAILABLE).",
     )
     shop_max_page_size: int = Field(100, ge=1, description="Largest `first` a list query takes.")
+    shop_read_cache_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="Memory for read-model documents and query results kept in each "
+        "process, kept exact by the relay's change keys (LRU beyond it); 0 turns it off.",
+    )
     # Identity (app.auth) and who may do what (schema.policy).
     shop_auth_jwks_url: str | None = Field(
         None, description="Production: the OIDC provider's JWKS URL (RS256/ES256 tokens)."

@@ -32,7 +32,7 @@ from domain.bus import CommandBus
 from domain.commands import RestockProduct
 from domain.store import create_engine, create_schema
 
-ALL = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10")
+ALL = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10", "PG")
 
 
 def bench(
@@ -133,8 +133,13 @@ async def run(
             lambda: topology.p10_topology(stores.folder / "topology", stores.cache_dir,
                                   writes=100 if options.seconds < 5 else 300),
         )  # fmt: skip
-        if chosen == ["P10"]:
-            return rows
+    if "PG" in chosen:
+        await attempt(
+            "PG: P4 and P5 on FerretDB on PostgreSQL",
+            lambda: topology.pg_read_store(stores, options),
+        )
+    if set(chosen) <= {"P10", "PG"}:
+        return rows
     if "P2" in chosen:
         await attempt(
             "P2: command bus and plain sqlite3",

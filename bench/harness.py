@@ -153,9 +153,17 @@ class Stores:
 class ServerProcess:
     """``python -m bench.server``: the shop app plus no-op fields, one uvicorn process."""
 
-    def __init__(self, stores: Stores, log: Path) -> None:
+    def __init__(
+        self,
+        stores: Stores | None,
+        log: Path,
+        env: dict[str, str] | None = None,
+        role: str = "all",
+    ) -> None:
         self.stores = stores
         self.log = log
+        self.env = env
+        self.role = role
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -170,8 +178,10 @@ class ServerProcess:
     async def __aenter__(self) -> ServerProcess:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(  # noqa: ASYNC220 - returns at once
-                [sys.executable, "-m", "bench.server", "--port", str(self.port)],
-                env=self.stores.env(), cwd=ROOT, stdout=log, stderr=log,
+                [sys.executable, "-m", "bench.server", "--port", str(self.port),
+                 "--role", self.role],
+                env=self.env if self.env is not None else self._stores_env(),
+                cwd=ROOT, stdout=log, stderr=log,
             )  # fmt: skip
         deadline = time.monotonic() + 60
         async with aiohttp.ClientSession() as session:
@@ -196,9 +206,26 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait()
 
+    def _stores_env(self) -> dict[str, str]:
+        assert self.stores is not None
+        return self.stores.env()
+
     def cpu_meter(self) -> CpuMeter:
         assert self.process is not None
         return CpuMeter(self.process.pid)
+
+    async def cache_counts(self) -> tuple[float, float]:
+        """The server's read-cache hits and misses so far (from /metrics)."""
+        counts = {"shop_read_cache_hits_total": 0.0, "shop_read_cache_misses_total": 0.0}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{self.port}/metrics") as response,
+        ):
+            for line in (await response.text()).splitlines():
+                name, _, value = line.partition(" ")
+                if name in counts:
+                    counts[name] = float(value)
+        return counts["shop_read_cache_hits_total"], counts["shop_read_cache_misses_total"]
 
     def rss_bytes(self) -> int:
         assert self.process is not None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -27,17 +28,23 @@ from typing import Any
 
 import aiohttp
 
+from app.bootstrap import connect_read_store
 from app.ferretdb import EmbeddedFerretDB, ensure_binary, free_port
+from bench import measures
 from bench.harness import (
     BENCH_SECRET,
     ROOT,
     GraphQLClient,
     NotYetConsistent,
     Row,
+    ServerProcess,
+    Stores,
     Subscription,
+    caught_up,
     progress,
     summary,
 )
+from bench.measures import Options
 from bench.postgres import Postgres
 
 CREATE = """mutation($sku: String!) { createProduct(input: {sku: $sku, name: "P10",
@@ -103,10 +110,14 @@ class Topology:
     relays: list[Process]
     postgres: Postgres
     ferretdb: EmbeddedFerretDB
+    env: dict[str, str]
+    mongodb_url: str
 
 
 @contextlib.asynccontextmanager
-async def topology(folder: Path, cache_dir: Path) -> AsyncIterator[Topology]:
+async def topology(
+    folder: Path, cache_dir: Path, relays: int = 2, apis: int = 2
+) -> AsyncIterator[Topology]:
     postgres = Postgres()
     postgres.start()
     ferretdb: EmbeddedFerretDB | None = None
@@ -124,15 +135,15 @@ async def topology(folder: Path, cache_dir: Path) -> AsyncIterator[Topology]:
             "DATABASE_URL": f"{postgres.url}/shop", "MONGODB_URL": mongodb_url,
             "LOG_LEVEL": "WARNING",
         }  # fmt: skip
-        relays = [Process("relay", env, folder / f"relay{n}.log") for n in range(2)]
-        apis = [Process("api", env, folder / f"api{n}.log") for n in range(2)]
-        processes = [*relays, *apis]
+        relay_processes = [Process("relay", env, folder / f"relay{n}.log") for n in range(relays)]
+        api_processes = [Process("api", env, folder / f"api{n}.log") for n in range(apis)]
+        processes = [*relay_processes, *api_processes]
         for process in processes:
             process.start()
         async with aiohttp.ClientSession() as session:
             for process in processes:
                 await process.ready(session)
-        yield Topology(apis, relays, postgres, ferretdb)
+        yield Topology(api_processes, relay_processes, postgres, ferretdb, env, mongodb_url)
     finally:
         for process in processes:
             process.stop()
@@ -305,3 +316,33 @@ async def failover(
         old.start()
         await old.ready(session)
     return took
+
+
+async def pg_read_store(stores: Stores, options: Options) -> list[Row]:
+    """P4 and P5 with FerretDB on PostgreSQL as the read store (the production topology's):
+    a PostgreSQL write store, one relay process, and the bench server as an ``api``
+    process (it has the no-op query); P5 in process against the same FerretDB."""
+    folder = stores.folder / "pg-read-store"
+    await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+    async with topology(folder, stores.cache_dir, relays=1, apis=1) as shop:
+        async with GraphQLClient(f"{shop.apis[0].url}/graphql", 8) as writer:
+            created = [
+                (await writer.post(CREATE, {"sku": f"PG-{n}-{uuid.uuid4().hex[:6]}"}))[
+                    "createProduct"
+                ]
+                for n in range(50)
+            ]
+        products, version = [c["id"] for c in created], max(c["version"] for c in created)
+        server = ServerProcess(None, folder / "bench-server.log", env=shop.env, role="api")
+        async with server:
+            await caught_up(server, version)
+            progress("P4-pg: product and no-op queries, FerretDB on PostgreSQL")
+            rows = await measures.product_queries(
+                server, products, version, options, random.Random(7), "-pg"
+            )
+        store = await connect_read_store(shop.mongodb_url)
+        try:
+            rows += await measures.p5_order_history(stores, store, options, "-pg")
+        finally:
+            await store.client.close()
+    return rows

@@ -111,8 +111,11 @@ class Customer(Aggregate):
         )
         return customer
 
-    def rename(self, name: str, *, expected_version: int | None) -> None:
-        """Renaming to the current name is a no-op."""
+    def rename(
+        self, name: str, *, expected_version: int | None, orders_placed: int | None = None
+    ) -> None:
+        """Renaming to the current name is a no-op. ``orders_placed``: how many orders the
+        customer has placed, so read models know which of theirs to rename."""
         problems = Problems()
         problems.add(self.version_conflict(expected_version))
         check_name(problems, name)
@@ -120,7 +123,8 @@ class Customer(Aggregate):
         if name.strip() == self.name:
             return
         previous, self.name = self.name, name.strip()
-        self.raise_event(events.CUSTOMER_RENAMED, name=self.name, previousName=previous)
+        placed = {} if orders_placed is None else {"ordersPlaced": orders_placed}
+        self.raise_event(events.CUSTOMER_RENAMED, name=self.name, previousName=previous, **placed)
 
     def update_address(self, address: AddressData, *, expected_version: int | None) -> None:
         """Giving the current address again is a no-op."""

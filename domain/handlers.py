@@ -158,7 +158,11 @@ async def _customer(uow: UnitOfWork, customer_id: str, check_input: InputCheck) 
 
 async def rename_customer(cmd: RenameCustomer, uow: UnitOfWork) -> Aggregate:
     customer = await _customer(uow, cmd.customer_id, partial(check_name, name=cmd.name))
-    customer.rename(cmd.name, expected_version=cmd.expected_version)
+    customer.rename(
+        cmd.name,
+        expected_version=cmd.expected_version,
+        orders_placed=await uow.orders.count_for_customer(customer.id),
+    )
     return customer
 
 
@@ -209,6 +213,9 @@ async def place_order(cmd: PlaceOrder, uow: UnitOfWork) -> Aggregate:
         lines=priced,
         shipping_address=address or customer.address,
         now=uow.now,
+        # Concurrent orders of one customer on PostgreSQL may share a number: the read
+        # models that use it tolerate that (projections.history).
+        number=await uow.orders.count_for_customer(customer.id) + 1,
     )
     for i, ordered in _in_product_order(priced):
         if not await uow.stock.reserve(ordered.product_id, ordered.quantity):
@@ -234,7 +241,10 @@ async def cancel_order(cmd: CancelOrder, uow: UnitOfWork) -> Aggregate:
         uow.orders, cmd.order_id, "order", check,
         visible=lambda o: customer is None or o.customer_id == customer,
     )  # fmt: skip
-    order.cancel(cmd.reason, expected_version=cmd.expected_version, now=uow.now)
+    order.cancel(
+        cmd.reason, expected_version=cmd.expected_version, now=uow.now,
+        orders_placed=await uow.orders.count_for_customer(order.customer_id),
+    )  # fmt: skip
     for _, line in _in_product_order(order.lines):
         await uow.stock.release(line.product_id, line.quantity)
     return order
@@ -243,7 +253,10 @@ async def cancel_order(cmd: CancelOrder, uow: UnitOfWork) -> Aggregate:
 async def ship_order(cmd: ShipOrder, uow: UnitOfWork) -> Aggregate:
     check = partial(check_tracking_number, tracking_number=cmd.tracking_number)
     order = await _order(uow, cmd.order_id, check)
-    order.ship(cmd.tracking_number, expected_version=cmd.expected_version, now=uow.now)
+    order.ship(
+        cmd.tracking_number, expected_version=cmd.expected_version, now=uow.now,
+        orders_placed=await uow.orders.count_for_customer(order.customer_id),
+    )  # fmt: skip
     for _, line in _in_product_order(order.lines):
         await uow.stock.ship(line.product_id, line.quantity)
     return order

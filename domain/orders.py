@@ -91,6 +91,10 @@ class Order(Aggregate):
     tracking_number: str | None = None
     cancelled_at: datetime | None = None
     cancel_reason: str | None = None
+    number: int | None = None
+    """The customer's how-manieth order (1 for the first), as its OrderPlaced event said;
+    None for orders placed before events carried it. Read models file orders by it
+    (``projections.history``), so every event of the order repeats it."""
 
     @property
     def total_cents(self) -> int:
@@ -109,6 +113,7 @@ class Order(Aggregate):
         lines: list[OrderLine],
         shipping_address: Address,
         now: datetime,
+        number: int | None = None,
     ) -> Order:
         order = cls(
             id=id,
@@ -116,6 +121,7 @@ class Order(Aggregate):
             lines=lines,
             shipping_address=shipping_address,
             placed_at=now,
+            number=number,
         )
         order.raise_event(
             events.ORDER_PLACED,
@@ -126,10 +132,20 @@ class Order(Aggregate):
             itemCount=order.item_count,
             totalCents=order.total_cents,
             shippingAddress=shipping_address.to_data(),
+            **order._numbered(),
         )
         return order
 
-    def cancel(self, reason: str, *, expected_version: int | None, now: datetime) -> None:
+    def cancel(
+        self,
+        reason: str,
+        *,
+        expected_version: int | None,
+        now: datetime,
+        orders_placed: int | None = None,
+    ) -> None:
+        """``orders_placed``: how many orders the customer has placed (read models use it
+        to find the order's copies, see ``projections.history``)."""
         problems = Problems()
         problems.add(self.version_conflict(expected_version))
         check_reason(problems, reason)
@@ -146,9 +162,18 @@ class Order(Aggregate):
             customerId=self.customer_id,
             totalCents=self.total_cents,
             lines=self._line_movements(),
+            **self._numbered(orders_placed),
         )
 
-    def ship(self, tracking_number: str, *, expected_version: int | None, now: datetime) -> None:
+    def ship(
+        self,
+        tracking_number: str,
+        *,
+        expected_version: int | None,
+        now: datetime,
+        orders_placed: int | None = None,
+    ) -> None:
+        """``orders_placed``: as for :meth:`cancel`."""
         problems = Problems()
         problems.add(self.version_conflict(expected_version))
         check_tracking_number(problems, tracking_number)
@@ -162,7 +187,14 @@ class Order(Aggregate):
             customerId=self.customer_id,
             totalCents=self.total_cents,
             lines=self._line_movements(),
+            **self._numbered(orders_placed),
         )
+
+    def _numbered(self, orders_placed: int | None = None) -> dict[str, int]:
+        numbers = {} if self.number is None else {"customerOrderNumber": self.number}
+        if orders_placed is not None:
+            numbers["ordersPlaced"] = orders_placed
+        return numbers
 
     def _line_movements(self) -> list[dict[str, Any]]:
         """What cancelling or shipping moves, so projections need no other state."""

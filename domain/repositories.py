@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from domain.aggregate import Aggregate
 from domain.customers import Address, Customer, email_key
 from domain.errors import VersionConflict
-from domain.model import customers, order_lines, orders, products
+from domain.model import customers, order_lines, orders, outbox, products
 from domain.orders import Order, OrderLine, OrderStatus
 from domain.products import Product, ProductStatus
 
@@ -151,9 +151,20 @@ class CustomerRepository(Repository[Customer]):
 class OrderRepository(Repository[Order]):
     table = orders
 
+    async def count_for_customer(self, customer_id: str) -> int:
+        """How many orders the customer has placed (ix_orders_customer_placed)."""
+        stmt = sa.select(sa.func.count()).where(orders.c.customer_id == customer_id)
+        return int((await self.conn.execute(stmt)).scalar_one())
+
     async def get(self, order_id: str) -> Order | None:
         order = await super().get(order_id)
         if order is not None:
+            # The number its OrderPlaced event (the order's version 1) gave it.
+            placed = sa.select(outbox.c.data).where(
+                outbox.c.aggregate_id == order_id, outbox.c.aggregate_version == 1
+            )
+            data = (await self.conn.execute(placed)).scalar_one_or_none() or {}
+            order.number = data.get("customerOrderNumber")
             stmt = (
                 sa.select(order_lines)
                 .where(order_lines.c.order_id == order_id)

@@ -10,6 +10,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from domain import events as ev
 from domain.events import RecordedEvent
+from projections import readdb
 from projections.projection import Projector, Write, dispatch, guarded, insert_once
 
 COLLECTION = "customers"
@@ -64,4 +65,4 @@ _HANDLERS: dict[str, Projector] = {
 async def find_customer(
     db: AsyncDatabase[dict[str, Any]], customer_id: str
 ) -> dict[str, Any] | None:
-    return await db[COLLECTION].find_one({"_id": customer_id})
+    return await readdb.find_by_id(db, COLLECTION, customer_id)

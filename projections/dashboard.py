@@ -16,6 +16,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from domain import events as ev
 from domain.events import RecordedEvent
+from projections import readdb
 from projections.projection import Write, guarded, insert_once
 
 COLLECTION = "dashboard"
@@ -90,6 +91,10 @@ def _stock_changes(e: RecordedEvent) -> list[Write]:
 
 async def read_dashboard(db: AsyncDatabase[dict[str, Any]]) -> dict[str, Any]:
     """The dashboard document with its derived figures."""
+    return await readdb.cached_query(db, COLLECTION, "derived", lambda: _read_dashboard(db))
+
+
+async def _read_dashboard(db: AsyncDatabase[dict[str, Any]]) -> dict[str, Any]:
     document = await db[COLLECTION].find_one({"_id": DASHBOARD_ID}) or {
         **dict.fromkeys(COUNTERS, 0),
         "version": 0,

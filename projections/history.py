@@ -1,10 +1,36 @@
-"""Each customer's orders as one document of order ids: orderHistory by ``_id`` lookups only.
+"""Each customer's order history in bucket documents: a page is one document read.
 
-``orderHistory`` used to be a query on the orders collection by ``customerId``,
-sorted by ``placedVersion``. MongoDB serves that from an index; FerretDB 1.24's
-SQLite backend serves no query but ``_id`` lookups from an index, and decoded all
-100,000 orders for each page (40 s). Here a page is one lookup of the customer's
-list, then one lookup per order shown.
+``orderHistory`` needs a customer's orders, newest first, each complete (lines,
+status, the customer's current name). FerretDB 1.24 serves only ``_id`` lookups
+from an index, so the page must come from documents whose ``_id`` the reader can
+name. Until this model, a page was the customer's list of order ids, then one
+lookup per order: 21 round trips.
+
+**Buckets** (MongoDB's bucket pattern). Every OrderPlaced event carries the
+customer's order number n (``customerOrderNumber``: 1 for the first, counted by the
+write model), and every later event of the order repeats it. Order n lives in bucket
+``k = (n - 1) // BUCKET`` of its customer, the document ``"<customerId>:<k>"``, as a
+complete summary under ``orders.<orderId>``. Buckets hold at most BUCKET orders (a
+few more if concurrent orders of one customer on PostgreSQL share a number).
+
+**The head** ``"<customerId>"`` (created at registration) holds the customer, the
+order count, the highest and lowest bucket numbers (``top``, ``bottom``) and a copy
+of the two newest buckets (``buckets.<k>``): the first page of up to BUCKET + 1
+orders is that one document. An order's later events update its copy in the head
+only while its bucket is one of the two newest (the events carry the customer's
+order count for that, ``ordersPlaced``); placing the first order of bucket k drops
+bucket k - 2 from the head. Deeper pages read the buckets their cursor names, by
+``_id``, side by side.
+
+**Renames** fan out by ``_id`` too: CustomerRenamed carries ``ordersPlaced``, so the
+projection renames the head and buckets 0 to the last, never scanning. The name is
+kept once per document (every order in it has the same customer) with the rename's
+position (``nameVersion``), and an order's version shown is the later of its own and
+that rename's, as the orders model shows it.
+
+**Orders placed before events carried numbers** (an outbox from an older version)
+go to one bucket ``"<customerId>:legacy"``, read after the numbered ones (they are
+older than all of them); it is unbounded.
 """
 
 from __future__ import annotations
@@ -18,49 +44,215 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from domain import events as ev
 from domain.events import RecordedEvent
-from projections import orders, paging
+from projections import orders, paging, readdb
 from projections.paging import Page
 from projections.projection import Write, guarded, insert_once
 
-COLLECTION = "customer_orders"
+COLLECTION = "order_history_pages"
+BUCKET = 32
+"""Orders per bucket. The head holds two buckets, so a first page of up to 33 orders
+is one read."""
+LEGACY = "legacy"
+NO_BUCKET = 2**31
+"""The initial ``bottom`` (no numbered bucket yet): ``$min`` replaces it with the first."""
 Db = AsyncDatabase[dict[str, Any]]
+Document = dict[str, Any]
+# The order fields a history entry shows (its customer comes from its document).
+_NOT_IN_SUMMARY = ("customerId", "customer")
 
 
 class OrderHistoryProjection:
-    """``{_id: customerId, orders: [{placedVersion, id}, ...] (oldest first), version}``."""
-
-    name = "order_history"
+    name = "order_history_pages"
     indexes: dict[str, Sequence[IndexModel]] = {COLLECTION: []}
 
     def project(self, e: RecordedEvent) -> list[Write]:
         if e.type == ev.CUSTOMER_REGISTERED:
-            document = {"orders": [], "version": e.position}
-            return [insert_once(COLLECTION, e.aggregate_id, document)]
+            return [insert_once(COLLECTION, e.aggregate_id, _head(e))]
         if e.type == ev.ORDER_PLACED:
-            entry = {"placedVersion": e.position, "id": e.aggregate_id}
-            update = {"$push": {"orders": {"$each": [entry]}}}
-            return [guarded(COLLECTION, e.data["customerId"], e, update)]
+            return _placed(e)
+        if e.type in (ev.ORDER_CANCELLED, ev.ORDER_SHIPPED):
+            return _changed(e)
+        if e.type == ev.CUSTOMER_RENAMED:
+            return _renamed(e)
         return []
 
 
-async def order_history(
-    db: Db, customer_id: str, first: int, after: str | None, up_to: int, count: bool = True
-) -> Page:
-    """A customer's orders placed at or before ``up_to``, newest first.
+def bucket_id(customer_id: str, bucket: int | str) -> str:
+    return f"{customer_id}:{bucket}"
 
-    ``up_to`` is how far the orders projection has got: every order listed has its
-    document. ``count``: also count them all (free here).
+
+def bucket_of(number: int) -> int:
+    return (number - 1) // BUCKET
+
+
+def _head(e: RecordedEvent) -> Document:
+    d = e.data
+    return {
+        "customer": {"id": e.aggregate_id, "name": d.get("name"), "email": d.get("email")},
+        "nameVersion": 0,
+        "count": 0,
+        "top": -1,
+        "bottom": NO_BUCKET,
+        "legacy": False,
+        "buckets": {},
+        "version": e.position,
+    }
+
+
+def _placed(e: RecordedEvent) -> list[Write]:
+    d, order_id = e.data, e.aggregate_id
+    customer_id = d["customerId"]
+    (document,) = [w.document for w in orders.OrdersProjection().project(e)]
+    assert document is not None
+    number = d.get("customerOrderNumber")
+    summary = {k: v for k, v in document.items() if k not in _NOT_IN_SUMMARY}
+    summary["customerOrderNumber"] = number
+    bucket: int | str = LEGACY if number is None else bucket_of(number)
+    shell = {
+        "customer": {"id": customer_id, "name": d["customerName"], "email": d["customerEmail"]},
+        "nameVersion": 0,
+        "orders": {},
+        "version": 0,
+    }
+    writes = [
+        insert_once(COLLECTION, bucket_id(customer_id, bucket), shell, shell=True),
+        guarded(
+            COLLECTION, bucket_id(customer_id, bucket), e,
+            {"$set": {f"orders.{order_id}": summary}},
+        ),
+    ]  # fmt: skip
+    head: dict[str, Any] = {"$inc": {"count": 1}}
+    if isinstance(bucket, int):
+        head["$set"] = {f"buckets.{bucket}.{order_id}": summary}
+        head["$max"] = {"top": bucket}
+        head["$min"] = {"bottom": bucket}
+        if bucket >= 2:
+            head["$unset"] = {f"buckets.{bucket - 2}": ""}
+    else:
+        head["$set"] = {"legacy": True}
+    writes.append(guarded(COLLECTION, customer_id, e, head))
+    return writes
+
+
+def _changes(e: RecordedEvent) -> dict[str, Any]:
+    if e.type == ev.ORDER_CANCELLED:
+        reason = e.data["reason"]
+        return {"status": "CANCELLED", "cancelledAt": e.occurred_at, "cancelReason": reason}
+    tracking = e.data["trackingNumber"]
+    return {"status": "SHIPPED", "shippedAt": e.occurred_at, "trackingNumber": tracking}
+
+
+def _changed(e: RecordedEvent) -> list[Write]:
+    d, order_id = e.data, e.aggregate_id
+    customer_id, number = d["customerId"], d.get("customerOrderNumber")
+    fields = {**_changes(e), "version": e.position}
+    bucket: int | str = LEGACY if number is None else bucket_of(number)
+    at = f"orders.{order_id}"
+    writes = [
+        guarded(COLLECTION, bucket_id(customer_id, bucket), e,
+                {"$set": {f"{at}.{name}": value for name, value in fields.items()}}),
+    ]  # fmt: skip
+    placed = d.get("ordersPlaced")
+    if isinstance(bucket, int) and placed is not None and bucket >= bucket_of(placed) - 1:
+        at = f"buckets.{bucket}.{order_id}"  # its bucket is one of the head's two
+        update = {"$set": {f"{at}.{name}": value for name, value in fields.items()}}
+        writes.append(guarded(COLLECTION, customer_id, e, update))
+    return writes
+
+
+def _renamed(e: RecordedEvent) -> list[Write]:
+    customer_id, placed = e.aggregate_id, e.data.get("ordersPlaced")
+    rename = {"$set": {"customer.name": e.data["name"], "nameVersion": e.position}}
+    keys: list[str] = [customer_id, bucket_id(customer_id, LEGACY)]
+    if placed:
+        keys += [bucket_id(customer_id, k) for k in range(bucket_of(placed) + 1)]
+    # A document that does not exist is left alone: a guarded update matches nothing.
+    return [guarded(COLLECTION, key, e, rename) for key in keys]
+
+
+# Reading
+
+
+def _entries(document: Document, summaries: dict[str, Any]) -> list[Document]:
+    """The orders of a head or bucket, as order documents with their customer."""
+    customer, renamed = document["customer"], document.get("nameVersion", 0)
+    return [
+        {**s, "customer": customer, "version": max(s["version"], renamed)}
+        for s in summaries.values()
+        if "placedVersion" in s  # a late status change may leave a part-entry behind
+    ]
+
+
+async def order_history(
+    db: Db, customer_id: str, first: int, after: str | None, count: bool = True
+) -> Page:
+    """A customer's orders, newest first: ``first`` after the cursor ``after``.
+
+    ``count``: also the total (kept in the head: free on the first page, one more
+    read, side by side, on later ones).
     """
-    listed = await db[COLLECTION].find_one({"_id": customer_id}, {"orders": 1})
-    entries = [e for e in (listed or {}).get("orders", []) if e["placedVersion"] <= up_to]
-    total = len(entries)
-    if after is not None:
-        (last,) = paging.decode("history", after, 1)
-        entries = [e for e in entries if e["placedVersion"] < last]
-    newest = entries[-(first + 1) :][::-1]
-    found = await asyncio.gather(*(orders.find_order(db, e["id"]) for e in newest))
-    documents = [d for d in found if d is not None]
-    return paging.page_of(
-        documents, first, lambda d: paging.encode("history", d["placedVersion"]),
-        total if count else None,
-    )  # fmt: skip
+    entries: list[Document] = []
+    if after is None:
+        head = await readdb.find_by_id(db, COLLECTION, customer_id)
+        if head is None:
+            return Page([], [], False, 0 if count else None)
+        top, bottom, legacy = head["top"], head["bottom"], head["legacy"]
+        for k in (top, top - 1):
+            entries += _entries(head, head["buckets"].get(str(k), {}))
+        below, total = None, head["count"]
+        walk = _walk(top - 2, bottom, legacy)
+    else:
+        below, bucket, bottom, legacy = paging.decode("history", after, 4)
+        if not isinstance(below, int) or not isinstance(bottom, int):
+            raise paging.InvalidCursor("malformed cursor")
+        if not isinstance(bucket, int) and bucket != LEGACY:
+            raise paging.InvalidCursor("malformed cursor")
+        walk = [LEGACY] if bucket == LEGACY else _walk(int(bucket), bottom, bool(legacy))
+        total = None
+    reads: list[asyncio.Task[Document | None]] = []
+    counted = None
+    if after is not None and count:
+        counted = asyncio.ensure_future(readdb.find_by_id(db, COLLECTION, customer_id))
+    try:
+        while walk and _shown(entries, below) <= first:
+            # enough buckets for the rest of the page, read side by side
+            wanted = -(-(first + 1) // BUCKET) + 1
+            taken, walk = walk[:wanted], walk[wanted:]
+            reads = [
+                asyncio.ensure_future(readdb.find_by_id(db, COLLECTION, bucket_id(customer_id, k)))
+                for k in taken
+            ]
+            for document in await asyncio.gather(*reads):
+                if document is not None:
+                    entries += _entries(document, document["orders"])
+        if counted is not None:
+            head = await counted
+            total = 0 if head is None else head["count"]
+    finally:
+        if counted is not None and not counted.done():
+            counted.cancel()
+    if below is not None:
+        entries = [e for e in entries if e["placedVersion"] < below]
+    entries.sort(key=lambda e: e["placedVersion"], reverse=True)
+
+    def cursor(document: Document) -> str:
+        return paging.encode(
+            "history", document["placedVersion"], _bucket_of_entry(document), bottom, legacy
+        )
+
+    return paging.page_of(entries[: first + 1], first, cursor, total if count else None)
+
+
+def _shown(entries: list[Document], below: int | None) -> int:
+    return sum(1 for e in entries if below is None or e["placedVersion"] < below)
+
+
+def _bucket_of_entry(document: Document) -> int | str:
+    number = document.get("customerOrderNumber")
+    return LEGACY if number is None else bucket_of(number)
+
+
+def _walk(start: int, bottom: int, legacy: bool) -> list[int | str]:
+    """Bucket numbers from ``start`` down to ``bottom``, then the legacy bucket."""
+    walk: list[int | str] = list(range(start, bottom - 1, -1))
+    return [*walk, LEGACY] if legacy else walk

@@ -14,7 +14,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from domain import events as ev
 from domain.events import RecordedEvent
-from projections import paging
+from projections import paging, readdb
 from projections.paging import Page
 from projections.projection import Projector, Write, dispatch, guarded, insert_once
 
@@ -88,7 +88,7 @@ _HANDLERS: dict[str, Projector] = {
 
 
 async def find_order(db: Db, order_id: str) -> dict[str, Any] | None:
-    return await db[COLLECTION].find_one({"_id": order_id})
+    return await readdb.find_by_id(db, COLLECTION, order_id)
 
 
 async def _page(
@@ -120,4 +120,7 @@ async def _page(
 
 async def shipping_queue(db: Db, first: int, after: str | None, count: bool = True) -> Page:
     """PLACED orders, oldest first; ``count``: also count them all."""
-    return await _page(db, {"status": "PLACED"}, ASCENDING, "shipping", first, after, count)
+    return await readdb.cached_query(
+        db, COLLECTION, ("shipping", first, after, count),
+        lambda: _page(db, {"status": "PLACED"}, ASCENDING, "shipping", first, after, count),
+    )  # fmt: skip

@@ -13,7 +13,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from domain import events as ev
 from domain.events import RecordedEvent
 from domain.products import normalise_sku
-from projections import paging
+from projections import paging, readdb
 from projections.paging import InvalidCursor, Page
 from projections.projection import Projector, Write, dispatch, guarded, insert_once
 
@@ -204,11 +204,14 @@ def _after(sort: ProductSort, cursor: str) -> dict[str, Any]:
 
 
 async def find_product(db: AsyncDatabase[Document], product_id: str) -> Document | None:
-    return await db[COLLECTION].find_one({"_id": product_id})
+    return await readdb.find_by_id(db, COLLECTION, product_id)
 
 
 async def find_product_by_sku(db: AsyncDatabase[Document], sku: str) -> Document | None:
-    return await db[COLLECTION].find_one({"sku": normalise_sku(sku)})
+    sku = normalise_sku(sku)
+    return await readdb.cached_query(
+        db, COLLECTION, ("sku", sku), lambda: db[COLLECTION].find_one({"sku": sku})
+    )
 
 
 async def list_products(
@@ -223,6 +226,20 @@ async def list_products(
 
     ``count``: also count all matches (a second query; skip it when nobody asks).
     """
+    key = ("page", product_filter, sort, first, after, count)
+    return await readdb.cached_query(
+        db, COLLECTION, key, lambda: _list_products(db, product_filter, sort, first, after, count)
+    )
+
+
+async def _list_products(
+    db: AsyncDatabase[Document],
+    product_filter: ProductFilter,
+    sort: ProductSort,
+    first: int,
+    after: str | None,
+    count: bool,
+) -> Page:
     collection = db[COLLECTION]
     query = filter_query(product_filter)
     page_query = {"$and": [query, _after(sort, after)]} if after else query

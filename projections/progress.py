@@ -19,6 +19,7 @@ from pymongo.errors import PyMongoError
 from sqlalchemy.exc import SQLAlchemyError
 
 from projections import checkpoints, readdb
+from projections.cache import ReadCache
 from projections.recent import RecentEvents
 from projections.signals import FEED_PAGE, ProgressFeed
 
@@ -39,7 +40,9 @@ class NotYetConsistent(Exception):
 
 
 class Progress:
-    def __init__(self) -> None:
+    def __init__(self, cache: ReadCache | None = None) -> None:
+        self.cache = cache
+        """Dropped from as changes arrive, before positions move (see projections.cache)."""
         self._positions: dict[str, int] = {}
         self._advanced: dict[str, asyncio.Event] = {}
         self._watchers: dict[tuple[str, Any], set[asyncio.Event]] = defaultdict(set)
@@ -62,6 +65,8 @@ class Progress:
         """
         if position <= self._positions.get(projection, 0):
             return
+        if self.cache is not None:
+            self.cache.changed(projection, keys)
         self._positions[projection] = position
         advanced = self._advanced.pop(projection, None)
         if advanced is not None:
@@ -92,8 +97,14 @@ class Progress:
         finally:
             self._waiting -= 1
 
+    def forget_cached(self) -> None:
+        """Empties the read cache: changes may have been missed."""
+        if self.cache is not None:
+            self.cache.clear()
+
     def wake_all(self) -> None:
-        """Every watcher looks again (changes may have been missed)."""
+        """Every watcher looks again and the cache empties (changes may have been missed)."""
+        self.forget_cached()
         for watchers in self._watchers.values():
             for watcher in watchers:
                 watcher.set()
@@ -169,7 +180,11 @@ class ProgressFollower:
         while True:
             rows = await self.feed.read_after(self.last_id)
             for row in rows:
-                missed |= row.id != self.last_id + 1 or row.resync
+                if row.id != self.last_id + 1 or row.resync:
+                    # Rows (and their changed keys) were lost: nothing cached can be trusted,
+                    # and this must happen before any position moves past them.
+                    missed = True
+                    self.progress.forget_cached()
                 if row.epoch > self.epoch:
                     await self.poll_checkpoints()  # a new tenure: collections may differ
                     self.epoch = max(self.epoch, row.epoch)

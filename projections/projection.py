@@ -30,6 +30,9 @@ class Write:
     """For a guarded update: its update document (for :func:`coalesce`)."""
     document: dict[str, Any] | None = None
     """For an insert: the document it creates."""
+    shell: bool = False
+    """An insert of an empty document (version 0) that only makes sure it exists, for
+    guarded updates to fill: updates around it merge, and it may go first."""
 
 
 class Projection(Protocol):
@@ -48,6 +51,13 @@ class Projection(Protocol):
 
 
 Projector = Callable[[RecordedEvent], list[Write]]
+MERGEABLE = frozenset({"$set", "$inc", "$push", "$max", "$min", "$unset"})
+
+
+def collections_of(projection: Projection) -> list[str]:
+    """Every collection ``projection`` writes: those it indexes and those it seeds."""
+    seeds: dict[str, Any] = getattr(projection, "seed_documents", {})
+    return sorted(set(projection.indexes) | set(seeds))
 
 
 def dispatch(projectors: Mapping[str, Projector], event: RecordedEvent) -> list[Write]:
@@ -83,14 +93,23 @@ def coalesce(writes: Sequence[Write]) -> list[Write]:
     batch before writing it and merges only above every end announced before
     (``checkpoints.announce``).
 
-    Only ``$set``, ``$inc`` and ``$push`` (with ``$each``) merge; anything else
-    touching the document (an insert, an update of many documents) ends the run.
+    ``$set``, ``$inc``, ``$push`` (with ``$each``), ``$max``, ``$min`` and ``$unset``
+    merge where the result is the same as one after the other (a later ``$unset``
+    drops the earlier ``$set`` paths under it; what cannot be said in one update is not
+    merged); anything else touching the document (an insert, an update of many
+    documents) ends the run.
     Each merged update keeps the place of the first one it absorbed, which keeps
     every document's own order of writes.
     """
-    merged: list[Write] = []
+    # Shells go first: each only creates an empty document that every guarded update
+    # applies to, so an update that would have found no document before its shell now
+    # finds it (none of the projections' updates mind), and none is left behind.
+    shells = {(w.collection, w.key): w for w in reversed(writes) if w.shell}  # the first
+    merged: list[Write] = list(reversed(shells.values()))
     open_runs: dict[tuple[str, Any], int] = {}
     for write in writes:
+        if write.shell:
+            continue
         if write.guard is None or write.update is None:
             if write.key is None:
                 open_runs.clear()
@@ -112,21 +131,39 @@ def _merge(first: Write, then: Write) -> Write | None:
     assert first.update is not None
     assert then.update is not None
     assert first.guard is not None
-    if not {*first.update, *then.update} <= {"$set", "$inc", "$push"}:
+    if not {*first.update, *then.update} <= MERGEABLE:
         return None
     sets, incs = dict(first.update.get("$set", {})), dict(first.update.get("$inc", {}))
+    bounds = {op: dict(first.update.get(op, {})) for op in ("$max", "$min")}
+    unsets = dict(first.update.get("$unset", {}))
     pushes: dict[str, list[Any]] = {}
     for path, value in first.update.get("$push", {}).items():
         if (items := _each(value)) is None:
             return None
         pushes[path] = items
+    others = (sets, incs, pushes, bounds["$max"], bounds["$min"])
+    for path in then.update.get("$unset", {}):
+        # An earlier $set at or under the path is undone by it; anything else there
+        # cannot be expressed in one update.
+        for taken in others[1:]:
+            if path in taken or _overlaps(path, taken):
+                return None
+        for gone in [p for p in sets if p == path or p.startswith(path + ".")]:
+            del sets[gone]
+        if any(path.startswith(u + ".") for u in unsets):
+            continue  # a parent is gone already
+        unsets[path] = ""
     for path, value in then.update.get("$set", {}).items():
-        if path in pushes or _overlaps(path, sets, incs, pushes):
+        if path in pushes or _overlaps(path, sets, incs, pushes) or _touches(path, unsets):
+            return None
+        if path in bounds["$max"] or path in bounds["$min"]:
             return None
         incs.pop(path, None)  # a later $set wins over an earlier $inc
         sets[path] = value
     for path, amount in then.update.get("$inc", {}).items():
-        if path in pushes or _overlaps(path, sets, incs, pushes):
+        if path in pushes or _overlaps(path, sets, incs, pushes) or _touches(path, unsets):
+            return None
+        if path in bounds["$max"] or path in bounds["$min"]:
             return None
         if path in sets:
             if not isinstance(sets[path], int | float) or isinstance(sets[path], bool):
@@ -138,14 +175,37 @@ def _merge(first: Write, then: Write) -> Write | None:
         items = _each(value)
         if items is None or path in sets or path in incs or _overlaps(path, sets, incs, pushes):
             return None
+        if _touches(path, unsets) or path in bounds["$max"] or path in bounds["$min"]:
+            return None
         pushes[path] = [*pushes.get(path, []), *items]
+    for op, pick in (("$max", max), ("$min", min)):
+        for path, value in then.update.get(op, {}).items():
+            other = bounds["$min" if op == "$max" else "$max"]
+            if path in sets or path in incs or path in pushes or path in other:
+                return None
+            if _overlaps(path, sets, incs, pushes, other) or _touches(path, unsets):
+                return None
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                return None
+            current = bounds[op].get(path)
+            bounds[op][path] = value if current is None else pick(current, value)
     update: dict[str, Any] = {"$set": sets}
     if incs:
         update["$inc"] = incs
     if pushes:
         update["$push"] = {path: {"$each": items} for path, items in pushes.items()}
+    for op in ("$max", "$min"):
+        if bounds[op]:
+            update[op] = bounds[op]
+    if unsets:
+        update["$unset"] = unsets
     operation = _guarded_update(first.key, first.guard, update)
     return Write(first.collection, operation, first.key, first.guard, update)
+
+
+def _touches(path: str, unsets: dict[str, Any]) -> bool:
+    """Whether ``path`` is, is under, or holds a path an earlier update removed."""
+    return any(path == u or path.startswith(u + ".") or u.startswith(path + ".") for u in unsets)
 
 
 def _each(value: Any) -> list[Any] | None:
@@ -164,11 +224,13 @@ def _overlaps(path: str, *taken: dict[str, Any]) -> bool:
     )
 
 
-def insert_once(collection: str, key: Any, document: dict[str, Any]) -> Write:
+def insert_once(
+    collection: str, key: Any, document: dict[str, Any], *, shell: bool = False
+) -> Write:
     """Creates document ``key``; a replay hits the duplicate key and changes nothing.
 
     A plain insert, not an upsert: the relay ignores duplicate-key errors, and an
     insert never has to find the document first (FerretDB scans for that).
     """
     document = {"_id": key, **document}
-    return Write(collection, InsertOne(document), key, document=document)
+    return Write(collection, InsertOne(document), key, document=document, shell=shell)

@@ -34,7 +34,7 @@ from domain import outbox
 from projections import checkpoints
 from projections.lease import Lease
 from projections.progress import Progress
-from projections.projection import Projection
+from projections.projection import Projection, collections_of
 from projections.relay import Relay
 
 log = logging.getLogger(__name__)
@@ -51,11 +51,6 @@ Report = Callable[[int, int], None]
 
 class RebuildRunning(RuntimeError):
     """Another rebuild holds the rebuild lease."""
-
-
-def collections_of(projection: Projection) -> list[str]:
-    seeds: dict[str, Any] = getattr(projection, "seed_documents", {})
-    return sorted(set(projection.indexes) | set(seeds))
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from domain import events as ev
 from domain.events import RecordedEvent
+from projections import readdb
 from projections.projection import Projector, Write, dispatch, guarded, insert_once
 
 COLLECTION = "product_sales"
@@ -75,10 +76,14 @@ _HANDLERS: dict[str, Projector] = {
 
 async def top_products(db: AsyncDatabase[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
     """Products that sold at least one unit, best first; ties by revenue, then id."""
-    return (
-        await db[COLLECTION]
-        .find({"unitsSold": {"$gt": 0}})
-        .sort([("unitsSold", DESCENDING), ("revenueCents", DESCENDING), ("_id", ASCENDING)])
-        .limit(limit)
-        .to_list()
-    )
+
+    async def load() -> list[dict[str, Any]]:
+        return (
+            await db[COLLECTION]
+            .find({"unitsSold": {"$gt": 0}})
+            .sort([("unitsSold", DESCENDING), ("revenueCents", DESCENDING), ("_id", ASCENDING)])
+            .limit(limit)
+            .to_list()
+        )
+
+    return await readdb.cached_query(db, COLLECTION, ("top", limit), load)

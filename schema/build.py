@@ -23,6 +23,7 @@ from schema.mutations import Mutation
 from schema.policy import POLICIES, Authorize, Policy
 from schema.queries import Query
 from schema.scalars import SCALARS
+from schema.sharing import SharedEventExecutor
 from schema.subscriptions import Subscription
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,8 @@ def build_schema(
         mutation=mutation,
         subscription=Subscription,
         config=StrawberryConfig(scalar_map=SCALARS),
+        # Subscribers of one document share each change's execution (schema.sharing).
+        execution_context_class=SharedEventExecutor,
         # Factories: a fresh extension per request. Parsing is cached (by text and token
         # limit) and so is validation (by document and rule classes, which stay the same).
         extensions=[

@@ -39,7 +39,7 @@ from schema.types import (
 PRODUCTS = "products"
 CUSTOMERS = "customers"
 ORDERS = "orders"
-ORDER_HISTORY = "order_history"
+ORDER_HISTORY = "order_history_pages"
 PRODUCT_SALES = "product_sales"
 DASHBOARD = "dashboard"
 AUDIT_TRAIL = "audit_trail"
@@ -193,13 +193,10 @@ class Query:
         after: str | None = strawberry.UNSET,
         min_version: Version | None = strawberry.UNSET,
     ) -> OrderConnection:
-        db, progress = info.context.db, info.context.progress
-        await wait_for(info, ORDER_HISTORY, given(min_version))
+        db = info.context.db
         page = await read_page(
-            info, ORDERS, first, min_version,
-            lambda size, count: history.order_history(
-                db, customer_id, size, given(after), progress.position(ORDERS), count
-            ),
+            info, ORDER_HISTORY, first, min_version,
+            lambda size, count: history.order_history(db, customer_id, size, given(after), count),
         )  # fmt: skip
         return order_connection(page)
 

@@ -21,6 +21,7 @@ from schema.consistency import wait_for
 from schema.context import Info
 from schema.queries import AUDIT_TRAIL, DASHBOARD, ORDERS, PRODUCTS, visible_order
 from schema.scalars import Version
+from schema.sharing import shared_payload
 from schema.types import Dashboard, DomainEvent, Order, Product, given
 
 # How many events one catch-up read takes; how long one live wait lasts before looking again.
@@ -56,7 +57,7 @@ class Subscription:
         async for document in follow(
             info, PRODUCTS, id, lambda: product_views.find_product(db, id)
         ):
-            yield Product.from_document(document)
+            yield shared_payload(document, Product.from_document)
 
     @strawberry.subscription(  # type: ignore[untyped-decorator]
         description="The order now (once its projection has reached minVersion), "
@@ -70,7 +71,7 @@ class Subscription:
         async for document in follow(info, ORDERS, id, lambda: orders.find_order(db, id)):
             if not visible_order(info, document):  # answered like a missing order
                 raise GraphQLError(f"no {ORDERS} document {id}", extensions={"code": "NOT_FOUND"})
-            yield Order.from_document(document)
+            yield shared_payload(document, Order.from_document)
 
     @strawberry.subscription(description="The dashboard now, then after every change.")  # type: ignore[untyped-decorator]
     async def dashboard_updated(
@@ -80,7 +81,7 @@ class Subscription:
         db = info.context.db
         load = lambda: dashboard.read_dashboard(db)  # noqa: E731
         async for document in follow(info, DASHBOARD, dashboard.DASHBOARD_ID, load):
-            yield Dashboard.from_document(document)
+            yield shared_payload(document, Dashboard.from_document)
 
     @strawberry.subscription(  # type: ignore[untyped-decorator]
         description="Every event after `afterVersion` (catch-up, then live), "

@@ -270,3 +270,48 @@ async def test_two_all_in_one_servers_on_shared_stores_both_read_their_writes(
                     PRODUCT, {"id": created["id"], "v": created["version"]}
                 )
             assert product["product"]["sku"] == f"MUG-{n}"
+
+
+def _counter(metrics: str, name: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+async def test_subscribers_of_one_change_share_its_execution(
+    server: Server, client: Client
+) -> None:
+    """Ten subscribers with one selection and variables: each change is executed once
+    for them (and once for the subscriber selecting something else), and all get it."""
+    import contextlib
+
+    created = await create(client)
+    at_creation = {"id": created["id"], "v": created["version"]}
+    other = """subscription($id: ID!, $v: Version) {
+      productUpdated(id: $id, minVersion: $v) { id name version } }"""
+    async with contextlib.AsyncExitStack() as stack:
+        same = [
+            await stack.enter_async_context(subscription(server, PRODUCT_UPDATED, at_creation))
+            for _ in range(10)
+        ]
+        different = await stack.enter_async_context(subscription(server, other, at_creation))
+        for next_payload in [*same, different]:
+            assert (await next_payload())["data"]["productUpdated"]["version"] == created["version"]
+        before = _counter(
+            (await client.http.get("/metrics")).text, "shop_subscription_events_shared_total"
+        )
+        executed = _counter(
+            (await client.http.get("/metrics")).text, "shop_subscription_events_executed_total"
+        )
+        restocked = (await client.data(RESTOCK, {"id": created["id"], "quantity": 3}))[
+            "restockProduct"
+        ]
+        for next_payload in same:
+            assert (await next_payload())["data"]["productUpdated"] == {
+                "id": created["id"], "stockOnHand": 8, "version": restocked["version"]
+            }  # fmt: skip
+        assert (await different())["data"]["productUpdated"]["name"] == "Blue Mug"
+        metrics = (await client.http.get("/metrics")).text
+    assert _counter(metrics, "shop_subscription_events_shared_total") - before == 9
+    assert _counter(metrics, "shop_subscription_events_executed_total") - executed == 2

@@ -54,9 +54,7 @@ async def mug_ada_and_bob(shop: Shop) -> tuple[str, str, str]:
     return await shop.product("MUG", stock=100), await shop.customer(), await shop.customer("Bob")
 
 
-async def test_order_history_pages_newest_first_up_to_what_the_orders_model_holds(
-    engine: AsyncEngine, db: Db
-) -> None:
+async def test_order_history_pages_newest_first(engine: AsyncEngine, db: Db) -> None:
     shop = Shop(engine, db)
     mug, ada, bob = await mug_ada_and_bob(shop)
     placed = [await shop.order(ada if n % 3 else bob, (mug, 1)) for n in range(1, 25)]
@@ -64,7 +62,7 @@ async def test_order_history_pages_newest_first_up_to_what_the_orders_model_hold
     ada_orders = [o for n, o in enumerate(placed, 1) if n % 3][::-1]
     seen, after, pages = [], None, 0
     while True:
-        page = await history.order_history(db, ada, 5, after, up_to=10**9)
+        page = await history.order_history(db, ada, 5, after)
         assert page.total_count == len(ada_orders) == 16
         seen += [d["_id"] for d in page.documents]
         pages += 1
@@ -72,12 +70,7 @@ async def test_order_history_pages_newest_first_up_to_what_the_orders_model_hold
             break
         after = page.cursors[-1]
     assert (seen, pages) == (ada_orders, 4)
-
-    newest = await order_views.find_order(db, ada_orders[0])
-    assert newest is not None
-    older = await history.order_history(db, ada, 50, None, up_to=newest["placedVersion"] - 1)
-    assert [d["_id"] for d in older.documents] == ada_orders[1:]
-    assert (await history.order_history(db, "nobody", 5, None, up_to=10**9)).total_count == 0
+    assert (await history.order_history(db, "nobody", 5, None)).total_count == 0
 
 
 async def test_a_rename_reaches_every_order_but_line_names_stay_as_ordered(
@@ -92,7 +85,7 @@ async def test_a_rename_reaches_every_order_but_line_names_stay_as_ordered(
     await shop.do(RenameCustomer(ada, "Ada Lovelace"))
     later = await shop.order(ada, (mug, 1))
     await shop.sync()
-    page = await history.order_history(db, ada, 100, None, up_to=10**9)
+    page = await history.order_history(db, ada, 100, None)
     assert [d["_id"] for d in page.documents] == [later, *reversed(ada_orders)]
     assert {d["customer"]["name"] for d in page.documents} == {"Ada Lovelace"}
     assert [d["lines"][0]["productName"] for d in page.documents] == ["Renamed mug"] + [

@@ -77,3 +77,38 @@ def test_pushes_of_each_lists_append_in_order_and_other_pushes_stay_apart() -> N
     assert [w.guard for w in plain] == [1, 2]
     clash = coalesce([update(1, {"$push": {"o": {"$each": [1]}}}), update(2, {"$set": {"o": []}})])
     assert [w.guard for w in clash] == [1, 2]
+
+
+def test_bounds_keep_the_extreme_and_an_unset_drops_earlier_sets_under_it() -> None:
+    [merged] = coalesce([
+        update(1, {"$set": {"b.0.x": 1}, "$max": {"top": 0}, "$min": {"low": 0}}),
+        update(2, {"$set": {"b.2.y": 2}, "$max": {"top": 2}, "$min": {"low": 2},
+                   "$unset": {"b.0": ""}}),
+        update(3, {"$set": {"b.2.z": 3}, "$max": {"top": 1}}),
+    ])  # fmt: skip
+    assert merged.update == {
+        "$set": {"b.2.y": 2, "b.2.z": 3, "version": 3},
+        "$max": {"top": 2},
+        "$min": {"low": 0},
+        "$unset": {"b.0": ""},
+    }
+
+
+def test_what_one_update_cannot_say_is_not_merged() -> None:
+    for first, then in (
+        ({"$unset": {"b.0": ""}}, {"$set": {"b.0.x": 1}}),  # set again after removal
+        ({"$set": {"n": 1}}, {"$max": {"n": 3}}),  # a bound over a set value
+        ({"$max": {"n": 1}}, {"$min": {"n": 0}}),
+        ({"$inc": {"n": 1}}, {"$unset": {"n": ""}}),
+    ):
+        assert len(coalesce([update(1, first), update(2, then)])) == 2, (first, then)
+
+
+def test_shells_go_first_once_and_updates_merge_across_them() -> None:
+    shell = insert_once("things", "k", {"n": 0, "version": 0}, shell=True)
+    writes = coalesce([
+        update(1, {"$set": {"a": 1}}), shell, update(2, {"$set": {"b": 1}}), shell,
+        update(3, {"$set": {"c": 1}}),
+    ])  # fmt: skip
+    assert [w.shell for w in writes] == [True, False]
+    assert writes[1].update == {"$set": {"a": 1, "b": 1, "c": 1, "version": 3}}
