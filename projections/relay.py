@@ -16,7 +16,13 @@ from typing import Any, TypedDict
 
 from pymongo import IndexModel, InsertOne, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.errors import (
+    BulkWriteError,
+    CollectionInvalid,
+    DuplicateKeyError,
+    OperationFailure,
+    PyMongoError,
+)
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -25,7 +31,7 @@ from domain.events import RecordedEvent
 from projections import checkpoints, readdb
 from projections.lease import Lease
 from projections.progress import Progress
-from projections.projection import MongoWrite, Projection, Write, coalesce
+from projections.projection import MongoWrite, Projection, Write, coalesce, collections_of
 from projections.signals import Advance, ProgressFeed
 
 log = logging.getLogger(__name__)
@@ -55,7 +61,20 @@ async def ensure_indexes(
 async def prepare_collections(
     db: AsyncDatabase[dict[str, Any]], projection: Projection, suffix: str = ""
 ) -> None:
-    """Indexes, and the documents a projection expects to exist (``seed_documents``)."""
+    """Its collections (created now, even those without an index of their own: the
+    embedded store indexes ``_id`` lookups only of collections that exist, see
+    ``app.ferretdb.index_document_ids``), indexes, and the documents a projection
+    expects to exist (``seed_documents``)."""
+    existing = set(await db.list_collection_names())
+    for collection in collections_of(projection):
+        if collection + suffix not in existing:
+            try:
+                await db.create_collection(collection + suffix)
+            except CollectionInvalid:
+                pass  # another process was first
+            except OperationFailure as error:
+                if error.code != NAMESPACE_EXISTS:  # the same, as the server says it
+                    raise
     for collection, indexes in projection.indexes.items():
         await ensure_indexes(db, collection + suffix, indexes)
     seeds: dict[str, list[dict[str, Any]]] = getattr(projection, "seed_documents", {})
@@ -160,6 +179,7 @@ class RelayOptions(TypedDict):
 
 
 _MISSING = object()
+NAMESPACE_EXISTS = 48
 VERSION_READS = 16
 
 
@@ -273,20 +293,29 @@ async def _checked(
 
     versions = dict(await asyncio.gather(*(version_of(key) for key in keys)))
     versions.update({w.key: known[w.key] for w in writes if w.key in known})
-    operations: list[MongoWrite] = []
+    kept: list[Write] = []
     for write in writes:
         if write.document is not None:  # an insert: it creates the document if missing
             if versions.get(write.key) is _MISSING:
                 versions[write.key] = write.document.get("version")
-            operations.append(write.operation)
+            kept.append(write)
         elif write.guard is not None and write.update is not None:
             current = versions.get(write.key, _MISSING)
             if current is _MISSING or current is None or current >= write.guard:
                 continue  # what the filter {version: {$lt: guard}} would not match
-            operations.append(UpdateOne({"_id": write.key}, write.update))
+            kept.append(write)
             versions[write.key] = write.update["$set"]["version"]
         else:
-            operations.append(write.operation)
+            kept.append(write)
+    # Every update kept applies for certain (its document is below its guard, and the
+    # relay is the only writer), so a document's updates merge whatever an earlier,
+    # interrupted attempt left behind: a retry costs what a first attempt does.
+    operations = [
+        UpdateOne({"_id": w.key}, w.update)
+        if w.guard is not None and w.update is not None
+        else w.operation
+        for w in coalesce(kept)
+    ]
     return operations, versions
 
 
@@ -587,9 +616,14 @@ class Relay:
         position = events[-1].position
         if merge:
             writes = coalesce(writes)
+        # A part that may not be merged blindly (an earlier attempt may have left some of
+        # its events behind) is decided here, document by document, and merged then
+        # (``_checked``), whatever the store: a retry costs what a first attempt does.
+        # The versions this relay remembers are only kept where it always decides.
+        decide = self.check_versions or not merge
         await apply_writes(
-            self.db, writes, self.write_chunk, self.suffix,
-            check_versions=self.check_versions, known=self.known, gate=self.write_gate,
+            self.db, writes, self.write_chunk, self.suffix, check_versions=decide,
+            known=self.known if self.check_versions else VersionCache(), gate=self.write_gate,
         )  # fmt: skip
         async with self.write_gate:  # a checkpoint move is a write like any other
             await self.save_checkpoint(projection.name, position)
