@@ -75,6 +75,7 @@ async def write_model(database_url: str) -> dict[str, Any]:
                 "orderCount": sales[p["id"]]["orderCount"],
             }
             for p in product_rows
+            if sales[p["id"]]["unitsSold"]  # topProducts lists what sold at least one unit
         },
         "orders": {
             o["id"]: {"status": o["status"], "totalCents": o["total_cents"]} for o in order_rows
