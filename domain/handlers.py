@@ -213,8 +213,9 @@ async def place_order(cmd: PlaceOrder, uow: UnitOfWork) -> Aggregate:
         lines=priced,
         shipping_address=address or customer.address,
         now=uow.now,
-        # Concurrent orders of one customer on PostgreSQL may share a number: the read
-        # models that use it tolerate that (projections.history).
+        # Unique and in commit order: loading the customer locked its row (FOR UPDATE on
+        # PostgreSQL, one writer on SQLite), so orders of one customer are placed one at
+        # a time (projections.history files orders by it).
         number=await uow.orders.count_for_customer(customer.id) + 1,
     )
     for i, ordered in _in_product_order(priced):

@@ -32,6 +32,7 @@ Documents are shared between requests: callers must not change them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -58,11 +59,18 @@ class CacheStats:
 
 
 def size_of(value: Any) -> int:
-    """Bytes an entry is charged: its BSON size (documents) plus a fixed overhead."""
+    """Bytes an entry is charged: the BSON size of the documents in it (a document, a
+    list, a page of them: any dataclass by its fields), strings by their length, plus
+    a fixed overhead for each."""
     if isinstance(value, dict):
         return len(bson.encode(value)) + ENTRY_OVERHEAD
     if isinstance(value, list | tuple):
         return sum(size_of(v) for v in value) + ENTRY_OVERHEAD
+    if isinstance(value, str | bytes):
+        return len(value) + ENTRY_OVERHEAD
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = dataclasses.fields(value)
+        return sum(size_of(getattr(value, f.name)) for f in fields) + ENTRY_OVERHEAD
     return ENTRY_OVERHEAD
 
 

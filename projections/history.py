@@ -10,8 +10,9 @@ lookup per order: 21 round trips.
 customer's order number n (``customerOrderNumber``: 1 for the first, counted by the
 write model), and every later event of the order repeats it. Order n lives in bucket
 ``k = (n - 1) // BUCKET`` of its customer, the document ``"<customerId>:<k>"``, as a
-complete summary under ``orders.<orderId>``. Buckets hold at most BUCKET orders (a
-few more if concurrent orders of one customer on PostgreSQL share a number).
+complete summary under ``orders.<orderId>``. Buckets hold at most BUCKET orders:
+placing an order locks the customer's row, so numbers are unique and follow the
+outbox's order.
 
 **The head** ``"<customerId>"`` (created at registration) holds the customer, the
 order count, the highest and lowest bucket numbers (``top``, ``bottom``) and a copy
@@ -36,7 +37,8 @@ older than all of them); it is unbounded.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pymongo import IndexModel
@@ -188,59 +190,59 @@ async def order_history(
 ) -> Page:
     """A customer's orders, newest first: ``first`` after the cursor ``after``.
 
-    ``count``: also the total (kept in the head: free on the first page, one more
-    read, side by side, on later ones).
+    The head first (a first page of up to BUCKET + 1 orders is all in it), then the
+    buckets below, newest first, read side by side as many as the rest of the page
+    needs. A cursor names the last order shown and its bucket; the walk never goes
+    above the head's top bucket nor below its bottom one, whatever a cursor says.
+    ``count``: also the total (kept in the head).
     """
+    head = await readdb.find_by_id(db, COLLECTION, customer_id)
+    if head is None:
+        return Page([], [], False, 0 if count else None)
+    top, bottom, legacy = head["top"], head["bottom"], head["legacy"]
+    below: int | None = None
+    start: int | str = top
+    if after is not None:
+        below, start = paging.decode("history", after, 2)
+        if not isinstance(below, int) or not (isinstance(start, int) or start == LEGACY):
+            raise paging.InvalidCursor("malformed cursor")
+    walk: Iterator[int | str] = (
+        iter([LEGACY] if legacy else [])
+        if start == LEGACY
+        else itertools.chain(
+            range(min(int(start), top), bottom - 1, -1), [LEGACY] if legacy else []
+        )
+    )
     entries: list[Document] = []
-    if after is None:
-        head = await readdb.find_by_id(db, COLLECTION, customer_id)
-        if head is None:
-            return Page([], [], False, 0 if count else None)
-        top, bottom, legacy = head["top"], head["bottom"], head["legacy"]
-        for k in (top, top - 1):
-            entries += _entries(head, head["buckets"].get(str(k), {}))
-        below, total = None, head["count"]
-        walk = _walk(top - 2, bottom, legacy)
-    else:
-        below, bucket, bottom, legacy = paging.decode("history", after, 4)
-        if not isinstance(below, int) or not isinstance(bottom, int):
-            raise paging.InvalidCursor("malformed cursor")
-        if not isinstance(bucket, int) and bucket != LEGACY:
-            raise paging.InvalidCursor("malformed cursor")
-        walk = [LEGACY] if bucket == LEGACY else _walk(int(bucket), bottom, bool(legacy))
-        total = None
-    reads: list[asyncio.Task[Document | None]] = []
-    counted = None
-    if after is not None and count:
-        counted = asyncio.ensure_future(readdb.find_by_id(db, COLLECTION, customer_id))
-    try:
-        while walk and _shown(entries, below) <= first:
-            # enough buckets for the rest of the page, read side by side
-            wanted = -(-(first + 1) // BUCKET) + 1
-            taken, walk = walk[:wanted], walk[wanted:]
-            reads = [
-                asyncio.ensure_future(readdb.find_by_id(db, COLLECTION, bucket_id(customer_id, k)))
-                for k in taken
-            ]
-            for document in await asyncio.gather(*reads):
-                if document is not None:
-                    entries += _entries(document, document["orders"])
-        if counted is not None:
-            head = await counted
-            total = 0 if head is None else head["count"]
-    finally:
-        if counted is not None and not counted.done():
-            counted.cancel()
+    while _shown(entries, below) <= first:
+        # enough buckets for the rest of the page, side by side; the head's own two
+        # are copies already in hand
+        taken = list(itertools.islice(walk, -(-(first + 1) // BUCKET) + 1))
+        if not taken:
+            break
+        in_head = {k for k in taken if k in (top, top - 1)}
+        for k in taken:
+            if k in in_head:
+                entries += _entries(head, head["buckets"].get(str(k), {}))
+        read = [k for k in taken if k not in in_head]
+        found = await asyncio.gather(
+            *(readdb.find_by_id(db, COLLECTION, bucket_id(customer_id, k)) for k in read)
+        )
+        for document in found:
+            if document is not None:
+                entries += _entries(document, document["orders"])
+        if below is not None and not any(e["placedVersion"] == below for e in entries):
+            # the order the cursor names is in the first bucket read: a cursor this
+            # server did not hand out (or for another customer) walks no further
+            raise paging.InvalidCursor("the cursor names no order of this customer")
     if below is not None:
         entries = [e for e in entries if e["placedVersion"] < below]
     entries.sort(key=lambda e: e["placedVersion"], reverse=True)
 
     def cursor(document: Document) -> str:
-        return paging.encode(
-            "history", document["placedVersion"], _bucket_of_entry(document), bottom, legacy
-        )
+        return paging.encode("history", document["placedVersion"], _bucket_of_entry(document))
 
-    return paging.page_of(entries[: first + 1], first, cursor, total if count else None)
+    return paging.page_of(entries[: first + 1], first, cursor, head["count"] if count else None)
 
 
 def _shown(entries: list[Document], below: int | None) -> int:
@@ -250,9 +252,3 @@ def _shown(entries: list[Document], below: int | None) -> int:
 def _bucket_of_entry(document: Document) -> int | str:
     number = document.get("customerOrderNumber")
     return LEGACY if number is None else bucket_of(number)
-
-
-def _walk(start: int, bottom: int, legacy: bool) -> list[int | str]:
-    """Bucket numbers from ``start`` down to ``bottom``, then the legacy bucket."""
-    walk: list[int | str] = list(range(start, bottom - 1, -1))
-    return [*walk, LEGACY] if legacy else walk

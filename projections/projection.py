@@ -94,9 +94,8 @@ def coalesce(writes: Sequence[Write]) -> list[Write]:
     (``checkpoints.announce``).
 
     ``$set``, ``$inc``, ``$push`` (with ``$each``), ``$max``, ``$min`` and ``$unset``
-    merge where the result is the same as one after the other (a later ``$unset``
-    drops the earlier ``$set`` paths under it; what cannot be said in one update is not
-    merged); anything else touching the document (an insert, an update of many
+    merge where one update says exactly what the two do one after the other (see
+    :func:`_merge`); anything else touching the document (an insert, an update of many
     documents) ends the run.
     Each merged update keeps the place of the first one it absorbed, which keeps
     every document's own order of writes.
@@ -128,84 +127,81 @@ def coalesce(writes: Sequence[Write]) -> list[Write]:
 
 
 def _merge(first: Write, then: Write) -> Write | None:
+    """``first`` then ``then`` as one update, or None where one update cannot say exactly
+    what the two do one after the other.
+
+    A path of ``then`` that is a parent or a child of a path ``first`` changes, by any
+    operator, is never merged (MongoDB refuses such updates, or their result would
+    differ: a parent created on the way, say). The same path merges for a later
+    ``$set`` over a ``$set`` or ``$inc``, ``$inc`` over ``$inc`` or a numeric
+    ``$set``, ``$push`` over ``$push``, ``$max``/``$min`` over itself, and ``$unset``
+    of a path nothing else touched.
+    """
     assert first.update is not None
     assert then.update is not None
     assert first.guard is not None
     if not {*first.update, *then.update} <= MERGEABLE:
         return None
-    sets, incs = dict(first.update.get("$set", {})), dict(first.update.get("$inc", {}))
-    bounds = {op: dict(first.update.get(op, {})) for op in ("$max", "$min")}
-    unsets = dict(first.update.get("$unset", {}))
-    pushes: dict[str, list[Any]] = {}
-    for path, value in first.update.get("$push", {}).items():
+    merged: dict[str, dict[str, Any]] = {op: dict(first.update.get(op, {})) for op in MERGEABLE}
+    for path, value in merged["$push"].items():
         if (items := _each(value)) is None:
             return None
-        pushes[path] = items
-    others = (sets, incs, pushes, bounds["$max"], bounds["$min"])
-    for path in then.update.get("$unset", {}):
-        # An earlier $set at or under the path is undone by it; anything else there
-        # cannot be expressed in one update.
-        for taken in others[1:]:
-            if path in taken or _overlaps(path, taken):
+        merged["$push"][path] = items
+    for op, fields in then.update.items():
+        for path, value in fields.items():
+            if any(_related(path, other) for taken in merged.values() for other in taken):
                 return None
-        for gone in [p for p in sets if p == path or p.startswith(path + ".")]:
-            del sets[gone]
-        if any(path.startswith(u + ".") for u in unsets):
-            continue  # a parent is gone already
-        unsets[path] = ""
-    for path, value in then.update.get("$set", {}).items():
-        if path in pushes or _overlaps(path, sets, incs, pushes) or _touches(path, unsets):
-            return None
-        if path in bounds["$max"] or path in bounds["$min"]:
-            return None
-        incs.pop(path, None)  # a later $set wins over an earlier $inc
-        sets[path] = value
-    for path, amount in then.update.get("$inc", {}).items():
-        if path in pushes or _overlaps(path, sets, incs, pushes) or _touches(path, unsets):
-            return None
-        if path in bounds["$max"] or path in bounds["$min"]:
-            return None
-        if path in sets:
-            if not isinstance(sets[path], int | float) or isinstance(sets[path], bool):
+            if not _merge_path(merged, op, path, value):
                 return None
-            sets[path] += amount
-        else:
-            incs[path] = incs.get(path, 0) + amount
-    for path, value in then.update.get("$push", {}).items():
-        items = _each(value)
-        if items is None or path in sets or path in incs or _overlaps(path, sets, incs, pushes):
-            return None
-        if _touches(path, unsets) or path in bounds["$max"] or path in bounds["$min"]:
-            return None
-        pushes[path] = [*pushes.get(path, []), *items]
-    for op, pick in (("$max", max), ("$min", min)):
-        for path, value in then.update.get(op, {}).items():
-            other = bounds["$min" if op == "$max" else "$max"]
-            if path in sets or path in incs or path in pushes or path in other:
-                return None
-            if _overlaps(path, sets, incs, pushes, other) or _touches(path, unsets):
-                return None
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                return None
-            current = bounds[op].get(path)
-            bounds[op][path] = value if current is None else pick(current, value)
-    update: dict[str, Any] = {"$set": sets}
-    if incs:
-        update["$inc"] = incs
-    if pushes:
-        update["$push"] = {path: {"$each": items} for path, items in pushes.items()}
-    for op in ("$max", "$min"):
-        if bounds[op]:
-            update[op] = bounds[op]
-    if unsets:
-        update["$unset"] = unsets
+    update: dict[str, Any] = {"$set": merged["$set"]}
+    for op in ("$inc", "$max", "$min", "$unset"):
+        if merged[op]:
+            update[op] = merged[op]
+    if merged["$push"]:
+        update["$push"] = {path: {"$each": items} for path, items in merged["$push"].items()}
     operation = _guarded_update(first.key, first.guard, update)
     return Write(first.collection, operation, first.key, first.guard, update)
 
 
-def _touches(path: str, unsets: dict[str, Any]) -> bool:
-    """Whether ``path`` is, is under, or holds a path an earlier update removed."""
-    return any(path == u or path.startswith(u + ".") or u.startswith(path + ".") for u in unsets)
+def _merge_path(merged: dict[str, dict[str, Any]], op: str, path: str, value: Any) -> bool:
+    """Folds ``op path value`` into ``merged`` (same path only); False if it cannot."""
+    holders = {taken for taken, fields in merged.items() if path in fields}
+    if op == "$set" and holders <= {"$set", "$inc"}:
+        merged["$inc"].pop(path, None)  # a later $set wins over an earlier $inc
+        merged["$set"][path] = value
+        return True
+    if op == "$inc" and _number(value) and holders <= {"$inc"}:
+        merged["$inc"][path] = merged["$inc"].get(path, 0) + value
+        return True
+    if op == "$inc" and _number(value) and holders == {"$set"}:
+        if not _number(merged["$set"][path]):
+            return False
+        merged["$set"][path] += value
+        return True
+    if op == "$push" and holders <= {"$push"}:
+        items = _each(value)
+        if items is None:
+            return False
+        merged["$push"][path] = [*merged["$push"].get(path, []), *items]
+        return True
+    if op in ("$max", "$min") and _number(value) and holders <= {op}:
+        pick = max if op == "$max" else min
+        current = merged[op].get(path)
+        merged[op][path] = value if current is None else pick(current, value)
+        return True
+    if op == "$unset" and not holders:
+        merged["$unset"][path] = ""
+        return True
+    return False
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _related(path: str, other: str) -> bool:
+    """Whether one of the two paths is a parent of the other (not the same path)."""
+    return path.startswith(other + ".") or other.startswith(path + ".")
 
 
 def _each(value: Any) -> list[Any] | None:
@@ -213,15 +209,6 @@ def _each(value: Any) -> list[Any] | None:
     if isinstance(value, dict) and set(value) == {"$each"} and isinstance(value["$each"], list):
         return list(value["$each"])
     return None
-
-
-def _overlaps(path: str, *taken: dict[str, Any]) -> bool:
-    """Whether ``path`` is a parent or child of a path already changed (not the same one)."""
-    return any(
-        other != path and (other.startswith(path + ".") or path.startswith(other + "."))
-        for fields in taken
-        for other in fields
-    )
 
 
 def insert_once(

@@ -81,9 +81,8 @@ class SharedEventExecutor(StrawberryGraphQLCoreExecutionContext):
         key = (id(payload), id(operation), _variables_key(self.variable_values.coerced))
         entry = _results.get(key)
         if entry is not None and entry[0] is payload and entry[1] is operation:
-            STATS.shared += 1
             _results.move_to_end(key)
-            return _awaitable(entry[2])
+            return self._shared(entry[2], serially)
         STATS.executed += 1
         result = super().execute_operation(serially)
         if self.is_awaitable(result):
@@ -92,6 +91,27 @@ class SharedEventExecutor(StrawberryGraphQLCoreExecutionContext):
         while len(_results) > KEEP_RESULTS:
             _results.popitem(last=False)
         return _awaitable(result)
+
+    def _shared(self, result: Any, serially: bool | None) -> AwaitableOrValue[Any]:
+        """Another subscriber's result, unless it holds errors: those are masked and
+        logged per request (``ShopSchema.process_errors`` changes them in place), so
+        each subscriber executes its own."""
+        if not isinstance(result, asyncio.Future):
+            if result.errors:
+                STATS.executed += 1
+                return super().execute_operation(serially)
+            STATS.shared += 1
+            return result
+        return self._after(result, serially)
+
+    async def _after(self, shared: asyncio.Future[Any], serially: bool | None) -> Any:
+        result = await asyncio.shield(shared)
+        if result.errors:
+            STATS.executed += 1
+            own = super().execute_operation(serially)
+            return await own if self.is_awaitable(own) else own
+        STATS.shared += 1
+        return result
 
 
 def _awaitable(result: Any) -> Any:

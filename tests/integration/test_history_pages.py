@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from domain import events as ev
 from domain.commands import CancelOrder, RenameCustomer, ShipOrder
 from domain.events import RecordedEvent
-from projections import history, readdb
+from projections import history, paging, readdb
 from projections.history import BUCKET, OrderHistoryProjection
 from projections.projection import coalesce
 from projections.relay import apply_writes, prepare_collections
@@ -145,3 +145,30 @@ async def test_orders_from_before_events_carried_numbers_come_after_the_numbered
         assert {d["customer"]["name"] for d in pages} == {"Ada Lovelace"}
     first = await history.order_history(db, ada, 5, None)
     assert first.total_count == 43
+
+
+async def test_a_forged_cursor_is_refused_after_one_read(
+    engine: AsyncEngine, db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shop = Shop(engine, db)
+    mug, ada = await shop.product("MUG", stock=1000), await shop.customer()
+    for _ in range(3 * BUCKET):
+        await shop.order(ada, (mug, 1))
+    await shop.sync()
+    reads: list[Any] = []
+    find = readdb.find_by_id
+
+    async def counted(db: Any, collection: str, key: Any) -> Any:
+        reads.append(key)
+        return await find(db, collection, key)
+
+    monkeypatch.setattr(readdb, "find_by_id", counted)
+    for forged in (["history", 0, 10**12], ["history", 1, 0], ["history", 0, "legacy"]):
+        cursor = paging.encode(*forged)
+        reads.clear()
+        if forged[2] == "legacy":  # no legacy bucket: nothing below
+            assert (await history.order_history(db, ada, 20, cursor)).documents == []
+            continue
+        with pytest.raises(paging.InvalidCursor):
+            await history.order_history(db, ada, 20, cursor)
+        assert len(reads) <= 3, reads

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 from datetime import UTC, datetime
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pymongo import UpdateMany
 
 from domain.events import RecordedEvent
@@ -79,18 +82,19 @@ def test_pushes_of_each_lists_append_in_order_and_other_pushes_stay_apart() -> N
     assert [w.guard for w in clash] == [1, 2]
 
 
-def test_bounds_keep_the_extreme_and_an_unset_drops_earlier_sets_under_it() -> None:
-    [merged] = coalesce([
+def test_bounds_keep_the_extreme_and_unsets_merge_where_nothing_else_is_touched() -> None:
+    writes = coalesce([
         update(1, {"$set": {"b.0.x": 1}, "$max": {"top": 0}, "$min": {"low": 0}}),
         update(2, {"$set": {"b.2.y": 2}, "$max": {"top": 2}, "$min": {"low": 2},
-                   "$unset": {"b.0": ""}}),
-        update(3, {"$set": {"b.2.z": 3}, "$max": {"top": 1}}),
+                   "$unset": {"b.0": ""}}),  # removes what the first one set: not merged
+        update(3, {"$set": {"b.2.z": 3}, "$max": {"top": 1}, "$unset": {"old": ""}}),
     ])  # fmt: skip
-    assert merged.update == {
+    assert [w.guard for w in writes] == [1, 2]
+    assert writes[1].update == {
         "$set": {"b.2.y": 2, "b.2.z": 3, "version": 3},
         "$max": {"top": 2},
-        "$min": {"low": 0},
-        "$unset": {"b.0": ""},
+        "$min": {"low": 2},
+        "$unset": {"b.0": "", "old": ""},
     }
 
 
@@ -100,8 +104,95 @@ def test_what_one_update_cannot_say_is_not_merged() -> None:
         ({"$set": {"n": 1}}, {"$max": {"n": 3}}),  # a bound over a set value
         ({"$max": {"n": 1}}, {"$min": {"n": 0}}),
         ({"$inc": {"n": 1}}, {"$unset": {"n": ""}}),
+        ({"$unset": {"a.y": ""}}, {"$unset": {"a": ""}}),  # paths MongoDB calls conflicting
+        ({"$max": {"a.x": 1}}, {"$set": {"a": 1}}),
+        ({"$set": {"a": {"y": 1}}}, {"$unset": {"a.y": ""}}),
+        ({"$set": {"c.d": 1}}, {"$unset": {"c.d": ""}}),  # would lose the parent c: {}
     ):
         assert len(coalesce([update(1, first), update(2, then)])) == 2, (first, then)
+
+
+class Conflicting(Exception):
+    """MongoDB would refuse the update (paths that overlap, a number expected)."""
+
+
+def apply(document: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
+    """One update as MongoDB applies it, for the operators ``coalesce`` merges."""
+    paths = [path for fields in change.values() for path in fields]
+    for i, path in enumerate(paths):
+        for other in paths[i + 1 :]:
+            if path == other or path.startswith(other + ".") or other.startswith(path + "."):
+                raise Conflicting(path, other)
+    result = copy.deepcopy(document)
+    for op, fields in change.items():
+        for path, value in fields.items():
+            *parents, name = path.split(".")
+            holder = result
+            for part in parents:
+                if part not in holder:
+                    if op == "$unset":
+                        break
+                    holder[part] = {}
+                holder = holder[part]
+                if not isinstance(holder, dict):
+                    raise Conflicting(path)
+            else:
+                current = holder.get(name)
+                if op == "$unset":
+                    holder.pop(name, None)
+                elif op == "$set":
+                    holder[name] = copy.deepcopy(value)
+                elif op == "$push":
+                    if not isinstance(current or [], list):
+                        raise Conflicting(path)
+                    holder[name] = [*(current or []), *value["$each"]]
+                else:
+                    if current is not None and not isinstance(current, int):
+                        raise Conflicting(path)
+                    if op == "$inc":
+                        holder[name] = (current or 0) + value
+                    else:
+                        pick = max if op == "$max" else min
+                        holder[name] = value if current is None else pick(current, value)
+    return result
+
+
+PATHS = st.sampled_from(["a", "a.x", "a.y", "b", "c.d", "version2"])
+VALUES = {
+    "$set": st.sampled_from([1, 2, {"z": 1}]),
+    "$inc": st.integers(1, 3),
+    "$push": st.builds(lambda n: {"$each": [n]}, st.integers(0, 9)),
+    "$max": st.integers(0, 9),
+    "$min": st.integers(0, 9),
+    "$unset": st.just(""),
+}
+CHANGE = st.lists(
+    st.sampled_from(sorted(VALUES)).flatmap(
+        lambda op: st.tuples(st.just(op), PATHS, VALUES[op])
+    ),
+    min_size=1, max_size=3,
+).map(lambda parts: {op: {path: value} for op, path, value in parts})  # fmt: skip
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(CHANGE, min_size=2, max_size=4))
+def test_merged_updates_do_exactly_what_they_do_one_after_the_other(
+    changes: list[dict[str, Any]],
+) -> None:
+    writes = [update(n + 1, change) for n, change in enumerate(changes)]
+    start = {"_id": "k", "version": 0, "a": {"x": 1}, "b": 5}
+    try:
+        expected = start
+        for write in writes:
+            assert write.update is not None
+            expected = apply(expected, write.update)
+    except Conflicting:
+        return  # not something a projection would write
+    merged = start
+    for write in coalesce(writes):
+        assert write.update is not None
+        merged = apply(merged, write.update)  # never conflicting
+    assert merged == expected
 
 
 def test_shells_go_first_once_and_updates_merge_across_them() -> None:

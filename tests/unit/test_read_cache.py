@@ -9,6 +9,7 @@ import pytest
 
 from projections import cache as cache_module
 from projections.cache import ReadCache
+from projections.paging import Page
 from projections.progress import Progress
 
 COLLECTIONS = {"products": ["products"], "dashboard": ["dashboard", "dashboard_stock"]}
@@ -201,3 +202,18 @@ async def test_progress_drops_changes_before_anyone_sees_the_new_position() -> N
     await cache.document("products", "p1", store.loader("p1"))
     progress.wake_all()  # changes may have been missed
     assert len(cache) == 0
+
+
+async def test_a_page_is_charged_for_its_documents() -> None:
+    documents = [{"_id": f"p{i}", "name": "x" * 1000, "version": i} for i in range(100)]
+    page = Page(documents, [f"c{i}" for i in range(100)], True, 100)
+    assert cache_module.size_of(page) > cache_module.size_of(documents) > 100_000
+    cache = ReadCache(1 << 20, COLLECTIONS)
+    for search in range(50):  # 50 distinct searches of ~100 KB each in 1 MiB
+
+        async def load() -> Page:
+            return Page([dict(d) for d in documents], [], True, 100)
+
+        await cache.query("products", ("page", f"search{search}"), load)
+    assert cache.bytes <= cache.max_bytes
+    assert len(cache) < 10
