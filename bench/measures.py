@@ -681,8 +681,8 @@ async def p5_order_history(
 ) -> list[Row]:
     """orderHistory of one customer, read model ÷ JOIN on the write model, at N orders.
 
-    The read model is what the server reads: the customer's history head document
-    (``order_history_pages``: a first page is that one document), straight from the
+    The read model is what the server reads: the customer's history head, then the
+    buckets the page needs side by side (``order_history_pages``), straight from the
     store (P5: a cold cache, every read a round trip) and through the server's read
     cache (P5c: what a process serving the page again and again does; its hit ratio
     in the row).

@@ -288,11 +288,18 @@ REFUSABLE = """mutation($id: ID!) {
 
 
 async def read_at(reader: GraphQLClient, product: str, version: int) -> dict[str, Any]:
+    """The product at ``version``; a read, so a pooled connection the server had closed
+    meanwhile (idle through a fail-over) is simply tried again."""
+    resets = 0
     while True:
         try:
             return await reader.post(READ, {"id": product, "v": version})
         except NotYetConsistent:
             continue
+        except aiohttp.ClientConnectionError:
+            resets += 1
+            if resets > 3:
+                raise
 
 
 async def failover(

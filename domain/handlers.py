@@ -242,10 +242,7 @@ async def cancel_order(cmd: CancelOrder, uow: UnitOfWork) -> Aggregate:
         uow.orders, cmd.order_id, "order", check,
         visible=lambda o: customer is None or o.customer_id == customer,
     )  # fmt: skip
-    order.cancel(
-        cmd.reason, expected_version=cmd.expected_version, now=uow.now,
-        orders_placed=await uow.orders.count_for_customer(order.customer_id),
-    )  # fmt: skip
+    order.cancel(cmd.reason, expected_version=cmd.expected_version, now=uow.now)
     for _, line in _in_product_order(order.lines):
         await uow.stock.release(line.product_id, line.quantity)
     return order
@@ -254,10 +251,7 @@ async def cancel_order(cmd: CancelOrder, uow: UnitOfWork) -> Aggregate:
 async def ship_order(cmd: ShipOrder, uow: UnitOfWork) -> Aggregate:
     check = partial(check_tracking_number, tracking_number=cmd.tracking_number)
     order = await _order(uow, cmd.order_id, check)
-    order.ship(
-        cmd.tracking_number, expected_version=cmd.expected_version, now=uow.now,
-        orders_placed=await uow.orders.count_for_customer(order.customer_id),
-    )  # fmt: skip
+    order.ship(cmd.tracking_number, expected_version=cmd.expected_version, now=uow.now)
     for _, line in _in_product_order(order.lines):
         await uow.stock.ship(line.product_id, line.quantity)
     return order

@@ -136,16 +136,7 @@ class Order(Aggregate):
         )
         return order
 
-    def cancel(
-        self,
-        reason: str,
-        *,
-        expected_version: int | None,
-        now: datetime,
-        orders_placed: int | None = None,
-    ) -> None:
-        """``orders_placed``: how many orders the customer has placed (read models use it
-        to find the order's copies, see ``projections.history``)."""
+    def cancel(self, reason: str, *, expected_version: int | None, now: datetime) -> None:
         problems = Problems()
         problems.add(self.version_conflict(expected_version))
         check_reason(problems, reason)
@@ -162,18 +153,10 @@ class Order(Aggregate):
             customerId=self.customer_id,
             totalCents=self.total_cents,
             lines=self._line_movements(),
-            **self._numbered(orders_placed),
+            **self._numbered(),
         )
 
-    def ship(
-        self,
-        tracking_number: str,
-        *,
-        expected_version: int | None,
-        now: datetime,
-        orders_placed: int | None = None,
-    ) -> None:
-        """``orders_placed``: as for :meth:`cancel`."""
+    def ship(self, tracking_number: str, *, expected_version: int | None, now: datetime) -> None:
         problems = Problems()
         problems.add(self.version_conflict(expected_version))
         check_tracking_number(problems, tracking_number)
@@ -187,14 +170,11 @@ class Order(Aggregate):
             customerId=self.customer_id,
             totalCents=self.total_cents,
             lines=self._line_movements(),
-            **self._numbered(orders_placed),
+            **self._numbered(),
         )
 
-    def _numbered(self, orders_placed: int | None = None) -> dict[str, int]:
-        numbers = {} if self.number is None else {"customerOrderNumber": self.number}
-        if orders_placed is not None:
-            numbers["ordersPlaced"] = orders_placed
-        return numbers
+    def _numbered(self) -> dict[str, int]:
+        return {} if self.number is None else {"customerOrderNumber": self.number}
 
     def _line_movements(self) -> list[dict[str, Any]]:
         """What cancelling or shipping moves, so projections need no other state."""

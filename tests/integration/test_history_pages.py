@@ -49,7 +49,6 @@ async def test_pages_of_every_size_walk_the_buckets_newest_first(
 
     head = await db[history.COLLECTION].find_one({"_id": ada})
     assert head is not None
-    assert set(head["buckets"]) == {"3", "2"}  # the head holds the two newest buckets only
     assert (head["top"], head["bottom"], head["count"]) == (3, 0, 3 * BUCKET + 5)
 
     reads: list[Any] = []
@@ -62,7 +61,8 @@ async def test_pages_of_every_size_walk_the_buckets_newest_first(
     monkeypatch.setattr(readdb, "find_by_id", counted)
     page = await history.order_history(db, ada, 20, None)
     assert [d["_id"] for d in page.documents] == newest_first[:20]
-    assert reads == [ada]  # a first page is one document
+    # the head, then the three buckets a page of 20 may need, side by side
+    assert reads == [ada, *(history.bucket_id(ada, k) for k in (3, 2, 1))]
 
 
 async def test_status_changes_and_renames_reach_every_copy(engine: AsyncEngine, db: Db) -> None:
@@ -128,9 +128,9 @@ async def test_orders_from_before_events_carried_numbers_come_after_the_numbered
         event(5, ev.ORDER_SHIPPED, old[0], customerId=ada, trackingNumber="T1"),
         event(6, ev.CUSTOMER_RENAMED, ada, name="Ada L."),  # no ordersPlaced: an old event
         *(placed(7 + i, o, ada, 4 + i) for i, o in enumerate(new)),  # counted from 4
-        event(50, ev.ORDER_CANCELLED, old[1], customerId=ada, reason="r", ordersPlaced=43),
+        event(50, ev.ORDER_CANCELLED, old[1], customerId=ada, reason="r"),
         event(51, ev.ORDER_SHIPPED, new[0], customerId=ada, trackingNumber="T2",
-              customerOrderNumber=4, ordersPlaced=43),
+              customerOrderNumber=4),
         event(52, ev.CUSTOMER_RENAMED, ada, name="Ada Lovelace", ordersPlaced=43),
     ]  # fmt: skip
     writes = [w for e in events for w in projection.project(e)]
@@ -171,4 +171,4 @@ async def test_a_forged_cursor_is_refused_after_one_read(
             continue
         with pytest.raises(paging.InvalidCursor):
             await history.order_history(db, ada, 20, cursor)
-        assert len(reads) <= 3, reads
+        assert len(reads) <= 4, reads  # the head and one round of buckets
