@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import random
 import signal
@@ -217,6 +218,7 @@ async def p10_topology(
 
 
 LOAD_RATE = 50
+PG_HISTORY_ORDERS = 20_000
 
 
 async def restock(writer: GraphQLClient, product: str) -> int:
@@ -349,7 +351,11 @@ async def pg_read_store(stores: Stores, options: Options) -> list[Row]:
             )
         store = await connect_read_store(shop.mongodb_url)
         try:
-            rows += await measures.p5_order_history(stores, store, options, "-pg")
+            # FerretDB on PostgreSQL loads 100k orders in tens of minutes: a fifth of them
+            pg_options = dataclasses.replace(
+                options, history_orders=min(options.history_orders, PG_HISTORY_ORDERS)
+            )
+            rows += await measures.p5_order_history(stores, store, pg_options, "-pg")
         finally:
             await store.client.close()
     return rows
