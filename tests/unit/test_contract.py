@@ -24,7 +24,15 @@ CONTRACT = Path(
 
 @pytest.fixture(scope="module")
 def contract() -> GraphQLSchema:
-    assert CONTRACT.is_file(), f"contract not found at {CONTRACT}; set SHOP_CONTRACT"
+    """The public contract, from ``../shared`` beside the clone (or ``SHOP_CONTRACT``).
+
+    A clone without it (CI of a fork, say) skips the comparison; the served schema is
+    still held to the committed ``schema.graphql``. A contract named explicitly must
+    exist."""
+    if not CONTRACT.is_file():
+        if "SHOP_CONTRACT" in os.environ:
+            pytest.fail(f"SHOP_CONTRACT names no file: {CONTRACT}")
+        pytest.skip(f"no contract at {CONTRACT}: checked against schema.graphql only")
     return build_schema(CONTRACT.read_text())
 
 
