@@ -7,12 +7,14 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth import Authenticator, authenticator
@@ -23,6 +25,7 @@ from app.ferretdb import (
     index_document_ids,
 )
 from app.settings import Role, Settings
+from domain import idempotency
 from domain.bus import CommandBus
 from domain.store import create_engine, create_schema
 from projections.cache import ReadCache
@@ -232,6 +235,9 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
             on_progress=follower.signal,
         )  # fmt: skip
         _spawn(services.tasks, signals.run(), "write store signals")
+        if role in (Role.ALL, Role.RELAY) and settings.shop_idempotency_key_days > 0:
+            keep = timedelta(days=settings.shop_idempotency_key_days)
+            _spawn(services.tasks, purge_idempotency_keys(engine, keep), "idempotency key purge")
         if ferretdb is not None:
             _spawn(
                 services.tasks,
@@ -242,6 +248,29 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
             _spawn(services.tasks, _keep_ids_indexed(embedded_dir), "ferretdb id indexes")
         log.info("shop server ready", extra={"role": str(role)})
         yield services
+
+
+PURGE_EVERY = 3600.0
+
+
+async def purge_idempotency_keys(
+    engine: AsyncEngine, keep: timedelta, every: float = PURGE_EVERY
+) -> None:
+    """Deletes idempotency keys older than ``keep``, at start and then every ``every``
+    seconds, in small batches (``domain.idempotency.purge``). Any number of processes
+    may do it at once; a failure is logged and tried again next time."""
+    while True:
+        try:
+            while True:
+                async with engine.begin() as conn:
+                    deleted = await idempotency.purge(conn, datetime.now(UTC) - keep)
+                if deleted:
+                    log.info("purged %d idempotency keys older than %s", deleted, keep)
+                if deleted < idempotency.PURGE_BATCH:
+                    break
+        except (SQLAlchemyError, OSError):
+            log.warning("purging old idempotency keys failed; trying again later", exc_info=True)
+        await asyncio.sleep(every)
 
 
 def _applies(relay: Relay | None) -> bool:

@@ -58,6 +58,12 @@ class Settings(BaseSettings):
         "before it fails (UNAVAILABLE).",
     )
     shop_max_page_size: int = Field(100, ge=1, description="Largest `first` a list query takes.")
+    shop_idempotency_key_days: float = Field(
+        7.0,
+        ge=0,
+        description="Days an idempotency key (and its stored answer) is kept; a retry "
+        "after that runs its command again. 0 keeps them forever.",
+    )
     shop_read_cache_bytes: int = Field(
         64 * 1024 * 1024,
         ge=0,

@@ -145,3 +145,19 @@ def _decode(key: str, result: dict[str, Any]) -> Answer:
         # only ever sees a finished record.
         raise RuntimeError(f"the record of idempotency key {key!r} has no answer")
     return CommandOutcome(**result)
+
+
+PURGE_BATCH = 1000
+
+
+async def purge(conn: AsyncConnection, older_than: datetime) -> int:
+    """Deletes up to PURGE_BATCH keys recorded before ``older_than``; how many it deleted.
+
+    A retry with a purged key runs its command again: keys are kept long enough that
+    no client retries that late (``SHOP_IDEMPOTENCY_KEY_DAYS``). Small batches, each
+    its own transaction, so a purge never holds the write lock for long.
+    """
+    table = idempotency_keys
+    old = sa.select(table.c.key).where(table.c.created_at < older_than).limit(PURGE_BATCH)
+    result = await conn.execute(sa.delete(table).where(table.c.key.in_(old.scalar_subquery())))
+    return int(result.rowcount or 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -121,3 +122,43 @@ async def test_a_refusal_after_writing_keeps_nothing_but_its_key(
         assert await stock(engine) == (3, 0)
     finally:
         bus.close()
+
+
+async def test_keys_older_than_the_retention_are_purged_and_their_retries_run_again(
+    bus: CommandBus, engine: AsyncEngine
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from app.bootstrap import purge_idempotency_keys
+    from domain import idempotency
+
+    first = await bus.execute(CreateProduct("OLD", "Old", "c", 100, "", 1), idempotency_key="old")
+    kept = await bus.execute(CreateProduct("NEW", "New", "c", 100, "", 1), idempotency_key="new")
+    eight_days_ago = datetime.now(UTC) - timedelta(days=8)
+    async with engine.begin() as conn:
+        await conn.execute(
+            idempotency_keys.update()
+            .where(idempotency_keys.c.key.like("%old"))
+            .values(created_at=eight_days_ago)
+        )
+        assert await idempotency.purge(conn, datetime.now(UTC) - timedelta(days=7)) == 1
+    assert await count(engine, idempotency_keys) == 1
+    # A retry of the kept key answers as before; the purged one runs again (SKU taken).
+    again = await bus.execute(CreateProduct("NEW", "New", "c", 100, "", 1), idempotency_key="new")
+    assert again == kept
+    with pytest.raises(DomainError) as rerun:
+        await bus.execute(CreateProduct("OLD", "Old", "c", 100, "", 1), idempotency_key="old")
+    assert problems(rerun.value)[0][0] == "DUPLICATE"
+    assert first.id is not None
+
+    # The background task deletes in batches until nothing old is left.
+    async with engine.begin() as conn:
+        await conn.execute(idempotency_keys.update().values(created_at=eight_days_ago))
+    task = asyncio.ensure_future(purge_idempotency_keys(engine, timedelta(days=7), every=3600))
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while await count(engine, idempotency_keys):
+            assert asyncio.get_running_loop().time() < deadline, "keys not purged"
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
