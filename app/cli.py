@@ -275,6 +275,74 @@ def rebuild_command(
     asyncio.run(go())
 
 
+@cli.command("status")
+def status_command() -> None:
+    """Projections (position, lag, state, last error), the outbox head and the relay lease.
+
+    Read from the stores themselves, so it works whether or not a server runs.
+    """
+    import sqlalchemy as sa
+    from rich.console import Console
+    from rich.table import Table
+
+    from domain import outbox
+    from domain.model import relay_leases
+    from projections import checkpoints
+    from projections.lease import holder_alive
+
+    settings = Settings()
+    shop_logging.configure("WARNING", settings.log_format)
+
+    async def go() -> None:
+        async with read_store_url(settings) as url:
+            engine = create_engine(settings.write_store_url)
+            store = await connect_read_store(
+                url, settings.shop_read_store_timeout, settings.mongodb_database
+            )
+            try:
+                await create_schema(engine)
+                async with engine.connect() as conn:
+                    head = await outbox.head(conn)
+                    lease = (
+                        (
+                            await conn.execute(
+                                sa.select(relay_leases).where(relay_leases.c.name == "relay")
+                            )
+                        )
+                        .mappings()
+                        .first()
+                    )
+                db = store.client[settings.mongodb_database]
+                stored = await checkpoints.load_all(db)
+                alive = await holder_alive(db)
+                rebuilding = await checkpoints.rebuilding(db)
+            finally:
+                await store.client.close()
+                await engine.dispose()
+        table = Table("projection", "position", "lag", "state", "last error")
+        for projection in all_projections():
+            checkpoint = stored.get(projection.name)
+            position = checkpoint.position if checkpoint else 0
+            error = checkpoint.last_error if checkpoint else None
+            state = (
+                "REBUILDING" if projection.name in rebuilding
+                else "STOPPED" if not alive
+                else "STALLED" if error
+                else "CATCHING_UP" if position < head
+                else "RUNNING"
+            )  # fmt: skip
+            table.add_row(projection.name, str(position), str(max(head - position, 0)), state,
+                          (error or "")[:80])  # fmt: skip
+        console = Console()
+        console.print(table)
+        holder = lease["owner"] if lease and alive else None
+        epoch = lease["epoch"] if lease else 0
+        console.print(f"outbox head: {head}")
+        console.print(f"relay lease: {holder or 'nobody holds it'} (epoch {epoch})")
+
+    asyncio.run(go())
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -66,3 +66,28 @@ def test_rebuild_refuses_unknown_projections(server_env: dict[str, str]) -> None
     assert result.returncode == 2
     assert "unknown projection(s): nonsense" in result.stderr
     assert "audit_trail" in result.stderr
+
+
+async def test_status_shows_positions_lag_head_and_the_lease_holder(
+    server_env: dict[str, str], start_server: Any
+) -> None:
+    server = start_server()
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        created = await Client(http).data(
+            'mutation { createProduct(input: {sku: "S1", name: "S", category: "c", '
+            "priceCents: 5}) { version } }"
+        )
+        version = created["createProduct"]["version"]
+        await Client(http).data(
+            "query($v: Version) { dashboard(minVersion: $v) { version } }", {"v": version}
+        )
+    shown = cli(server_env, "status")
+    assert shown.returncode == 0, shown.stderr
+    assert f"outbox head: {version}" in shown.stdout
+    for name in ("products", "order_history_pages", "audit_trail"):
+        assert name in shown.stdout
+    assert "RUNNING" in shown.stdout
+    assert "nobody holds it" not in shown.stdout
+    server.stop()
+    stopped = cli(server_env, "status")
+    assert "STOPPED" in stopped.stdout or "nobody holds it" in stopped.stdout
