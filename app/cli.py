@@ -287,8 +287,8 @@ def status_command() -> None:
 
     from domain import outbox
     from domain.model import relay_leases
-    from projections import checkpoints
     from projections.lease import holder_alive
+    from projections.status import projection_states
 
     settings = Settings()
     shop_logging.configure("WARNING", settings.log_format)
@@ -313,26 +313,15 @@ def status_command() -> None:
                         .first()
                     )
                 db = store.client[settings.mongodb_database]
-                stored = await checkpoints.load_all(db)
+                states = await projection_states(db, head)
                 alive = await holder_alive(db)
-                rebuilding = await checkpoints.rebuilding(db)
             finally:
                 await store.client.close()
                 await engine.dispose()
         table = Table("projection", "position", "lag", "state", "last error")
-        for projection in all_projections():
-            checkpoint = stored.get(projection.name)
-            position = checkpoint.position if checkpoint else 0
-            error = checkpoint.last_error if checkpoint else None
-            state = (
-                "REBUILDING" if projection.name in rebuilding
-                else "STOPPED" if not alive
-                else "STALLED" if error
-                else "CATCHING_UP" if position < head
-                else "RUNNING"
-            )  # fmt: skip
-            table.add_row(projection.name, str(position), str(max(head - position, 0)), state,
-                          (error or "")[:80])  # fmt: skip
+        for state in states:
+            table.add_row(state.name, str(state.position), str(state.lag), state.state,
+                          (state.last_error or "")[:80])  # fmt: skip
         console = Console()
         console.print(table)
         holder = lease["owner"] if lease and alive else None

@@ -8,11 +8,10 @@ from typing import Any
 import strawberry
 from strawberry.types.nodes import SelectedField, Selection
 
-from projections import audit, checkpoints, customers, dashboard, history, lease, orders, sales
+from projections import audit, customers, dashboard, history, orders, sales
 from projections import products as product_views
 from projections.paging import InvalidCursor, Page
-from projections.rebuild import REBUILD_LEASE
-from projections.registry import all_projections
+from projections.status import projection_states
 from schema.consistency import wait_for
 from schema.context import Info, bad_input
 from schema.scalars import Version
@@ -263,36 +262,15 @@ class Query:
 
     @strawberry.field
     async def projections(self, info: Info) -> list[ProjectionStatus]:
-        db = info.context.db
-        stored = await checkpoints.load_all(db)
-        relay_alive = await lease.holder_alive(db)
-        # A rebuild that died leaves its flags behind; its lease tells whether it runs.
-        rebuild_alive = await lease.holder_alive(db, REBUILD_LEASE)
-        rebuilding = await checkpoints.rebuilding(db) if rebuild_alive else set()
-        head = max((c.head for c in stored.values()), default=0)
-        statuses = []
-        for projection in all_projections():
-            checkpoint = stored.get(projection.name)
-            position = checkpoint.position if checkpoint else 0
-            lag = max(head - position, 0)
-            last_error = checkpoint.last_error if checkpoint else None
-            if projection.name in rebuilding:
-                state = "REBUILDING"
-            elif not relay_alive:
-                state = "STOPPED"
-            elif last_error:
-                state = "STALLED"
-            else:
-                state = "CATCHING_UP" if lag else "RUNNING"
-            statuses.append(
-                ProjectionStatus(
-                    name=projection.name,
-                    checkpoint=Version(position),
-                    head_version=Version(max(head, position)),
-                    lag=lag,
-                    state=state,
-                    last_error=last_error,
-                    updated_at=checkpoint.updated_at if checkpoint else None,
-                )
+        return [
+            ProjectionStatus(
+                name=s.name,
+                checkpoint=Version(s.position),
+                head_version=Version(s.head),
+                lag=s.lag,
+                state=s.state,
+                last_error=s.last_error,
+                updated_at=s.updated_at,
             )
-        return statuses
+            for s in await projection_states(info.context.db)
+        ]

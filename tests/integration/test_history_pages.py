@@ -36,8 +36,22 @@ async def all_pages(db: Db, customer: str, size: int) -> list[dict[str, Any]]:
         after = page.cursors[-1]
 
 
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The keys read by ``readdb.find_by_id`` from now on."""
+    keys: list[Any] = []
+    find = readdb.find_by_id
+
+    async def counted(db: Any, collection: str, key: Any) -> Any:
+        keys.append(key)
+        return await find(db, collection, key)
+
+    monkeypatch.setattr(readdb, "find_by_id", counted)
+    return keys
+
+
 async def test_pages_of_every_size_walk_the_buckets_newest_first(
-    engine: AsyncEngine, db: Db, monkeypatch: pytest.MonkeyPatch
+    engine: AsyncEngine, db: Db, reads: list[Any]
 ) -> None:
     shop = Shop(engine, db)
     mug, ada = await shop.product("MUG", stock=1000), await shop.customer()
@@ -51,14 +65,7 @@ async def test_pages_of_every_size_walk_the_buckets_newest_first(
     assert head is not None
     assert (head["top"], head["bottom"], head["count"]) == (3, 0, 3 * BUCKET + 5)
 
-    reads: list[Any] = []
-    find = readdb.find_by_id
-
-    async def counted(db: Any, collection: str, key: Any) -> Any:
-        reads.append(key)
-        return await find(db, collection, key)
-
-    monkeypatch.setattr(readdb, "find_by_id", counted)
+    reads.clear()
     page = await history.order_history(db, ada, 20, None)
     assert [d["_id"] for d in page.documents] == newest_first[:20]
     # the head, then the three buckets a page of 20 may need, side by side
@@ -148,21 +155,13 @@ async def test_orders_from_before_events_carried_numbers_come_after_the_numbered
 
 
 async def test_a_forged_cursor_is_refused_after_one_read(
-    engine: AsyncEngine, db: Db, monkeypatch: pytest.MonkeyPatch
+    engine: AsyncEngine, db: Db, reads: list[Any]
 ) -> None:
     shop = Shop(engine, db)
     mug, ada = await shop.product("MUG", stock=1000), await shop.customer()
     for _ in range(3 * BUCKET):
         await shop.order(ada, (mug, 1))
     await shop.sync()
-    reads: list[Any] = []
-    find = readdb.find_by_id
-
-    async def counted(db: Any, collection: str, key: Any) -> Any:
-        reads.append(key)
-        return await find(db, collection, key)
-
-    monkeypatch.setattr(readdb, "find_by_id", counted)
     for forged in (["history", 0, 10**12], ["history", 1, 0], ["history", 0, "legacy"]):
         cursor = paging.encode(*forged)
         reads.clear()
