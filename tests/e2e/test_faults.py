@@ -177,6 +177,10 @@ async def test_with_the_write_store_down_commands_fail_fast_and_reads_go_on(
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
             client = Client(http)
             made = await product(client, "DOWN-1", 5)
+            # The relay reads the outbox from the write store: let it project the product
+            # before that store goes away (a minVersion read waits until it has).
+            read = await client.data(PRODUCT, {"id": made["id"], "v": made["version"]})
+            assert read == {"product": {"stockOnHand": 5}}
             postgres.stop()
             started = time.monotonic()
             answer = (await client.data(RESTOCKED, {"id": made["id"]}))["restockProduct"]
