@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import strawberry
+from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from graphql import GraphQLError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -14,8 +16,11 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
+from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
@@ -29,6 +34,7 @@ from strawberry.subscriptions.protocols.graphql_ws.types import (
     ConnectionInitMessage as LegacyConnectionInitMessage,
 )
 from strawberry.subscriptions.protocols.graphql_ws.types import ErrorMessage, StartMessage
+from strawberry.types import ExecutionResult
 
 from app.auth import ANONYMOUS
 from app.bootstrap import Services, bootstrap
@@ -132,6 +138,39 @@ class LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
         await super().handle_start(message)
 
 
+GRAPHQL_RESPONSE = "application/graphql-response+json"
+JSON = "application/json"
+
+
+def response_media_type(accept: str | None) -> str:
+    """The media type of a GraphQL over HTTP answer for an ``Accept`` header.
+
+    ``application/graphql-response+json`` when the client prefers it (by quality, then by
+    its order in the header); otherwise ``application/json``, the legacy default, which is
+    also the answer to no header, ``*/*``, ``application/*`` and to headers naming
+    neither (the spec lets a server disregard those rather than answer 406, which keeps
+    odd clients working).
+    """
+    best, best_quality = JSON, 0.0
+    for media_range in (accept or "").split(","):
+        kind, _, params = media_range.strip().partition(";")
+        kind = kind.strip().lower()
+        if kind not in (GRAPHQL_RESPONSE, JSON, "*/*", "application/*"):
+            continue
+        quality = 1.0
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if quality > best_quality:
+            best = GRAPHQL_RESPONSE if kind == GRAPHQL_RESPONSE else JSON
+            best_quality = quality
+    return best
+
+
 class ShopGraphQL(GraphQL[Context, None]):
     graphql_transport_ws_handler_class = TransportWSHandler
     graphql_ws_handler_class = LegacyWSHandler
@@ -146,6 +185,73 @@ class ShopGraphQL(GraphQL[Context, None]):
             allowed_origins=settings.shop_cors_origins,
         )
         self.operations_per_connection = settings.shop_max_subscriptions_per_connection
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        request = Request(scope=scope, receive=receive)
+        try:
+            response = await self.run(request)
+        except HTTPException as refused:
+            response = _refusal(request, refused)
+        await response(scope, receive, send)
+
+    async def execute_single(
+        self,
+        request: Request,
+        request_adapter: AsyncHTTPRequestAdapter,
+        sub_response: Response,
+        context: Context,
+        root_value: None,
+        request_data: GraphQLRequestData,
+    ) -> ExecutionResult:
+        try:
+            return await super().execute_single(
+                request, request_adapter, sub_response, context, root_value, request_data
+            )
+        except HTTPException as refused:
+            # GraphQL over HTTP: a mutation over GET is 405 Method Not Allowed.
+            wrong_method = isinstance(refused.__cause__, InvalidOperationTypeError)
+            if wrong_method and request_adapter.method == "GET":
+                raise HTTPException(405, refused.reason) from refused
+            raise
+
+    async def get_sub_response(self, request: Request | WebSocket) -> Response:
+        sub_response = await super().get_sub_response(request)
+        # Read back by process_result and create_response, which are not given the request.
+        sub_response.media_type = response_media_type(request.headers.get("accept"))
+        request.state.sub_response = sub_response
+        return sub_response
+
+    def create_response(
+        self,
+        response_data: GraphQLHTTPResponse | list[GraphQLHTTPResponse],
+        sub_response: Response,
+    ) -> Response:
+        response = super().create_response(response_data, sub_response)
+        if sub_response.media_type == GRAPHQL_RESPONSE:
+            response.headers["content-type"] = f"{GRAPHQL_RESPONSE}; charset=utf-8"
+        return response
+
+    async def process_result(
+        self, request: Request, result: ExecutionResult
+    ) -> GraphQLHTTPResponse:
+        """GraphQL over HTTP: with ``application/graphql-response+json``, a request that
+        failed before executing (parse, validation, variables, limits) is answered 400
+        without a ``data`` entry; once execution began it is 200, even if ``data`` is null.
+        ``application/json`` answers 200 either way, as old clients expect."""
+        answer = await super().process_result(request, result)
+        context = getattr(request.state, "graphql_context", None)
+        if (
+            context is not None
+            and not context.executed
+            and result.errors
+            and request.state.sub_response.media_type == GRAPHQL_RESPONSE
+        ):
+            answer.pop("data", None)
+            request.state.sub_response.status_code = 400
+        return answer
 
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket
@@ -167,9 +273,25 @@ class ShopGraphQL(GraphQL[Context, None]):
             # Authenticated once the client's connection_init arrives (see the handlers).
             context.authenticator = services.auth
             context.upgrade_authorization = authorization
-        elif services.auth is not None:
-            context.principal = await services.auth.principal(authorization)
+        else:
+            request.state.graphql_context = context
+            if services.auth is not None:
+                context.principal = await services.auth.principal(authorization)
         return context
+
+
+def _refusal(request: Request, refused: HTTPException) -> Response:
+    """A request refused before GraphQL (bad JSON, no query, wrong method): its status,
+    with the reason as a GraphQL error in the negotiated media type."""
+    media_type = response_media_type(request.headers.get("accept"))
+    error = {"message": refused.reason, "extensions": {"code": "BAD_REQUEST"}}
+    headers = {"allow": "GET, POST"} if refused.status_code == 405 else None
+    return Response(
+        json.dumps({"errors": [error]}),
+        status_code=refused.status_code,
+        headers=headers,
+        media_type=f"{media_type}; charset=utf-8",
+    )
 
 
 def limits_of(settings: Settings) -> Limits:

@@ -32,6 +32,9 @@ class Context:
     connection_params: dict[str, Any] | None = field(default=None, repr=False)
     authenticator: Authenticator | None = field(default=None, repr=False)
     upgrade_authorization: str | None = field(default=None, repr=False)
+    # Set once the operation passed parsing, validation and variable coercion and began
+    # to execute: GraphQL over HTTP answers a request that never got there with a 4xx.
+    executed: bool = field(default=False, repr=False)
 
 
 Info = StrawberryInfo[Context, None]

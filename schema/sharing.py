@@ -76,6 +76,8 @@ class SharedEventExecutor(StrawberryGraphQLCoreExecutionContext):
 
     def execute_operation(self, serially: bool | None = None) -> AwaitableOrValue[Any]:
         if not self._per_event:
+            if hasattr(self.context_value, "executed"):
+                self.context_value.executed = True
             return super().execute_operation(serially)
         payload, operation = self.root_value, self.operation
         key = (id(payload), id(operation), _variables_key(self.variable_values.coerced))
