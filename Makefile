@@ -1,5 +1,5 @@
 # make run   - the server on the embedded defaults (SQLite + a local FerretDB), GraphiQL at :8000/graphql
-# make test  - the whole suite on real SQLite, PostgreSQL and FerretDB (installs PostgreSQL if missing)
+# make test  - the whole suite on real SQLite, PostgreSQL and FerretDB (installs PostgreSQL and Chromium if missing)
 # Both set everything up first: the virtualenv, the packages and the FerretDB build.
 
 PYTHON ?= python3.11
@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup postgres run test test-model lint bench clean
+.PHONY: setup postgres browser run test test-model lint bench clean
 
 setup: $(STAMP)
 	@$(BIN)/cqrs-shop install-read-store
@@ -16,6 +16,12 @@ setup: $(STAMP)
 postgres:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+
+# The GraphiQL test drives Debian's headless Chromium; the GraphQL over HTTP audit runs on
+# Node.js (its npm packages are installed by the test, pinned by a lock file).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +32,7 @@ $(STAMP): pyproject.toml
 run: setup
 	$(BIN)/cqrs-shop serve $(ARGS)
 
-test: setup postgres
+test: setup postgres browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -36,6 +36,7 @@ from strawberry.subscriptions.protocols.graphql_ws.types import (
 from strawberry.subscriptions.protocols.graphql_ws.types import ErrorMessage, StartMessage
 from strawberry.types import ExecutionResult
 
+from app import graphiql
 from app.auth import ANONYMOUS
 from app.bootstrap import Services, bootstrap
 from app.guards import TransportLimits
@@ -217,6 +218,9 @@ class ShopGraphQL(GraphQL[Context, None]):
                 raise HTTPException(405, refused.reason) from refused
             raise
 
+    async def render_graphql_ide(self, request: Request) -> Response:
+        return graphiql.render()
+
     async def get_sub_response(self, request: Request | WebSocket) -> Response:
         sub_response = await super().get_sub_response(request)
         # Read back by process_result and create_response, which are not given the request.
@@ -324,6 +328,7 @@ def create_app(
     if role is not Role.RELAY:
         graphql = ShopGraphQL(schema or build_schema(limits=limits_of(settings)), settings)
         routes += [Route("/graphql", graphql), WebSocketRoute("/graphql", graphql)]
+        routes += graphiql.routes
     middleware = [
         Middleware(RequestId),
         Middleware(
