@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+from prometheus_client import Gauge
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # Close codes: 1009 "message too big" (RFC 6455), 1013 "try again later".
@@ -15,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 DRAIN_BYTES = 32 * 1024 * 1024
 DRAIN_SECONDS = 10.0
 MESSAGE_TOO_BIG = 1009
+OPEN_SOCKETS = Gauge("shop_open_websockets", "WebSockets open in this process", registry=None)
 TRY_AGAIN_LATER = 1013
 
 
@@ -103,6 +105,7 @@ class TransportLimits:
                 await send({"type": "websocket.close", "code": TRY_AGAIN_LATER, "reason": reason})
             return
         self.open_sockets += 1
+        OPEN_SOCKETS.inc()
         closed = False
 
         async def checked() -> Message:
@@ -130,6 +133,7 @@ class TransportLimits:
             await self.app(scope, checked, guarded)
         finally:
             self.open_sockets -= 1
+            OPEN_SOCKETS.dec()
 
 
 async def _drain(receive: Receive, already: int) -> bool:

@@ -10,9 +10,13 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app import guards
 from app.bootstrap import Services
+from domain import bus
+from projections import relay
 from projections.registry import projection_names
-from schema import sharing
+from schema import metrics as schema_metrics
+from schema import sharing, subscriptions
 
 
 class ProgressCollector(Collector):
@@ -30,6 +34,21 @@ class ProgressCollector(Collector):
         yield checkpoint
         if relay is not None:
             yield GaugeMetricFamily("shop_outbox_head", "Last outbox position seen", relay.head)
+            lag_events = GaugeMetricFamily(
+                "shop_projection_lag_events",
+                "Outbox events a projection has not applied yet (this relay's view)",
+                labels=["projection"],
+            )
+            lag_seconds = GaugeMetricFamily(
+                "shop_projection_lag_seconds",
+                "Age of the oldest outbox event a projection has not applied yet; 0 when caught up",
+                labels=["projection"],
+            )
+            for name, position in relay.positions.items():
+                lag_events.add_metric([name], max(relay.head - position, 0))
+                lag_seconds.add_metric([name], relay.lag_seconds(name))
+            yield lag_events
+            yield lag_seconds
             yield GaugeMetricFamily(
                 "shop_relay_running", "1 while holding the lease", relay.running
             )
@@ -82,9 +101,18 @@ def _subscription_metrics() -> Iterator[CounterMetricFamily]:
     )
 
 
+# Measured where they happen (prometheus_client instruments, process-wide).
+INSTRUMENTS = (
+    *bus.INSTRUMENTS, relay.BATCH_SECONDS, *schema_metrics.INSTRUMENTS,
+    subscriptions.OPEN_SUBSCRIPTIONS, guards.OPEN_SOCKETS,
+)  # fmt: skip
+
+
 def registry_for(services: Services) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(ProgressCollector(services))
+    for instrument in INSTRUMENTS:
+        registry.register(instrument)
     return registry
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from prometheus_client import Histogram
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -44,6 +45,23 @@ STALE_CONNECTION_SECONDS = 0.25
 ATTEMPTS = 5
 # SQLSTATEs of a transaction the database ended so that others can go on.
 _RUN_AGAIN_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock, serialization failure
+
+
+COMMAND_SECONDS = Histogram(
+    "shop_command_duration_seconds",
+    "Time from a command's arrival at the bus to its answer, by command and outcome "
+    "(accepted, rejected: a DomainError, failed, cancelled)",
+    ["command", "outcome"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=None,
+)
+GROUP_SIZE = Histogram(
+    "shop_command_group_size",
+    "Commands written together in one transaction (group commit)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    registry=None,
+)
+INSTRUMENTS = (COMMAND_SECONDS, GROUP_SIZE)
 
 
 @dataclass(eq=False)
@@ -203,6 +221,29 @@ class CommandBus:
         ``idempotency_scope`` (the caller's identity) keeps callers' keys apart: the
         same key from another caller is another key.
         """
+        began, outcome = time.perf_counter(), "failed"
+        try:
+            answer = await self._execute(command, idempotency_key, metadata, idempotency_scope)
+            outcome = "accepted"
+            return answer
+        except DomainError:
+            outcome = "rejected"
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            COMMAND_SECONDS.labels(type(command).__name__, outcome).observe(
+                time.perf_counter() - began
+            )
+
+    async def _execute(
+        self,
+        command: Command,
+        idempotency_key: str | None,
+        metadata: dict[str, Any] | None,
+        idempotency_scope: str | None,
+    ) -> CommandOutcome:
         _check_input(command, idempotency_key)
         request = _Request(
             command, self.handlers[type(command)], idempotency_key, metadata, idempotency_scope
@@ -223,6 +264,7 @@ class CommandBus:
         while self._pending:
             group = self._pending[: self.max_group]
             del self._pending[: len(group)]
+            GROUP_SIZE.observe(len(group))
             try:
                 await self._write_group(group)
             except BaseException as error:  # never leave a caller waiting

@@ -11,9 +11,12 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any, TypedDict
 
+from prometheus_client import Histogram
 from pymongo import IndexModel, InsertOne, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
@@ -41,6 +44,12 @@ MAX_BACKOFF = 5.0
 # lease's ttl, if that is shorter).
 LEASE_MARGIN = 3.0
 DUPLICATE_KEY = 11000
+BATCH_SECONDS = Histogram(
+    "shop_relay_batch_duration_seconds",
+    "Time the relay took to apply one batch of outbox events to the projections",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    registry=None,
+)
 
 
 async def ensure_indexes(
@@ -391,6 +400,9 @@ class Relay:
         )
         self._retry_at: dict[str, float] = {}
         self._backoff: dict[str, float] = {}
+        self.behind_since: dict[str, datetime | None] = {}
+        """Per projection behind the head: when its oldest unapplied event happened."""
+        self._batch: list[RecordedEvent] = []
         self.failing: dict[str, str] = {}
         """The last error of each projection whose last attempt failed (for metrics)."""
         self._wake = asyncio.Event()
@@ -535,6 +547,40 @@ class Relay:
         Raises :class:`ProjectionsFailed` after the others are done if some projections
         failed (they retry after their back-off), :class:`LeaseLost` if the tenure ended.
         """
+        began = time.perf_counter()
+        self._batch = []
+        try:
+            return await self._run_once()
+        finally:
+            if self._batch:
+                BATCH_SECONDS.observe(time.perf_counter() - began)
+            self._note_lag(self._batch)
+
+    def _note_lag(self, events: list[RecordedEvent]) -> None:
+        """Remembers, per projection behind the head, when the first event it has not
+        applied happened (``lag_seconds``). If this batch ends before that event, its
+        last event's time stands in (the next one is no older); if it read nothing, what
+        was known stays."""
+        for projection in self.projections:
+            position = self.positions.get(projection.name, 0)
+            if position >= self.head:
+                self.behind_since[projection.name] = None
+                continue
+            first = next((e for e in events if e.position > position), None)
+            if first is not None:
+                self.behind_since[projection.name] = first.occurred_at
+            elif events:
+                self.behind_since[projection.name] = events[-1].occurred_at
+
+    def lag_seconds(self, name: str) -> float:
+        """How long ago the oldest event ``name`` has not applied happened; 0 when it
+        has applied every event (as far as this relay knows the head)."""
+        since = self.behind_since.get(name)
+        if since is None:
+            return 0.0
+        return max((datetime.now(UTC) - since).total_seconds(), 0.0)
+
+    async def _run_once(self) -> int:
         now = asyncio.get_running_loop().time()
         ready = [p for p in self.projections if self._retry_at.get(p.name, now) <= now]
         if not ready:
@@ -543,6 +589,7 @@ class Relay:
         async with self.engine.connect() as conn:
             events = await outbox.read_after(conn, start, self.batch_size)
             self.head = max(self.head, await outbox.head(conn))
+        self._batch = events
         parts: list[tuple[Projection, list[RecordedEvent], list[Write]]] = []
         failures: dict[str, BaseException] = {}
         for projection in ready:

@@ -19,6 +19,7 @@ from strawberry.types.execution import PreExecutionError
 
 from app.request_id import current_request_id
 from schema.limits import DOCUMENT_CACHE_SIZE, DocumentLimits, LimitExceeded, Limits
+from schema.metrics import OperationMetrics
 from schema.mutations import Mutation
 from schema.policy import POLICIES, Authorize, Policy
 from schema.queries import Query
@@ -131,6 +132,7 @@ def build_schema(
         extensions=[
             lambda: DocumentLimits(chosen),
             lambda: ValidationCache(maxsize=DOCUMENT_CACHE_SIZE),
+            OperationMetrics,
         ],
     )
     schema.policies = {**POLICIES, **(policies or {})}

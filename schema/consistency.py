@@ -6,6 +6,7 @@ from graphql import GraphQLError
 
 from projections.progress import NotYetConsistent
 from schema.context import Info, bad_input
+from schema.metrics import NOT_YET_CONSISTENT
 
 
 async def wait_for(info: Info, projection: str, min_version: int | None) -> None:
@@ -23,6 +24,7 @@ async def wait_for(info: Info, projection: str, min_version: int | None) -> None
     try:
         await context.progress.wait_for(projection, min_version, context.consistency_timeout)
     except NotYetConsistent as error:
+        NOT_YET_CONSISTENT.labels(error.projection).inc()
         raise GraphQLError(
             str(error),
             extensions={

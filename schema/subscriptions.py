@@ -8,10 +8,12 @@ one read per change.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 
 import strawberry
 from graphql import GraphQLError
+from prometheus_client import Gauge
 
 from projections import audit, dashboard, orders
 from projections import products as product_views
@@ -24,6 +26,10 @@ from schema.scalars import Version
 from schema.sharing import shared_payload
 from schema.types import Dashboard, DomainEvent, Order, Product, given
 
+OPEN_SUBSCRIPTIONS = Gauge(
+    "shop_open_subscriptions", "Subscriptions open in this process, by field", ["field"],
+    registry=None,
+)  # fmt: skip
 # How many events one catch-up read takes; how long one live wait lasts before looking again.
 EVENT_BATCH = 500
 FROM_THE_START = Version(0)
@@ -40,8 +46,9 @@ async def follow(
     Read once per change for all subscribers of the document (see ``projections.feeds``).
     """
     try:
-        async for document in info.context.feeds.documents(projection, key, load):
-            yield document
+        with OPEN_SUBSCRIPTIONS.labels(info.field_name).track_inprogress():
+            async for document in info.context.feeds.documents(projection, key, load):
+                yield document
     except DocumentMissing as missing:
         raise GraphQLError(str(missing), extensions={"code": "NOT_FOUND"}) from None
 
@@ -96,20 +103,28 @@ class Subscription:
         """Reads only up to the audit trail's checkpoint: everything below it is written,
         so nothing is skipped, and it never reads a position twice. Recent events come
         from the local relay's buffer when it holds them all (projections.recent)."""
-        progress, db = info.context.progress, info.context.db
-        wanted = given(types)
-        last = after_version or 0
-        while True:
-            up_to = progress.position(AUDIT_TRAIL)
-            if up_to > last:
-                batch = progress.recent_events.between(last, up_to, wanted, EVENT_BATCH)
-                if batch is None:
-                    batch = await audit.events_between(db, last, up_to, wanted, EVENT_BATCH)
-                for document in batch:
-                    yield DomainEvent.from_document(document)
-                last = batch[-1]["_id"] if len(batch) == EVENT_BATCH else up_to
-                continue
-            try:
-                await progress.wait_for(AUDIT_TRAIL, last + 1, LIVE_WAIT)
-            except NotYetConsistent:
-                continue
+        stream = _events(info, after_version or 0, given(types))
+        with OPEN_SUBSCRIPTIONS.labels(info.field_name).track_inprogress():
+            async with aclosing(stream):
+                async for event in stream:
+                    yield event
+
+
+async def _events(
+    info: Info, last: int, wanted: list[str] | None
+) -> AsyncGenerator[DomainEvent, None]:
+    progress, db = info.context.progress, info.context.db
+    while True:
+        up_to = progress.position(AUDIT_TRAIL)
+        if up_to > last:
+            batch = progress.recent_events.between(last, up_to, wanted, EVENT_BATCH)
+            if batch is None:
+                batch = await audit.events_between(db, last, up_to, wanted, EVENT_BATCH)
+            for document in batch:
+                yield DomainEvent.from_document(document)
+            last = batch[-1]["_id"] if len(batch) == EVENT_BATCH else up_to
+            continue
+        try:
+            await progress.wait_for(AUDIT_TRAIL, last + 1, LIVE_WAIT)
+        except NotYetConsistent:
+            continue
