@@ -272,6 +272,7 @@ class ShopGraphQL(GraphQL[Context, None]):
             max_page_size=services.settings.shop_max_page_size,
             header_min_version=version,
             header_error=error,
+            admin=services.admin,
         )
         if isinstance(request, WebSocket):
             # Authenticated once the client's connection_init arrives (see the handlers).

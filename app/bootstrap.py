@@ -17,6 +17,7 @@ from pymongo.errors import DuplicateKeyError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.admin import Admin
 from app.auth import Authenticator, authenticator
 from app.ferretdb import (
     EmbeddedFerretDB,
@@ -148,6 +149,15 @@ class Services:
     # Verifies callers' tokens (app.auth); None in a relay-only process.
     auth: Authenticator | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # How this process's relays write to the read store (a rebuild's relay too).
+    relay_options: RelayOptions = field(
+        default_factory=lambda: RelayOptions(
+            write_chunk=1000, check_versions=False, concurrent_writes=None
+        )
+    )
+    # Rebuilds an admin started here (app.admin); cancelled at shutdown.
+    admin_tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    admin: Admin | None = None
 
     def background_failed(self) -> bool:
         return any(task.done() for task in self.tasks)
@@ -198,12 +208,16 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
             progress=(progress := Progress(cache)),
             feeds=Feeds(progress),
             auth=auth,
+            relay_options=read_store.relay_options,
         )
         stack.callback(services.bus.close)
         # Background work (the relay releasing its lease, say) gets a bounded time to stop.
         stopping = 0.3 * settings.shop_shutdown_grace
         stack.push_async_callback(_within, stopping, "stopping background tasks", _cancel,
                                   services.tasks)  # fmt: skip
+        stack.push_async_callback(_within, stopping, "stopping rebuilds", _cancel_all,
+                                  services.admin_tasks)  # fmt: skip
+        services.admin = Admin(services)
         feed = ProgressFeed(engine)
         if role in (Role.ALL, Role.RELAY):
             relay = Relay(
@@ -233,6 +247,7 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
         signals = WriteStoreSignals(
             engine, on_outbox=local.wake if local is not None else _ignore,
             on_progress=follower.signal,
+            on_resume=local.retry_now if local is not None else None,
         )  # fmt: skip
         _spawn(services.tasks, signals.run(), "write store signals")
         if role in (Role.ALL, Role.RELAY) and settings.shop_idempotency_key_days > 0:
@@ -326,6 +341,10 @@ async def _within(
             await stop(*args)
     except TimeoutError:
         log.warning("%s took over %.1fs; going on without it", what, seconds)
+
+
+async def _cancel_all(tasks: set[asyncio.Task[None]]) -> None:
+    await _cancel(list(tasks))
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

@@ -73,12 +73,14 @@ async def rebuild(
     concurrent_writes: int | None = None,
     grace: float = GRACE,
     say: Callable[[str], None] = log.info,
+    started: Callable[[], None] | None = None,
 ) -> RebuildResult:
     """Rebuilds ``projections`` and switches to them; ``report(applied, head)`` shows progress.
 
     ``prepared()`` is awaited once the fresh collections exist (the embedded store
     indexes them there); ``say`` tells what it waits for. Raises :class:`RebuildRunning`
-    if another rebuild runs.
+    if another rebuild runs. ``started()`` is called once it holds the rebuild lease and
+    the projections show as REBUILDING.
     """
     async with _rebuild_lease(engine, db) as rebuild_lease:
         generation = await _new_generation(db, rebuild_lease)
@@ -87,7 +89,9 @@ async def rebuild(
             batch_size=batch_size, write_chunk=write_chunk, suffix=f"{GENERATION}{generation}",
             check_versions=check_versions, concurrent_writes=concurrent_writes,
         )  # fmt: skip
-        result, replaced = await _rebuild(engine, db, relay, report, prepared, rebuild_lease)
+        result, replaced = await _rebuild(
+            engine, db, relay, report, prepared, rebuild_lease, started
+        )
         if replaced:
             say(f"switched; dropping the replaced collections in {grace:.0f} s")
             await asyncio.sleep(grace)  # readers in other processes switch meanwhile
@@ -103,12 +107,15 @@ async def _rebuild(
     report: Report,
     prepared: Callable[[], Awaitable[object]] | None,
     rebuild_lease: Lease,
+    started: Callable[[], None] | None = None,
 ) -> tuple[RebuildResult, list[str]]:
     projections = relay.projections
     names = [p.name for p in projections]
     await _still_holding(rebuild_lease)
     await checkpoints.set_rebuilding(db, names, True)
     try:
+        if started is not None:
+            started()
         await _drop_unserved(db, projections)
         for name in relay.checkpoint_names:
             await db[checkpoints.COLLECTION].delete_one({"_id": name})

@@ -37,7 +37,7 @@ import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +50,8 @@ from domain.outbox import OUTBOX_CHANNEL
 log = logging.getLogger(__name__)
 
 PROGRESS_CHANNEL = "shop_progress"
+# An admin asked the relays to retry their failing projections now (resumeProjection).
+RESUME_CHANNEL = "shop_resume"
 # A batch changing more documents than this in one projection publishes "any may have
 # changed" for it: its subscribers all look again, and the row stays small.
 MAX_KEYS = 5000
@@ -172,11 +174,13 @@ class WriteStoreSignals:
         on_outbox: Callable[[], None],
         on_progress: Callable[[], None],
         *,
+        on_resume: Callable[[], None] | None = None,
         sqlite_interval: float = SQLITE_INTERVAL,
     ) -> None:
         self.engine = engine
         self.on_outbox = on_outbox
         self.on_progress = on_progress
+        self.on_resume = on_resume
         self.sqlite_interval = sqlite_interval
         self.connected = asyncio.Event()
         """Set while signals arrive (for tests and readiness)."""
@@ -195,10 +199,12 @@ class WriteStoreSignals:
         import asyncpg  # only with PostgreSQL
 
         dsn = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        callbacks: Mapping[str, Callable[[], None]] = {
+        callbacks: dict[str, Callable[[], None]] = {
             OUTBOX_CHANNEL: self.on_outbox,
             PROGRESS_CHANNEL: self.on_progress,
         }
+        if self.on_resume is not None:
+            callbacks[RESUME_CHANNEL] = self.on_resume
         backoff = 0.1
         while True:
             lost = asyncio.Event()
@@ -247,6 +253,16 @@ class WriteStoreSignals:
         finally:
             self.connected.clear()
             connection.close()
+
+
+async def request_resume(engine: AsyncEngine) -> None:
+    """Asks the relay processes listening on PostgreSQL to retry failing projections now.
+    On SQLite the relays share no such channel: the caller's own relay is told directly,
+    and others retry within their back-off (at most ``relay.MAX_BACKOFF``)."""
+    if engine.dialect.name != "postgresql":
+        return
+    async with engine.begin() as conn:
+        await conn.execute(sa.select(sa.func.pg_notify(RESUME_CHANNEL, "")))
 
 
 def _notified(callback: Callable[[], None]) -> Callable[..., None]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from graphql import GraphQLError
 from strawberry.types import Info as StrawberryInfo
@@ -14,6 +14,23 @@ from projections.feeds import Feeds
 from projections.progress import Progress
 
 MIN_VERSION_HEADER = "x-min-version"
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why an admin action was not started: an ``ErrorCode`` name, a message, the input."""
+
+    code: str
+    message: str
+    field: str | None = None
+
+
+class AdminActions(Protocol):
+    """What the admin mutations start in this process (``app.admin``)."""
+
+    async def rebuild_projections(self, names: list[str] | None) -> list[Refusal]: ...
+
+    async def resume_projection(self, name: str) -> list[Refusal]: ...
 
 
 @dataclass
@@ -32,6 +49,7 @@ class Context:
     connection_params: dict[str, Any] | None = field(default=None, repr=False)
     authenticator: Authenticator | None = field(default=None, repr=False)
     upgrade_authorization: str | None = field(default=None, repr=False)
+    admin: AdminActions | None = field(default=None, repr=False)
     # Set once the operation passed parsing, validation and variable coercion and began
     # to execute: GraphQL over HTTP answers a request that never got there with a 4xx.
     executed: bool = field(default=False, repr=False)

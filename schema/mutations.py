@@ -8,7 +8,7 @@ from graphql import GraphQLError
 from domain import commands
 from domain.commands import Command
 from domain.errors import CommitOutcomeUnknown, DomainError, StoreUnavailable
-from schema.context import Info
+from schema.context import AdminActions, Info, Refusal
 from schema.errors import user_errors
 from schema.types import CommandResult, ErrorCode, UserError, given
 
@@ -249,3 +249,35 @@ class Mutation:
             order_id=id, tracking_number=tracking_number, expected_version=given(expected_version)
         )
         return await execute(info, command, idempotency_key)
+
+    @strawberry.mutation(  # type: ignore[untyped-decorator]
+        description="Admin: rebuilds these projections (all when none are named) from the "
+        "whole event log into fresh collections and swaps them in, as `cqrs-shop rebuild` "
+        "does. Answers once the rebuild has started; its progress shows in `projections`."
+    )
+    async def rebuild_projections(
+        self, info: Info, names: list[str] | None = strawberry.UNSET
+    ) -> CommandResult:
+        admin = _admin(info)
+        return _answer(await admin.rebuild_projections(given(names)))
+
+    @strawberry.mutation(  # type: ignore[untyped-decorator]
+        description="Admin: retries a STALLED projection now instead of after its back-off."
+    )
+    async def resume_projection(self, info: Info, name: str) -> CommandResult:
+        return _answer(await _admin(info).resume_projection(name))
+
+
+def _admin(info: Info) -> AdminActions:
+    admin = info.context.admin
+    if admin is None:
+        raise GraphQLError("this process runs no admin actions", extensions={"code": "INTERNAL"})
+    return admin
+
+
+def _answer(refusals: list[Refusal]) -> CommandResult:
+    if not refusals:
+        return CommandResult(success=True, id=None, version=None, aggregate_version=None, errors=[])
+    return CommandResult.failed(
+        [UserError(code=ErrorCode[r.code], message=r.message, field=r.field) for r in refusals]
+    )

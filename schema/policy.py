@@ -160,6 +160,8 @@ POLICIES: Mapping[str, Policy] = {
     "Mutation.restockProduct": ADMIN,
     "Mutation.discontinueProduct": ADMIN,
     "Mutation.shipOrder": ADMIN,
+    "Mutation.rebuildProjections": ADMIN,
+    "Mutation.resumeProjection": ADMIN,
 }
 
 NO_POLICY = Refusal(FORBIDDEN, "no policy allows this field")

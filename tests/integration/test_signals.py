@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from pymongo.asynchronous.database import AsyncDatabase
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -20,7 +21,7 @@ from projections import checkpoints
 from projections.products import ProductsProjection
 from projections.progress import Progress, ProgressFollower
 from projections.relay import Relay
-from projections.signals import Advance, ProgressFeed, WriteStoreSignals
+from projections.signals import Advance, ProgressFeed, WriteStoreSignals, request_resume
 from tests.conftest import eventually
 
 Db = AsyncDatabase[dict[str, Any]]
@@ -214,3 +215,27 @@ async def test_the_safety_poll_happens_however_often_signals_come(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def test_a_resume_request_reaches_the_relays_listening_on_postgresql(
+    engine: AsyncEngine,
+) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no channel for it: the caller's own relay is told directly")
+    other = create_engine(engine.url.render_as_string(hide_password=False))
+    resumed = Counter()
+    signals = WriteStoreSignals(other, on_outbox=Counter(), on_progress=Counter(),
+                                on_resume=resumed)  # fmt: skip
+    task = asyncio.create_task(signals.run())
+    try:
+        async with asyncio.timeout(WITHIN):
+            await signals.connected.wait()
+        asked = asyncio.create_task(resumed.next())
+        await request_resume(engine)
+        await asked
+        assert resumed.calls == 1  # only when asked: connecting calls the other two
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await other.dispose()

@@ -1,0 +1,114 @@
+"""The admin mutations' work in this process: rebuilding projections and resuming a
+stalled one (``rebuildProjections`` and ``resumeProjection``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from pymongo.errors import PyMongoError
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.ferretdb import index_document_ids
+from projections import lease
+from projections.projection import Projection
+from projections.rebuild import REBUILD_LEASE, RebuildRunning, rebuild
+from projections.registry import all_projections, projection_names
+from projections.signals import request_resume
+from projections.status import projection_states
+from schema.context import Refusal
+
+if TYPE_CHECKING:
+    from app.bootstrap import Services
+
+log = logging.getLogger(__name__)
+
+# How long rebuildProjections waits for the rebuild to show as REBUILDING before it
+# answers; it answers success then anyway (the rebuild goes on).
+START_WAIT = 10.0
+
+
+class Admin:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    async def rebuild_projections(self, names: list[str] | None) -> list[Refusal]:
+        """Starts the CLI's blue-green rebuild in this process and answers once it shows as
+        REBUILDING in ``projections`` (or was refused); the rebuild goes on after."""
+        known = projection_names()
+        refusals = [
+            Refusal("VALIDATION_FAILED", f"no projection {name!r}; known: {', '.join(known)}",
+                    f"names.{n}")
+            for n, name in enumerate(names or ()) if name not in known
+        ]  # fmt: skip
+        if refusals:
+            return refusals
+        chosen = [p for p in all_projections() if not names or p.name in names]
+        raw = self.services.mongo[self.services.settings.mongodb_database]
+        try:
+            if await lease.holder_alive(raw, REBUILD_LEASE):
+                return [Refusal("INVALID_STATE", "a rebuild is running already")]
+        except PyMongoError as error:
+            return [Refusal("UNAVAILABLE", f"the read store is unavailable: {error}")]
+        started = asyncio.Event()
+        task = asyncio.create_task(self._rebuild(chosen, started), name="admin rebuild")
+        self.services.admin_tasks.add(task)
+        task.add_done_callback(self.services.admin_tasks.discard)
+        task.add_done_callback(_retrieved)  # its failure is logged in _rebuild
+        waiting = asyncio.create_task(started.wait())
+        await asyncio.wait({task, waiting}, timeout=START_WAIT, return_when="FIRST_COMPLETED")
+        waiting.cancel()
+        if task.done() and not started.is_set():
+            failure = task.exception()
+            if isinstance(failure, RebuildRunning):
+                return [Refusal("INVALID_STATE", str(failure))]
+            return [Refusal("UNAVAILABLE", f"the rebuild failed to start: {failure!r}")]
+        return []
+
+    async def _rebuild(self, chosen: list[Projection], started: asyncio.Event) -> None:
+        settings, services = self.services.settings, self.services
+        raw = services.mongo[settings.mongodb_database]
+
+        async def index_embedded() -> None:
+            if settings.mongodb_url is None:
+                await asyncio.to_thread(index_document_ids, settings.shop_data_dir / "ferretdb")
+
+        names = ", ".join(p.name for p in chosen)
+        log.warning("rebuilding %s (asked by an admin)", names)
+        try:
+            result = await rebuild(
+                services.engine, raw, chosen, prepared=index_embedded, started=started.set,
+                **services.relay_options,
+            )  # fmt: skip
+        except Exception as error:
+            if not isinstance(error, RebuildRunning):
+                log.exception("the rebuild of %s failed", names)
+            raise
+        log.warning("rebuilt %s up to version %d", names, result.position)
+
+    async def resume_projection(self, name: str) -> list[Refusal]:
+        """Ends a STALLED projection's back-off now, in this process's relay and, through
+        the write store, in the relay processes (PostgreSQL)."""
+        if name not in projection_names():
+            known = ", ".join(projection_names())
+            return [Refusal("VALIDATION_FAILED", f"no projection {name!r}; known: {known}", "name")]
+        try:
+            states = {s.name: s for s in await projection_states(self.services.db)}
+        except PyMongoError as error:
+            return [Refusal("UNAVAILABLE", f"the read store is unavailable: {error}")]
+        if states[name].state != "STALLED":
+            return [Refusal("INVALID_STATE", f"{name} is {states[name].state}, not STALLED")]
+        if self.services.relay is not None:
+            self.services.relay.retry_now()
+        try:
+            await request_resume(self.services.engine)
+        except SQLAlchemyError as error:
+            if self.services.relay is None:
+                return [Refusal("UNAVAILABLE", f"the write store is unavailable: {error}")]
+        return []
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
