@@ -6,7 +6,8 @@ through ``project`` into an exact in-memory model of the store
 (:mod:`projections.inmemory`, which refuses any write it cannot model exactly), seeded
 as the relay seeds. The outbox is streamed in batches, but the replayed documents are
 all held in memory (and the write model's rows, for its check): fine at this shop's
-size, a few hundred bytes per document, not for tens of millions of them.
+size, a few hundred bytes per document, not for tens of millions of them (an update of
+many documents, a customer's rename, also scans its replayed collection).
 
 **Compare.** Every document of the collections serving the projection (named by its
 checkpoint after a rebuild, see ``projections.readdb``) is compared with its replayed

@@ -5,7 +5,9 @@ reads, or a batch cut short, is no difference."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,7 @@ from projections.projection import Projection
 from projections.rebuild import rebuild
 from projections.registry import all_projections
 from projections.relay import DUPLICATE_KEY, apply_writes, prepare_collections
-from projections.verify import Verification, differences, verify
+from projections.verify import Verification, VerifyFailed, differences, verify
 from tests.integration.shop import Shop, snapshot
 
 Db = AsyncDatabase[dict[str, Any]]
@@ -281,3 +283,43 @@ async def test_a_projection_no_relay_has_run_yet_is_missing_only_its_seed(
     dashboard = [p for p in all_projections() if p.name == "dashboard"]
     result = await verify(sqlite_engine, db, dashboard, write_model=False)
     assert [str(d) for d in result.differences] == ["dashboard/dashboard: missing in the store"]
+
+
+async def test_collections_a_rebuild_switches_while_they_are_read_are_verified_again(
+    sqlite_engine: AsyncEngine, db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verify read the checkpoints before the switch, the collections after the drop."""
+    shop = Shop(sqlite_engine, db)
+    await business(shop)
+    await shop.sync()
+    before = await checkpoints.load_all(db)
+    await rebuild(sqlite_engine, db, all_projections(), grace=0)
+    loads: list[int] = []
+
+    async def stale_first(database: Db) -> dict[str, checkpoints.Checkpoint]:
+        loads.append(1)
+        return before if len(loads) == 1 else await real_load_all(database)
+
+    real_load_all = checkpoints.load_all
+    monkeypatch.setattr(checkpoints, "load_all", stale_first)
+    assert_clean(await verify(sqlite_engine, db, all_projections()))
+    assert len(loads) == 4  # before and after reading the store, twice
+
+
+async def test_collections_switched_under_every_attempt_end_verify_unverified(
+    sqlite_engine: AsyncEngine, db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shop = Shop(sqlite_engine, db)
+    await business(shop)
+    await shop.sync()
+    await rebuild(sqlite_engine, db, all_projections()[:1], grace=0)
+    switched = await checkpoints.load_all(db)
+    unswitched = {name: replace(c, collections={}) for name, c in switched.items()}
+    answers = itertools.cycle([unswitched, switched])
+
+    async def flipping(_database: Db) -> dict[str, checkpoints.Checkpoint]:
+        return next(answers)
+
+    monkeypatch.setattr(checkpoints, "load_all", flipping)
+    with pytest.raises(VerifyFailed, match="rebuilds kept switching products while"):
+        await verify(sqlite_engine, db, all_projections())
