@@ -18,6 +18,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -35,8 +36,11 @@ from app.ferretdb import (
 from app.settings import Role, Settings
 from domain.bus import CommandBus
 from domain.store import create_engine, create_schema
+from projections.inmemory import UnsupportedWrite
+from projections.projection import Projection
 from projections.rebuild import GRACE, RebuildRunning, rebuild
 from projections.registry import all_projections, projection_names
+from projections.verify import Difference, Verification, VerifyFailed, verify
 
 cli = typer.Typer(help="A CQRS GraphQL shop server.", no_args_is_help=True)
 
@@ -234,12 +238,7 @@ def rebuild_command(
     """
     settings = Settings()
     shop_logging.configure("WARNING", settings.log_format)
-    chosen = [p for p in all_projections() if not names or p.name in names]
-    unknown = set(names or ()) - {p.name for p in chosen}
-    if unknown:
-        known = ", ".join(projection_names())
-        typer.echo(f"unknown projection(s): {', '.join(sorted(unknown))}; known: {known}", err=True)
-        raise typer.Exit(code=2)
+    chosen = _chosen(names)
 
     async def index_embedded() -> None:
         if settings.mongodb_url is None:
@@ -273,6 +272,94 @@ def rebuild_command(
         typer.echo(f"rebuilt {', '.join(result.projections)} up to version {result.position}")
 
     asyncio.run(go())
+
+
+def _chosen(names: list[str] | None) -> list[Projection]:
+    """The projections named (all for none); exits 2 naming any unknown."""
+    chosen = [p for p in all_projections() if not names or p.name in names]
+    unknown = set(names or ()) - {p.name for p in chosen}
+    if unknown:
+        known = ", ".join(projection_names())
+        typer.echo(f"unknown projection(s): {', '.join(sorted(unknown))}; known: {known}", err=True)
+        raise typer.Exit(code=2)
+    return chosen
+
+
+@cli.command("verify")
+def verify_command(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Projections to verify; default: all.")
+    ] = None,
+    shown: Annotated[
+        int, typer.Option("--show", min=1, help="Differences printed per collection, at most.")
+    ] = 50,
+) -> None:
+    """Compares the read models with the outbox replayed in memory, and with the write model.
+
+    Prints each difference as collection/id: path value != expected; exits 1 if there
+    is any, 3 if it could not verify. Safe while the server runs: documents the relay
+    writes meanwhile are compared at their own version.
+    """
+    settings = Settings()
+    shop_logging.configure("WARNING", settings.log_format)
+    chosen = _chosen(names)
+
+    async def go() -> Verification:
+        async with read_store_url(settings) as url:
+            engine = create_engine(settings.write_store_url)
+            store = await connect_read_store(
+                url, settings.shop_read_store_timeout, settings.mongodb_database
+            )
+            try:
+                await create_schema(engine)
+                with _progress() as progress:
+                    tasks: dict[str, TaskID] = {}
+
+                    def report(task: str, done: int, total: int) -> None:
+                        if task not in tasks:
+                            tasks[task] = progress.add_task(task)
+                        progress.update(tasks[task], completed=done, total=max(total, 1))
+
+                    db = store.client[settings.mongodb_database]
+                    return await verify(engine, db, chosen, report=report)
+            finally:
+                await store.client.close()
+                await engine.dispose()
+
+    try:
+        result = asyncio.run(go())
+    except (VerifyFailed, UnsupportedWrite) as error:
+        typer.echo(f"could not verify: {error}", err=True)
+        raise typer.Exit(code=3) from error
+    _print_differences(result, shown)
+    if result.differences:
+        raise typer.Exit(code=1)
+
+
+def _print_differences(result: Verification, shown: int) -> None:
+    """Each difference, ``shown`` at most per collection, then what was compared."""
+    groups: dict[tuple[bool, str], list[Difference]] = {}
+    for difference in result.differences:
+        groups.setdefault((difference.write_model, difference.collection), []).append(difference)
+    if groups:
+        typer.echo(
+            "differences (store value != value replayed from the outbox; "
+            "write model: replayed value != write model value):"
+        )
+    for (write_model, collection), differences in groups.items():
+        for difference in differences[:shown]:
+            typer.echo(str(difference))
+        if len(differences) > shown:
+            where = f"write model: {collection}" if write_model else collection
+            typer.echo(f"... and {len(differences) - shown} more in {where}")
+    positions = ", ".join(f"{name} {position}" for name, position in result.positions.items())
+    typer.echo(f"compared {result.documents} documents at the checkpoints ({positions})")
+    if result.moved_on:
+        typer.echo(f"{result.moved_on} written meanwhile were compared at their own version")
+    if result.write_model_head is not None:
+        typer.echo(f"compared the write model at outbox position {result.write_model_head}")
+    count = len(result.differences)
+    typer.echo(f"{count} difference{'' if count == 1 else 's'}" if count else "no differences")
 
 
 @cli.command("status")

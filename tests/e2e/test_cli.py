@@ -7,7 +7,11 @@ import sys
 from typing import Any
 
 import httpx
+from pymongo import AsyncMongoClient
 
+from projections import checkpoints
+from projections.registry import projection_names
+from tests.conftest import eventually
 from tests.e2e.conftest import ROOT, Client
 
 READ_EVERYTHING = """query($v: Version) {
@@ -91,3 +95,53 @@ async def test_status_shows_positions_lag_head_and_the_lease_holder(
     server.stop()
     stopped = cli(server_env, "status")
     assert "STOPPED" in stopped.stdout or "nobody holds it" in stopped.stdout
+
+
+async def test_verify_passes_on_a_consistent_shop_and_names_each_corrupted_document(
+    server_env: dict[str, str], start_server: Any, mongo: AsyncMongoClient[dict[str, Any]]
+) -> None:
+    seeded = cli(server_env, "seed", "--products", "8", "--customers", "5", "--orders", "30")
+    assert seeded.returncode == 0, seeded.stderr
+    version = int(seeded.stdout.rsplit("minVersion ", 1)[1])
+    start_server(SHOP_CONSISTENCY_TIMEOUT="60")
+    db = mongo[server_env["MONGODB_DATABASE"]]
+
+    async def caught_up() -> bool:
+        positions = [c.position for c in (await checkpoints.load_all(db)).values()]
+        return len(positions) == len(projection_names()) and min(positions) >= version
+
+    await eventually(caught_up, within=60)
+    clean = cli(server_env, "verify")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "no differences" in clean.stdout
+    assert f"compared the write model at outbox position {version}" in clean.stdout
+
+    product = await db["products"].find_one({})
+    order = await db["orders"].find_one({})
+    assert product is not None
+    assert order is not None
+    await db["products"].update_one({"_id": product["_id"]}, {"$inc": {"stockOnHand": 1}})
+    await db["orders"].delete_one({"_id": order["_id"]})
+    await db["customers"].insert_one({"_id": "stray", "name": "Nobody", "version": 1})
+    found = cli(server_env, "verify")
+    assert found.returncode == 1, found.stdout + found.stderr
+    on_hand = product["stockOnHand"]
+    for line in (
+        f"products/{product['_id']}: stockOnHand {on_hand + 1} != {on_hand}",
+        f"orders/{order['_id']}: missing in the store",
+        "customers/stray: extra in the store",
+        "3 differences",
+    ):
+        assert line in found.stdout.splitlines(), found.stdout
+
+    only = cli(server_env, "verify", "customers", "products")
+    assert only.returncode == 1
+    assert "customers/stray: extra in the store" in only.stdout
+    assert "orders/" not in only.stdout
+    assert "2 differences" in only.stdout
+
+
+def test_verify_refuses_unknown_projections(server_env: dict[str, str]) -> None:
+    result = cli(server_env, "verify", "products", "nonsense")
+    assert result.returncode == 2
+    assert "unknown projection(s): nonsense" in result.stderr
