@@ -10,6 +10,7 @@ from typing import Any
 import strawberry
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from graphql import GraphQLError
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -36,7 +37,7 @@ from strawberry.subscriptions.protocols.graphql_ws.types import (
 from strawberry.subscriptions.protocols.graphql_ws.types import ErrorMessage, StartMessage
 from strawberry.types import ExecutionResult
 
-from app import graphiql
+from app import graphiql, tracing
 from app.auth import ANONYMOUS
 from app.bootstrap import Services, bootstrap
 from app.guards import TransportLimits
@@ -44,6 +45,7 @@ from app.health import healthz, readyz
 from app.metrics import metrics, registry_for
 from app.request_id import RequestId
 from app.settings import Role, Settings
+from domain import tracing as domain_tracing
 from schema.build import build_schema
 from schema.context import MIN_VERSION_HEADER, Context, parse_min_version_header
 from schema.limits import Limits
@@ -316,10 +318,16 @@ def create_app(
 ) -> Starlette:
     settings = settings or Settings()
 
+    traced = tracing.configure(settings.shop_otlp_endpoint, settings.shop_service_name,
+                               role.value) is not None  # fmt: skip
+
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[dict[str, Any]]:
-        async with bootstrap(settings, role) as services:
-            yield {"services": services, "metrics": registry_for(services)}
+        try:
+            async with bootstrap(settings, role) as services:
+                yield {"services": services, "metrics": registry_for(services)}
+        finally:
+            domain_tracing.shutdown()
 
     routes: list[BaseRoute] = [
         Route("/healthz", healthz),
@@ -327,7 +335,9 @@ def create_app(
         Route("/metrics", metrics),
     ]
     if role is not Role.RELAY:
-        graphql = ShopGraphQL(schema or build_schema(limits=limits_of(settings)), settings)
+        graphql = ShopGraphQL(
+            schema or build_schema(limits=limits_of(settings), traced=traced), settings
+        )
         routes += [Route("/graphql", graphql), WebSocketRoute("/graphql", graphql)]
         routes += graphiql.routes
     middleware = [
@@ -339,6 +349,17 @@ def create_app(
             max_sockets=settings.shop_max_sockets,
         ),
     ]
+    if traced:
+        # The request's span (continuing a caller's traceparent); WebSockets get one per
+        # connection, not one per message.
+        middleware.insert(
+            0,
+            Middleware(
+                OpenTelemetryMiddleware,
+                excluded_urls="/healthz,/readyz,/metrics,/graphiql/",
+                exclude_spans=["receive", "send"],
+            ),
+        )
     if settings.shop_cors_origins:
         cors = Middleware(
             CORSMiddleware,

@@ -6,6 +6,8 @@ import logging
 
 import structlog
 
+from domain.tracing import add_trace_ids
+
 
 def configure(level: str = "INFO", fmt: str = "console") -> None:
     renderer: structlog.types.Processor = (
@@ -18,6 +20,7 @@ def configure(level: str = "INFO", fmt: str = "console") -> None:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_trace_ids,
     ]
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

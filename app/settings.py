@@ -70,6 +70,12 @@ class Settings(BaseSettings):
         description="Memory for read-model documents and query results kept in each "
         "process, kept exact by the relay's change keys (LRU beyond it); 0 turns it off.",
     )
+    shop_otlp_endpoint: str | None = Field(
+        None,
+        description="OpenTelemetry collector to send traces to over OTLP/HTTP, e.g. "
+        "http://127.0.0.1:4318; unset: no tracing. OTEL_* variables tune the SDK.",
+    )
+    shop_service_name: str = Field("cqrs-shop", description="service.name of the traces.")
     # Identity (app.auth) and who may do what (schema.policy).
     shop_auth_jwks_url: str | None = Field(
         None, description="Production: the OIDC provider's JWKS URL (RS256/ES256 tokens)."

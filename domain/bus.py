@@ -6,15 +6,17 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from opentelemetry import trace
 from prometheus_client import Histogram
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from domain import idempotency, validation
+from domain import idempotency, tracing, validation
 from domain.commands import Command
 from domain.errors import (
     CommitOutcomeUnknown,
@@ -64,6 +66,19 @@ GROUP_SIZE = Histogram(
 INSTRUMENTS = (COMMAND_SECONDS, GROUP_SIZE)
 
 
+def _transaction_span(group: list[_Request]) -> AbstractContextManager[trace.Span]:
+    """The span of a group's transaction: a child of its first command's span, linking
+    the others' (each command's trace shows where it was written)."""
+    first = group[0].span
+    parent = trace.set_span_in_context(trace.NonRecordingSpan(first)) if first.is_valid else None
+    return tracing.TRACER.start_as_current_span(
+        "transaction",
+        context=parent,
+        links=tracing.links_to(r.span for r in group[1:]),
+        attributes={"cqrs_shop.commands": len(group)},
+    )
+
+
 @dataclass(eq=False)
 class _Request:
     command: Command
@@ -72,6 +87,8 @@ class _Request:
     metadata: dict[str, Any] | None
     scope: str | None = None
     future: asyncio.Future[CommandOutcome] | None = None
+    span: trace.SpanContext = trace.INVALID_SPAN_CONTEXT
+    """The caller's command span, for its transaction's (domain.tracing)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,8 +239,11 @@ class CommandBus:
         same key from another caller is another key.
         """
         began, outcome = time.perf_counter(), "failed"
+        name = type(command).__name__
         try:
-            answer = await self._execute(command, idempotency_key, metadata, idempotency_scope)
+            with tracing.TRACER.start_as_current_span(f"command {name}"):
+                metadata = {**(metadata or {}), **tracing.context_metadata()} or metadata
+                answer = await self._execute(command, idempotency_key, metadata, idempotency_scope)
             outcome = "accepted"
             return answer
         except DomainError:
@@ -233,9 +253,7 @@ class CommandBus:
             outcome = "cancelled"
             raise
         finally:
-            COMMAND_SECONDS.labels(type(command).__name__, outcome).observe(
-                time.perf_counter() - began
-            )
+            COMMAND_SECONDS.labels(name, outcome).observe(time.perf_counter() - began)
 
     async def _execute(
         self,
@@ -248,8 +266,10 @@ class CommandBus:
         request = _Request(
             command, self.handlers[type(command)], idempotency_key, metadata, idempotency_scope
         )
+        request.span = trace.get_current_span().get_span_context()
         if not self.group_commit:
-            return await self._execute_alone(request)
+            with _transaction_span([request]):
+                return await self._execute_alone(request)
         future: asyncio.Future[CommandOutcome] = asyncio.get_running_loop().create_future()
         # A caller that was cancelled never reads its answer; that is not an error to log.
         future.add_done_callback(_consume)
@@ -279,7 +299,8 @@ class CommandBus:
             return
         began = time.monotonic()
         try:
-            answers, written = await self._transactions.run(lambda uow: self._run(uow, group))
+            with _transaction_span(group):
+                answers, written = await self._transactions.run(lambda uow: self._run(uow, group))
         except CommitOutcomeUnknown as error:
             for request in group:
                 _answer(request, error)
@@ -304,7 +325,8 @@ class CommandBus:
     async def _settle(self, request: _Request) -> None:
         """Runs one queued command in its own transaction and answers its caller."""
         try:
-            outcome = await self._execute_alone(request)
+            with _transaction_span([request]):
+                outcome = await self._execute_alone(request)
         except Exception as error:
             _answer(request, error)
         else:

@@ -12,9 +12,9 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 from prometheus_client import Histogram
 from pymongo import IndexModel, InsertOne, UpdateOne
@@ -29,7 +29,7 @@ from pymongo.errors import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from domain import outbox
+from domain import outbox, tracing
 from domain.events import RecordedEvent
 from projections import checkpoints, readdb
 from projections.lease import Lease
@@ -44,6 +44,7 @@ MAX_BACKOFF = 5.0
 # lease's ttl, if that is shorter).
 LEASE_MARGIN = 3.0
 DUPLICATE_KEY = 11000
+T = TypeVar("T")
 BATCH_SECONDS = Histogram(
     "shop_relay_batch_duration_seconds",
     "Time the relay took to apply one batch of outbox events to the projections",
@@ -177,6 +178,15 @@ async def _send(
                     if gate is not None:
                         gate.unsettled = True
                     raise
+
+
+async def _timed(timings: dict[str, tuple[int, int]], name: str, work: Awaitable[T]) -> T:
+    """``work``'s result; its start and end (ns since the epoch) in ``timings[name]``."""
+    began = time.time_ns()
+    try:
+        return await work
+    finally:
+        timings[name] = (began, time.time_ns())
 
 
 class RelayOptions(TypedDict):
@@ -621,10 +631,24 @@ class Relay:
         # Projections own separate collections and checkpoints: apply them side by side,
         # so one batch costs the slowest projection's round trips, not their sum; and
         # each on its own, so one's failure does not cut another's writes half-way.
-        results = await asyncio.gather(
-            *(self.apply(p, behind, writes, mergeable[p.name]) for p, behind, writes in parts),
-            return_exceptions=True,
-        )
+        timings: dict[str, tuple[int, int]] = {}
+        with tracing.TRACER.start_as_current_span(
+            "relay batch", attributes={"cqrs_shop.events": len(events)}
+        ) as batch_span:
+            results = await asyncio.gather(
+                *(
+                    _timed(timings, p.name, self.apply(p, behind, writes, mergeable[p.name]))
+                    for p, behind, writes in parts
+                ),
+                return_exceptions=True,
+            )
+        if tracing.enabled():
+            applied = {
+                p.name: {e.position for e in behind}
+                for (p, behind, _), result in zip(parts, results, strict=True)
+                if not isinstance(result, BaseException)
+            }
+            tracing.record_projections(events, timings, applied, batch_span)
         advances = []
         for (projection, behind, _), result in zip(parts, results, strict=True):
             if isinstance(result, BaseException):

@@ -11,6 +11,7 @@ from graphql import GraphQLError, VariableDefinitionNode
 from strawberry.exceptions import MissingQueryError
 from strawberry.extensions import ValidationCache
 from strawberry.extensions.runner import SchemaExtensionsRunner
+from strawberry.extensions.tracing import OpenTelemetryExtension
 from strawberry.schema.config import StrawberryConfig
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types import ExecutionContext
@@ -115,6 +116,7 @@ def build_schema(
     *,
     limits: Limits | None = None,
     policies: Mapping[str, Policy] | None = None,
+    traced: bool = False,
 ) -> ShopSchema:
     """The served schema; the benchmarks pass subclasses of the root types with no-op
     fields, and policies for them."""
@@ -133,6 +135,8 @@ def build_schema(
             lambda: DocumentLimits(chosen),
             lambda: ValidationCache(maxsize=DOCUMENT_CACHE_SIZE),
             OperationMetrics,
+            # Spans for the operation, parsing, validation and our resolvers.
+            *([OpenTelemetryExtension] if traced else []),
         ],
     )
     schema.policies = {**POLICIES, **(policies or {})}
