@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.bootstrap import bootstrap
+from app.settings import Settings
 from domain import migrations
 from domain.bus import CommandBus
 from domain.commands import (
@@ -32,6 +37,8 @@ from domain.migrations import BASELINE, SchemaBehind, SchemaError, SchemaTooNew
 from domain.model import metadata, order_lines, products
 from domain.store import check_schema, create_engine, create_schema, schema_state
 from tests.conftest import fresh_database
+
+ROOT = Path(__file__).parents[2]
 
 
 @contextlib.asynccontextmanager
@@ -282,3 +289,40 @@ async def test_a_revision_that_breaks_foreign_keys_changes_nothing(
         assert (await schema_state(engine)).current == now
         async with engine.connect() as conn:
             assert await conn.scalar(sa.select(sa.func.count()).select_from(products)) == 1
+
+
+def test_the_migrate_command_says_what_ran_and_checks(tmp_path: Path) -> None:
+    env = {**os.environ, "SHOP_DATA_DIR": str(tmp_path / "var"), "DATABASE_URL": ""}
+
+    def migrate(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "app", "migrate", *args],
+            env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    behind = migrate("--check")
+    assert behind.returncode == 1
+    assert "the write store is empty" in behind.stderr
+    assert "run `cqrs-shop migrate`" in behind.stderr
+
+    first = migrate()
+    assert first.returncode == 0, first.stderr
+    assert f"ran {BASELINE}: The write model as create_all made it" in first.stdout
+    assert f"the write store is at revision {migrations.head()}, the newest" in first.stdout
+
+    again = migrate()
+    assert (again.returncode, again.stdout.splitlines()[0]) == (0, "nothing to run")
+    assert migrate("--check").returncode == 0
+
+
+async def test_a_server_told_not_to_migrate_refuses_a_store_behind(tmp_path: Path) -> None:
+    settings = Settings(
+        shop_data_dir=tmp_path,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'write.db'}",
+        mongodb_url="mongodb://127.0.0.1:9/never-reached",
+        shop_auth_secret="s" * 32,
+        shop_migrate_on_start=False,
+    )
+    with pytest.raises(SchemaBehind, match="run `cqrs-shop migrate`"):
+        async with bootstrap(settings):
+            pass
