@@ -28,7 +28,7 @@ from app.ferretdb import (
 from app.settings import Role, Settings
 from domain import idempotency
 from domain.bus import CommandBus
-from domain.store import create_engine, create_schema
+from domain.store import check_schema, create_engine, create_schema
 from projections.cache import ReadCache
 from projections.feeds import Feeds
 from projections.lease import Lease
@@ -185,7 +185,7 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
 
         engine = create_engine(settings.write_store_url)
         stack.push_async_callback(_within, 1.0, "closing the write store's pool", engine.dispose)
-        await create_schema(engine)
+        await _prepare_write_store(engine, settings)
 
         read_store = await connect_read_store(
             mongo_url, settings.shop_read_store_timeout, settings.mongodb_database
@@ -263,6 +263,20 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
             _spawn(services.tasks, _keep_ids_indexed(embedded_dir), "ferretdb id indexes")
         log.info("shop server ready", extra={"role": str(role)})
         yield services
+
+
+async def _prepare_write_store(engine: AsyncEngine, settings: Settings) -> None:
+    """Migrates the write store, or with SHOP_MIGRATE_ON_START=false checks that someone
+    did (``cqrs-shop migrate``)."""
+    if not settings.shop_migrate_on_start:
+        await check_schema(engine)
+        return
+    # An engine of its own, without the statement timeout (see create_schema).
+    migrator = create_engine(settings.write_store_url, command_timeout=None)
+    try:
+        await create_schema(migrator, report=lambda line: log.info("migrations: %s", line))
+    finally:
+        await migrator.dispose()
 
 
 PURGE_EVERY = 3600.0

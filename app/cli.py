@@ -34,8 +34,10 @@ from app.ferretdb import (
     running_url,
 )
 from app.settings import Role, Settings
+from domain import migrations
 from domain.bus import CommandBus
-from domain.store import create_engine, create_schema
+from domain.migrations import SchemaError
+from domain.store import create_engine, create_schema, schema_state
 from projections.inmemory import UnsupportedWrite
 from projections.projection import Projection
 from projections.rebuild import GRACE, RebuildRunning, rebuild
@@ -216,6 +218,45 @@ def seed_command(
 
     settings.shop_data_dir.mkdir(parents=True, exist_ok=True)
     asyncio.run(go())
+
+
+@cli.command("migrate")
+def migrate_command(
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="Change nothing: exit 1 unless the store is at the newest revision."
+        ),
+    ] = False,
+) -> None:
+    """Migrates the write store to this release's schema, saying which revisions ran.
+
+    The server does the same at start unless SHOP_MIGRATE_ON_START=false. Safe beside
+    running servers and other migrations: they take turns.
+    """
+    settings = Settings()
+    shop_logging.configure("WARNING", settings.log_format)
+
+    async def go() -> None:
+        engine = create_engine(settings.write_store_url, command_timeout=None)
+        try:
+            if check:
+                state = await schema_state(engine)
+                if not state.at_head:
+                    typer.echo(f"{state.describe()}: run `cqrs-shop migrate`", err=True)
+                    raise typer.Exit(code=1)
+            elif not await create_schema(engine, report=typer.echo):
+                typer.echo("nothing to run")
+        finally:
+            await engine.dispose()
+        typer.echo(f"the write store is at revision {migrations.head()}, the newest")
+
+    settings.shop_data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        asyncio.run(go())
+    except SchemaError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(code=1) from error
 
 
 @cli.command("rebuild")

@@ -32,6 +32,11 @@ class Settings(BaseSettings):
         None, description="MongoDB URL of the read store; unset starts an embedded FerretDB."
     )
     mongodb_database: str = Field("shop", description="Database name in the read store.")
+    shop_migrate_on_start: bool = Field(
+        True,
+        description="Migrate the write store to this release's schema at start; false: "
+        "refuse to start unless it is there (run `cqrs-shop migrate` first).",
+    )
     shop_consistency_timeout: float = Field(
         5.0, gt=0, description="Seconds a minVersion read waits before NOT_YET_CONSISTENT."
     )
