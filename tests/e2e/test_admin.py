@@ -89,3 +89,43 @@ async def test_resume_answers_invalid_state_unless_stalled(start_server: Any) ->
             ("VALIDATION_FAILED", "name")
         ]
         assert set(projection_names()) == {s["name"] for s in states}
+
+
+async def test_a_stalled_projection_resumes_when_asked_once_its_fault_is_mended(
+    start_server: Any, server_env: dict[str, str], mongo_url: str
+) -> None:
+    """An operator's story: a document broken by hand stalls the products projection
+    (its next $inc fails); once mended, resumeProjection makes the relay go on."""
+    server: Server = start_server()
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url)
+    try:
+        db = mongo[server_env["MONGODB_DATABASE"]]
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            client = Client(http)
+            made = await create(client)
+            await client.data(PRODUCT, {"id": made["id"], "v": made["version"]})
+            await db["products"].update_one({"_id": made["id"]}, {"$set": {"stockOnHand": "x"}})
+            restocked = (await client.data(RESTOCK, {"id": made["id"], "quantity": 2}))[
+                "restockProduct"
+            ]
+
+            async def products_state() -> str:
+                states = (await client.data(STATES))["projections"]
+                return next(s["state"] for s in states if s["name"] == "products")
+
+            async def stalled() -> bool:
+                return await products_state() == "STALLED"
+
+            await eventually(stalled, within=15)
+            await db["products"].update_one({"_id": made["id"]}, {"$set": {"stockOnHand": 5}})
+            answer = (await client.data(RESUME, {"name": "products"}))["resumeProjection"]
+            assert answer == {"success": True, "errors": []}, answer
+            read = await client.data(PRODUCT, {"id": made["id"], "v": restocked["version"]})
+            assert read["product"]["stockOnHand"] == 7, read
+
+            async def running() -> bool:
+                return await products_state() == "RUNNING"
+
+            await eventually(running, within=15)
+    finally:
+        await mongo.close()
