@@ -23,9 +23,10 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import logging as shop_logging
-from app.bootstrap import connect_read_store
+from app.bootstrap import ReadStore, connect_read_store
 from app.ferretdb import (
     EmbeddedFerretDB,
     ReadStoreUnavailable,
@@ -286,13 +287,9 @@ def rebuild_command(
             await asyncio.to_thread(index_document_ids, settings.shop_data_dir / "ferretdb")
 
     async def go() -> None:
-        async with read_store_url(settings) as url:
-            engine = create_engine(settings.write_store_url)
-            store = await connect_read_store(
-                url, settings.shop_read_store_timeout, settings.mongodb_database
-            )
-            client = store.client
-            try:
+        try:
+            async with _stores(settings, migrate=False) as (engine, store):
+                client = store.client
                 with _progress() as progress:
                     task = progress.add_task(f"rebuilding {', '.join(p.name for p in chosen)}")
 
@@ -304,15 +301,34 @@ def rebuild_command(
                         prepared=index_embedded, say=progress.console.print, grace=grace,
                         **store.relay_options,
                     )  # fmt: skip
-            except RebuildRunning as running:
-                typer.echo(f"not rebuilt: {running}", err=True)
-                raise typer.Exit(code=1) from running
-            finally:
-                await client.close()
-                await engine.dispose()
+        except RebuildRunning as running:
+            typer.echo(f"not rebuilt: {running}", err=True)
+            raise typer.Exit(code=1) from running
         typer.echo(f"rebuilt {', '.join(result.projections)} up to version {result.position}")
 
     asyncio.run(go())
+
+
+@contextlib.asynccontextmanager
+async def _stores(
+    settings: Settings, *, migrate: bool = True
+) -> AsyncIterator[tuple[AsyncEngine, ReadStore]]:
+    """The write store (migrated first, unless ``migrate`` is off) and the read store
+    the server uses, closed on the way out."""
+    async with read_store_url(settings) as url:
+        engine = create_engine(settings.write_store_url)
+        try:
+            store = await connect_read_store(
+                url, settings.shop_read_store_timeout, settings.mongodb_database
+            )
+            try:
+                if migrate:
+                    await create_schema(engine)
+                yield engine, store
+            finally:
+                await store.client.close()
+        finally:
+            await engine.dispose()
 
 
 def _chosen(names: list[str] | None) -> list[Projection]:
@@ -346,26 +362,17 @@ def verify_command(
     chosen = _chosen(names)
 
     async def go() -> Verification:
-        async with read_store_url(settings) as url:
-            engine = create_engine(settings.write_store_url)
-            store = await connect_read_store(
-                url, settings.shop_read_store_timeout, settings.mongodb_database
-            )
-            try:
-                await create_schema(engine)
-                with _progress() as progress:
-                    tasks: dict[str, TaskID] = {}
+        async with _stores(settings) as (engine, store):
+            with _progress() as progress:
+                tasks: dict[str, TaskID] = {}
 
-                    def report(task: str, done: int, total: int) -> None:
-                        if task not in tasks:
-                            tasks[task] = progress.add_task(task)
-                        progress.update(tasks[task], completed=done, total=max(total, 1))
+                def report(task: str, done: int, total: int) -> None:
+                    if task not in tasks:
+                        tasks[task] = progress.add_task(task)
+                    progress.update(tasks[task], completed=done, total=max(total, 1))
 
-                    db = store.client[settings.mongodb_database]
-                    return await verify(engine, db, chosen, report=report)
-            finally:
-                await store.client.close()
-                await engine.dispose()
+                db = store.client[settings.mongodb_database]
+                return await verify(engine, db, chosen, report=report)
 
     try:
         result = asyncio.run(go())
@@ -422,30 +429,21 @@ def status_command() -> None:
     shop_logging.configure("WARNING", settings.log_format)
 
     async def go() -> None:
-        async with read_store_url(settings) as url:
-            engine = create_engine(settings.write_store_url)
-            store = await connect_read_store(
-                url, settings.shop_read_store_timeout, settings.mongodb_database
-            )
-            try:
-                await create_schema(engine)
-                async with engine.connect() as conn:
-                    head = await outbox.head(conn)
-                    lease = (
-                        (
-                            await conn.execute(
-                                sa.select(relay_leases).where(relay_leases.c.name == "relay")
-                            )
+        async with _stores(settings) as (engine, store):
+            async with engine.connect() as conn:
+                head = await outbox.head(conn)
+                lease = (
+                    (
+                        await conn.execute(
+                            sa.select(relay_leases).where(relay_leases.c.name == "relay")
                         )
-                        .mappings()
-                        .first()
                     )
-                db = store.client[settings.mongodb_database]
-                states = await projection_states(db, head)
-                alive = await holder_alive(db)
-            finally:
-                await store.client.close()
-                await engine.dispose()
+                    .mappings()
+                    .first()
+                )
+            db = store.client[settings.mongodb_database]
+            states = await projection_states(db, head)
+            alive = await holder_alive(db)
         table = Table("projection", "position", "lag", "state", "last error")
         for state in states:
             table.add_row(state.name, str(state.position), str(state.lag), state.state,
