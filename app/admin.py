@@ -57,9 +57,13 @@ class Admin:
         task.add_done_callback(self.services.admin_tasks.discard)
         task.add_done_callback(_retrieved)  # its failure is logged in _rebuild
         waiting = asyncio.create_task(started.wait())
-        await asyncio.wait({task, waiting}, timeout=START_WAIT, return_when="FIRST_COMPLETED")
-        waiting.cancel()
+        try:
+            await asyncio.wait({task, waiting}, timeout=START_WAIT, return_when="FIRST_COMPLETED")
+        finally:
+            waiting.cancel()
         if task.done() and not started.is_set():
+            if task.cancelled():
+                return [Refusal("UNAVAILABLE", "the server is shutting down")]
             failure = task.exception()
             if isinstance(failure, RebuildRunning):
                 return [Refusal("INVALID_STATE", str(failure))]

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 import uvicorn
+from pymongo.errors import PyMongoError
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -23,6 +24,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import logging as shop_logging
@@ -376,7 +378,7 @@ def verify_command(
 
     try:
         result = asyncio.run(go())
-    except (VerifyFailed, UnsupportedWrite) as error:
+    except (VerifyFailed, UnsupportedWrite, PyMongoError, SQLAlchemyError, OSError) as error:
         typer.echo(f"could not verify: {error}", err=True)
         raise typer.Exit(code=3) from error
     _print_differences(result, shown)

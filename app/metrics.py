@@ -36,7 +36,8 @@ class ProgressCollector(Collector):
             yield GaugeMetricFamily("shop_outbox_head", "Last outbox position seen", relay.head)
             lag_events = GaugeMetricFamily(
                 "shop_projection_lag_events",
-                "Outbox events a projection has not applied yet (this relay's view)",
+                "Outbox events a projection has not applied yet (exported by the relay "
+                "holding the lease)",
                 labels=["projection"],
             )
             lag_seconds = GaugeMetricFamily(
@@ -44,11 +45,12 @@ class ProgressCollector(Collector):
                 "Age of the oldest outbox event a projection has not applied yet; 0 when caught up",
                 labels=["projection"],
             )
-            for name, position in relay.positions.items():
-                lag_events.add_metric([name], max(relay.head - position, 0))
-                lag_seconds.add_metric([name], relay.lag_seconds(name))
-            yield lag_events
-            yield lag_seconds
+            if relay.running:  # a standby's view is frozen at its last tenure
+                for name, position in relay.positions.items():
+                    lag_events.add_metric([name], max(relay.head - position, 0))
+                    lag_seconds.add_metric([name], relay.lag_seconds(name))
+                yield lag_events
+                yield lag_seconds
             yield GaugeMetricFamily(
                 "shop_relay_running", "1 while holding the lease", relay.running
             )

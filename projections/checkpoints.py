@@ -142,6 +142,14 @@ async def record_error(
     _check_not_fenced(result.matched_count, 1, name, epoch)
 
 
+async def clear_error(db: AsyncDatabase[Document], name: str, epoch: int | None = None) -> None:
+    """Clears a projection's last error (it is fine again); fenced as :func:`save`."""
+    result = await db[COLLECTION].update_one(
+        _fenced(name, epoch), {"$set": {"lastError": None, "updatedAt": datetime.now(UTC)}}
+    )
+    _check_not_fenced(result.matched_count, 1, name, epoch)
+
+
 async def announce(
     db: AsyncDatabase[Document], attempts: Mapping[str, int], epoch: int | None = None
 ) -> None:

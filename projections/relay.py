@@ -413,6 +413,9 @@ class Relay:
         self.behind_since: dict[str, datetime | None] = {}
         """Per projection behind the head: when its oldest unapplied event happened."""
         self._batch: list[RecordedEvent] = []
+        self._start: int | None = None
+        self._errors_recorded: set[str] = set()
+        """Projections whose checkpoint this relay gave a lastError (see _clear_errors)."""
         self.failing: dict[str, str] = {}
         """The last error of each projection whose last attempt failed (for metrics)."""
         self._wake = asyncio.Event()
@@ -471,6 +474,7 @@ class Relay:
         self.known.clear()
         self.progress.recent_events.clear()
         self._retry_at.clear()
+        self.behind_since.clear()
         stored = await checkpoints.load_all(self.db)
         readdb.switch(self.db, stored.values())  # before progress: see projections.readdb
         for projection in self.projections:
@@ -558,23 +562,26 @@ class Relay:
         failed (they retry after their back-off), :class:`LeaseLost` if the tenure ended.
         """
         began = time.perf_counter()
-        self._batch = []
+        self._batch, self._start = [], None
         try:
             return await self._run_once()
         finally:
             if self._batch:
                 BATCH_SECONDS.observe(time.perf_counter() - began)
-            self._note_lag(self._batch)
+            self._note_lag(self._batch, self._start)
 
-    def _note_lag(self, events: list[RecordedEvent]) -> None:
+    def _note_lag(self, events: list[RecordedEvent], start: int | None = None) -> None:
         """Remembers, per projection behind the head, when the first event it has not
         applied happened (``lag_seconds``). If this batch ends before that event, its
-        last event's time stands in (the next one is no older); if it read nothing, what
-        was known stays."""
+        last event's time stands in (the next one is no older); if it read nothing, or
+        began after the projection's position (it waits out a back-off), what was known
+        stays."""
         for projection in self.projections:
             position = self.positions.get(projection.name, 0)
             if position >= self.head:
                 self.behind_since[projection.name] = None
+                continue
+            if start is not None and position < start:
                 continue
             first = next((e for e in events if e.position > position), None)
             if first is not None:
@@ -595,7 +602,7 @@ class Relay:
         ready = [p for p in self.projections if self._retry_at.get(p.name, now) <= now]
         if not ready:
             return 0
-        start = min(self.positions[p.name] for p in ready)
+        start = self._start = min(self.positions[p.name] for p in ready)
         async with self.engine.connect() as conn:
             events = await outbox.read_after(conn, start, self.batch_size)
             self.head = max(self.head, await outbox.head(conn))
@@ -617,6 +624,7 @@ class Relay:
         if not parts and not failures:
             for projection in ready:
                 self.failing.pop(projection.name, None)  # caught up: nothing failing
+            await self._clear_errors([p.name for p in ready])
             return len(events)
         mergeable = {p.name: behind[0].position > self.attempted[p.name] for p, behind, _ in parts}
         announced = {p.name: behind[-1].position for p, behind, writes in parts if writes}
@@ -660,6 +668,7 @@ class Relay:
         for projection in ready:
             if projection.name not in failures:
                 self.failing.pop(projection.name, None)
+        await self._clear_errors([p.name for p in ready if p.name not in failures])
         if self.feed is not None and advances:
             await self.feed.publish(self.epoch, advances)
         for error in failures.values():
@@ -731,3 +740,16 @@ class Relay:
         for name, error in errors.items():
             with contextlib.suppress(PyMongoError, checkpoints.Fenced):
                 await checkpoints.record_error(self.db, name + self.suffix, repr(error), self.epoch)
+                self._errors_recorded.add(name)
+
+    async def _clear_errors(self, names: list[str]) -> None:
+        """Clears the recorded error of projections that are fine again but may save no
+        checkpoint for a while (caught up: a relay-wide failure recorded it), so that they
+        do not show as STALLED. Saving a checkpoint clears it too."""
+        for name in names:
+            if name in self._errors_recorded:
+                try:
+                    await checkpoints.clear_error(self.db, name + self.suffix, self.epoch)
+                except checkpoints.Fenced as fenced:
+                    raise LeaseLost(str(fenced)) from fenced
+                self._errors_recorded.discard(name)

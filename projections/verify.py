@@ -227,7 +227,14 @@ class _Run:
 
     def apply(self, event: RecordedEvent) -> None:
         self._settle(event.position - 1)
-        for write in self.projection.project(event):
+        try:
+            writes = self.projection.project(event)
+        except Exception as fault:  # the relay stalls on it too: nothing to compare past it
+            raise VerifyFailed(
+                f"projection {self.projection.name} cannot project event {event.position} "
+                f"({event.type}): {fault!r}"
+            ) from fault
+        for write in writes:
             spot = (write.collection, write.key)
             if write.shell and spot in self.unknown and event.position <= self.bound:
                 self.shells.setdefault(spot, as_stored(write.document))

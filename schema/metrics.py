@@ -8,13 +8,16 @@ an operation without a name is ``_anonymous`` and a document that did not parse
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Iterator
 
 from graphql import GraphQLError
 from prometheus_client import Counter, Histogram
+from strawberry.exceptions import MissingQueryError
 from strawberry.extensions import SchemaExtension
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 
 MAX_OPERATION_NAMES = 200
 _NAME = re.compile(r"[_A-Za-z][_0-9A-Za-z]{0,63}")
@@ -47,6 +50,9 @@ NOT_YET_CONSISTENT = Counter(
 )
 INSTRUMENTS = (OPERATIONS, ERRORS, DURATION, NOT_YET_CONSISTENT)
 
+# Requests Strawberry refuses by raising (answered 400 or 405 over HTTP).
+REFUSED_REQUESTS = (MissingQueryError, CannotGetOperationTypeError, InvalidOperationTypeError)
+
 _seen: set[str] = set()
 
 
@@ -76,7 +82,18 @@ class OperationMetrics(SchemaExtension):
 
     def on_operation(self) -> Iterator[None]:
         began = time.perf_counter()
-        yield
+        failure: BaseException | None = None
+        try:
+            yield
+        except BaseException as error:  # refused before GraphQL (405, unknown operation)
+            failure = error
+            raise
+        finally:
+            self._count(time.perf_counter() - began, failure)
+
+    def _count(self, took: float, failure: BaseException | None) -> None:
+        """Counted however the operation ended: answered, refused by an exception, or
+        (a subscription) closed by its client."""
         context = self.execution_context
         if context.graphql_document is None:
             operation, kind = "_invalid", "unknown"
@@ -88,7 +105,11 @@ class OperationMetrics(SchemaExtension):
                 kind = "unknown"
         OPERATIONS.labels(operation, kind).inc()
         if kind in ("query", "mutation"):
-            DURATION.labels(operation, kind).observe(time.perf_counter() - began)
+            DURATION.labels(operation, kind).observe(took)
+        if failure is not None and not isinstance(failure, GeneratorExit | asyncio.CancelledError):
+            refused = isinstance(failure, REFUSED_REQUESTS)
+            ERRORS.labels(operation, "BAD_REQUEST" if refused else "INTERNAL_SERVER_ERROR").inc()
+            return
         result = context.result
         errors = (result.errors if result is not None else None) or context.pre_execution_errors
         for error in errors or ():

@@ -145,3 +145,14 @@ def test_verify_refuses_unknown_projections(server_env: dict[str, str]) -> None:
     result = cli(server_env, "verify", "products", "nonsense")
     assert result.returncode == 2
     assert "unknown projection(s): nonsense" in result.stderr
+
+
+def test_verify_that_cannot_reach_a_store_says_so_with_exit_3(
+    server_env: dict[str, str],
+) -> None:
+    """Not exit 1: that would claim differences it never looked for."""
+    unreachable = {**server_env, "MONGODB_URL": "mongodb://127.0.0.1:1/",
+                   "SHOP_READ_STORE_TIMEOUT": "1"}  # fmt: skip
+    result = cli(unreachable, "verify")
+    assert result.returncode == 3, (result.stdout, result.stderr)
+    assert "could not verify" in result.stderr

@@ -44,6 +44,11 @@ async def test_operations_commands_lag_and_connections_are_measured(start_server
         far = await client.post("query TooSoon { dashboard(minVersion: 1000000) { version } }")
         assert far["errors"][0]["extensions"]["code"] == "NOT_YET_CONSISTENT"
         await client.post("{ __typename }")
+        over_get = await http.get(
+            "/graphql", params={"query": 'mutation ViaGet { cancelOrder(id: "x", reason: "r") '
+                                         "{ success } }"},
+        )  # fmt: skip
+        assert over_get.status_code == 405
 
         after = await scrape(server)
 
@@ -59,6 +64,7 @@ async def test_operations_commands_lag_and_connections_are_measured(start_server
              operation="Broken", code="GRAPHQL_VALIDATION_FAILED")  # fmt: skip
         grew("shop_graphql_errors_total", 1, operation="TooSoon", code="NOT_YET_CONSISTENT")
         grew("shop_not_yet_consistent_total", 1, projection="dashboard")
+        grew("shop_graphql_errors_total", 1, operation="ViaGet", code="BAD_REQUEST")
         grew("shop_command_duration_seconds_count", 1,
              command="CreateProduct", outcome="accepted")  # fmt: skip
         assert value(after, "shop_command_group_size_count") >= 1
@@ -82,3 +88,6 @@ async def test_operations_commands_lag_and_connections_are_measured(start_server
             )
 
         await eventually(settled, within=10)
+        # The subscription was counted when it ended.
+        assert value(await scrape(server), "shop_graphql_operations_total",
+                     operation="_anonymous", type="subscription") == 1  # fmt: skip

@@ -581,3 +581,21 @@ async def _failing(registry: Any, name: str) -> bool:
     return (
         f'shop_projection_failing{{projection="{name}"}} 1.0' in generate_latest(registry).decode()
     )
+
+
+async def test_a_relay_wide_failure_leaves_no_stalled_projection_once_it_is_over(
+    bus: CommandBus, engine: AsyncEngine, db: Db
+) -> None:
+    """A failure of the whole batch (a store error) is recorded on every projection's
+    checkpoint; one that is caught up saves no checkpoint until the next event, so the
+    relay clears the error itself once a turn goes well."""
+    await create(bus)
+    relay = make_relay(engine, db)
+    await relay.setup()
+    assert await relay.step() == 1
+    await relay._record_errors({"products": OSError("the read store went away")})
+    stored = await checkpoints.load_all(db)
+    assert stored["products"].last_error is not None  # STALLED in `projections`
+    assert await relay.step() == 0  # caught up: nothing to apply, nothing saved
+    stored = await checkpoints.load_all(db)
+    assert stored["products"].last_error is None

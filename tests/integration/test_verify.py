@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from domain.commands import (
     UpdateProduct,
 )
 from domain.events import RecordedEvent
+from domain.model import outbox as outbox_table
 from domain.model import products
 from domain.store import create_engine, create_schema
 from projections import checkpoints
@@ -37,7 +40,7 @@ from projections.inmemory import MemoryStore
 from projections.projection import Projection
 from projections.rebuild import rebuild
 from projections.registry import all_projections
-from projections.relay import DUPLICATE_KEY, apply_writes, prepare_collections
+from projections.relay import DUPLICATE_KEY, ProjectionsFailed, apply_writes, prepare_collections
 from projections.verify import Verification, VerifyFailed, differences, verify
 from tests.integration.shop import Shop, snapshot
 
@@ -322,4 +325,23 @@ async def test_collections_switched_under_every_attempt_end_verify_unverified(
 
     monkeypatch.setattr(checkpoints, "load_all", flipping)
     with pytest.raises(VerifyFailed, match="rebuilds kept switching products while"):
+        await verify(sqlite_engine, db, all_projections())
+
+
+async def test_an_event_a_projector_cannot_take_ends_verify_unverified(
+    sqlite_engine: AsyncEngine, db: Db
+) -> None:
+    """The relay stalls on it; verify says it cannot verify past it (the CLI's exit 3)
+    rather than crashing or passing."""
+    shop = Shop(sqlite_engine, db)
+    await shop.product("MUG")
+    async with sqlite_engine.begin() as conn:
+        await conn.execute(outbox_table.insert().values(
+            event_id=str(uuid.uuid4()), type="OrderPlaced", aggregate_type="Order",
+            aggregate_id="o-1", aggregate_version=1, data={}, metadata={},
+            occurred_at=datetime.now(UTC),
+        ))  # fmt: skip
+    with pytest.raises(ProjectionsFailed):
+        await shop.sync()
+    with pytest.raises(VerifyFailed, match="cannot project event"):
         await verify(sqlite_engine, db, all_projections())

@@ -17,6 +17,7 @@ class Named:
 
 
 def event(position: int, age: float) -> RecordedEvent:
+    """Event ``position``, ``age`` seconds old."""
     return RecordedEvent(
         position, f"e{position}", "ProductCreated", "Product", "p", position, {},
         datetime.now(UTC) - timedelta(seconds=age),
@@ -52,3 +53,20 @@ def test_caught_up_is_no_lag_and_a_batch_that_ends_short_bounds_it() -> None:
     r._note_lag([])
     assert r.lag_seconds("a") == 0
     assert r.lag_seconds("never-seen") == 0
+
+
+def test_a_projection_waiting_out_a_back_off_keeps_its_age() -> None:
+    """Batches read past it meanwhile (they start at the ready projections' positions):
+    its oldest unapplied event is not among them."""
+    log = [event(n, age=1000 - 30 * n) for n in range(1, 31)]  # event 3: 910 s old
+    r = relay()
+    r.head = 30
+    r.positions = {"a": 2, "b": 2}
+    r._note_lag(log[2:20], start=2)  # a fails on event 3 (and backs off), b applies up to 20
+    r.positions = {"a": 2, "b": 20}
+    assert r.lag_seconds("a") > 900
+    r._note_lag(log[20:30], start=20)  # a waits out its back-off; b catches up
+    r.positions = {"a": 2, "b": 30}
+    r._note_lag([], start=None)
+    assert r.lag_seconds("a") > 900
+    assert r.lag_seconds("b") == 0
