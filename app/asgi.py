@@ -36,6 +36,7 @@ from strawberry.subscriptions.protocols.graphql_ws.types import (
 )
 from strawberry.subscriptions.protocols.graphql_ws.types import ErrorMessage, StartMessage
 from strawberry.types import ExecutionResult
+from strawberry.types.graphql import OperationType
 
 from app import graphiql, tracing
 from app.auth import ANONYMOUS
@@ -141,6 +142,10 @@ class LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
         await super().handle_start(message)
 
 
+SUBSCRIPTIONS_OVER_WEBSOCKET = (
+    "subscriptions run over a WebSocket to this URL "
+    "(graphql-transport-ws or graphql-ws), not over HTTP"
+)
 GRAPHQL_RESPONSE = "application/graphql-response+json"
 JSON = "application/json"
 
@@ -214,9 +219,12 @@ class ShopGraphQL(GraphQL[Context, None]):
                 request, request_adapter, sub_response, context, root_value, request_data
             )
         except HTTPException as refused:
-            # GraphQL over HTTP: a mutation over GET is 405 Method Not Allowed.
-            wrong_method = isinstance(refused.__cause__, InvalidOperationTypeError)
-            if wrong_method and request_adapter.method == "GET":
+            wrong = refused.__cause__
+            if not isinstance(wrong, InvalidOperationTypeError):
+                raise
+            if wrong.operation_type is OperationType.SUBSCRIPTION:
+                raise HTTPException(400, SUBSCRIPTIONS_OVER_WEBSOCKET) from refused
+            if request_adapter.method == "GET":  # GraphQL over HTTP: a mutation is 405
                 raise HTTPException(405, refused.reason) from refused
             raise
 

@@ -495,6 +495,7 @@ class Relay:
                 try:
                     applied = await self.step()
                     backoff = 0.1
+                    self._retry_now.clear()  # asked for while things went well: nothing to cut
                 except LeaseLost:
                     # Another relay took over: stand by; a later tenure starts afresh.
                     log.warning("relay lost its lease; standing by")

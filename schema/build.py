@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import strawberry
 from graphql import GraphQLError, VariableDefinitionNode
@@ -14,9 +15,11 @@ from strawberry.extensions.runner import SchemaExtensionsRunner
 from strawberry.extensions.tracing import OpenTelemetryExtension
 from strawberry.schema.config import StrawberryConfig
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
-from strawberry.types import ExecutionContext
+from strawberry.schema.schema import DEFAULT_ALLOWED_OPERATION_TYPES
+from strawberry.types import ExecutionContext, ExecutionResult
 from strawberry.types.base import StrawberryObjectDefinition
 from strawberry.types.execution import PreExecutionError
+from strawberry.types.graphql import OperationType
 
 from app.request_id import current_request_id
 from schema.limits import DOCUMENT_CACHE_SIZE, DocumentLimits, LimitExceeded, Limits
@@ -55,6 +58,25 @@ class ShopSchema(strawberry.Schema):
         except LimitExceeded as refused:
             context.pre_execution_errors = [refused]
             return PreExecutionError(data=None, errors=[refused])
+
+    async def execute(
+        self,
+        query: str | None,
+        variable_values: dict[str, Any] | None = None,
+        context_value: Any | None = None,
+        root_value: Any | None = None,
+        operation_name: str | None = None,
+        allowed_operation_types: Iterable[OperationType] | None = None,
+        operation_extensions: dict[str, Any] | None = None,
+    ) -> ExecutionResult:
+        """Queries and mutations; Strawberry would run a subscription here as a plain
+        field (and fail on its stream): this server streams them over WebSockets only
+        (``subscribe``), so one sent over HTTP is refused like a mutation over GET."""
+        allowed = set(allowed_operation_types or DEFAULT_ALLOWED_OPERATION_TYPES)
+        return await super().execute(
+            query, variable_values, context_value, root_value, operation_name,
+            allowed - {OperationType.SUBSCRIPTION}, operation_extensions,
+        )  # fmt: skip
 
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None

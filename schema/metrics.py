@@ -9,6 +9,7 @@ an operation without a name is ``_anonymous`` and a document that did not parse
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import Iterator
@@ -18,6 +19,8 @@ from prometheus_client import Counter, Histogram
 from strawberry.exceptions import MissingQueryError
 from strawberry.extensions import SchemaExtension
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
+
+log = logging.getLogger(__name__)
 
 MAX_OPERATION_NAMES = 200
 _NAME = re.compile(r"[_A-Za-z][_0-9A-Za-z]{0,63}")
@@ -56,7 +59,10 @@ REFUSED_REQUESTS = (MissingQueryError, CannotGetOperationTypeError, InvalidOpera
 _seen: set[str] = set()
 
 
-def operation_label(name: str | None) -> str:
+def operation_label(name: object) -> str:
+    """The label for an operation name as the client sent it (any JSON value)."""
+    if not isinstance(name, str):
+        return "_anonymous" if name is None else "_other"
     if not name:
         return "_anonymous"
     if name in _seen:
@@ -89,7 +95,10 @@ class OperationMetrics(SchemaExtension):
             failure = error
             raise
         finally:
-            self._count(time.perf_counter() - began, failure)
+            try:
+                self._count(time.perf_counter() - began, failure)
+            except Exception:  # metrics never change an answer
+                log.exception("counting an operation failed")
 
     def _count(self, took: float, failure: BaseException | None) -> None:
         """Counted however the operation ended: answered, refused by an exception, or

@@ -143,3 +143,17 @@ async def test_get_runs_queries_only(server: Server) -> None:
         put = await http.put("/graphql", headers=bearer(admin_token()))
         assert put.status_code == 405
         assert media_type(put) == "application/json"
+
+
+async def test_a_subscription_over_http_is_refused_with_where_to_go(server: Server) -> None:
+    query = 'subscription { productUpdated(id: "x") { id } }'
+    for accept in (GRAPHQL_RESPONSE, "application/json"):
+        answer = await post(server, query, accept)
+        assert answer.status_code == 400, answer.text
+        assert "WebSocket" in answer.json()["errors"][0]["message"]
+
+
+async def test_an_operation_name_that_is_no_string_is_a_request_error(server: Server) -> None:
+    for name in ({"a": 1}, ["A"], 7):
+        answer = await post(server, "query A { __typename }", GRAPHQL_RESPONSE, operationName=name)
+        assert answer.status_code == 400, (name, answer.text)
