@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping
@@ -335,7 +336,9 @@ def create_app(
             async with bootstrap(settings, role) as services:
                 yield {"services": services, "metrics": registry_for(services)}
         finally:
-            domain_tracing.shutdown()
+            # Sends what is buffered; a collector that does not answer delays exit 5 s at most.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.to_thread(domain_tracing.shutdown), 5.0)
 
     routes: list[BaseRoute] = [
         Route("/healthz", healthz),
@@ -373,7 +376,14 @@ def create_app(
             CORSMiddleware,
             allow_origins=settings.shop_cors_origins,
             allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["authorization", "content-type", "x-min-version", "x-request-id"],
+            allow_headers=[
+                "authorization",
+                "content-type",
+                "x-min-version",
+                "x-request-id",
+                "traceparent",
+                "tracestate",
+            ],
             expose_headers=["x-request-id"],
             max_age=600,
         )

@@ -40,7 +40,7 @@ from app.settings import Role, Settings
 from domain import migrations
 from domain.bus import CommandBus
 from domain.migrations import SchemaError
-from domain.store import create_engine, create_schema, schema_state
+from domain.store import check_schema, create_engine, create_schema, schema_state
 from projections.inmemory import UnsupportedWrite
 from projections.projection import Projection
 from projections.rebuild import GRACE, RebuildRunning, rebuild
@@ -290,7 +290,7 @@ def rebuild_command(
 
     async def go() -> None:
         try:
-            async with _stores(settings, migrate=False) as (engine, store):
+            async with _stores(settings, check=False) as (engine, store):
                 client = store.client
                 with _progress() as progress:
                     task = progress.add_task(f"rebuilding {', '.join(p.name for p in chosen)}")
@@ -313,10 +313,11 @@ def rebuild_command(
 
 @contextlib.asynccontextmanager
 async def _stores(
-    settings: Settings, *, migrate: bool = True
+    settings: Settings, *, check: bool = True
 ) -> AsyncIterator[tuple[AsyncEngine, ReadStore]]:
-    """The write store (migrated first, unless ``migrate`` is off) and the read store
-    the server uses, closed on the way out."""
+    """The write store and the read store the server uses, closed on the way out.
+    ``check``: raises :class:`SchemaError` unless the write store is at this release's
+    schema (these commands read; migrating is ``migrate``'s, or the server's, to do)."""
     async with read_store_url(settings) as url:
         engine = create_engine(settings.write_store_url)
         try:
@@ -324,8 +325,8 @@ async def _stores(
                 url, settings.shop_read_store_timeout, settings.mongodb_database
             )
             try:
-                if migrate:
-                    await create_schema(engine)
+                if check:
+                    await check_schema(engine)
                 yield engine, store
             finally:
                 await store.client.close()
@@ -378,7 +379,14 @@ def verify_command(
 
     try:
         result = asyncio.run(go())
-    except (VerifyFailed, UnsupportedWrite, PyMongoError, SQLAlchemyError, OSError) as error:
+    except (
+        VerifyFailed,
+        UnsupportedWrite,
+        SchemaError,
+        PyMongoError,
+        SQLAlchemyError,
+        OSError,
+    ) as error:
         typer.echo(f"could not verify: {error}", err=True)
         raise typer.Exit(code=3) from error
     _print_differences(result, shown)
@@ -457,7 +465,11 @@ def status_command() -> None:
         console.print(f"outbox head: {head}")
         console.print(f"relay lease: {holder or 'nobody holds it'} (epoch {epoch})")
 
-    asyncio.run(go())
+    try:
+        asyncio.run(go())
+    except (SchemaError, PyMongoError, SQLAlchemyError, OSError) as error:
+        typer.echo(f"no status: {error}", err=True)
+        raise typer.Exit(code=1) from error
 
 
 def _progress() -> Progress:

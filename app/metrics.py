@@ -60,9 +60,10 @@ class ProgressCollector(Collector):
                 "lastError in the projections query)",
                 labels=["projection"],
             )
-            for name in relay.positions:
-                failing.add_metric([name], 1.0 if name in relay.failing else 0.0)
-            yield failing
+            if relay.running:  # a standby's view is its last tenure's
+                for name in relay.positions:
+                    failing.add_metric([name], 1.0 if name in relay.failing else 0.0)
+                yield failing
         yield from _cache_metrics(self.services)
         yield from _subscription_metrics()
 

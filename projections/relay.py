@@ -623,9 +623,10 @@ class Relay:
             if projected:
                 parts.append((projection, behind[:projected], writes))
         if not parts and not failures:
-            for projection in ready:
-                self.failing.pop(projection.name, None)  # caught up: nothing failing
-            await self._clear_errors([p.name for p in ready])
+            fine = [p.name for p in ready if self.positions[p.name] >= self.head]
+            for name in fine:
+                self.failing.pop(name, None)  # caught up: nothing failing
+            await self._clear_errors(fine)
             return len(events)
         mergeable = {p.name: behind[0].position > self.attempted[p.name] for p, behind, _ in parts}
         announced = {p.name: behind[-1].position for p, behind, writes in parts if writes}
@@ -666,12 +667,16 @@ class Relay:
                 self._backoff.pop(projection.name, None)
                 self._retry_at.pop(projection.name, None)
                 advances.append(Advance(projection.name, behind[-1].position, result))
-        for projection in ready:
-            if projection.name not in failures:
-                self.failing.pop(projection.name, None)
-        await self._clear_errors([p.name for p in ready if p.name not in failures])
+        # Fine now: what applied a part, or is caught up (a projection the batch did not
+        # reach may still be stuck on an event past it).
+        applied_now = {advance.projection for advance in advances}
+        fine = [p.name for p in ready if p.name not in failures
+                and (p.name in applied_now or self.positions[p.name] >= self.head)]  # fmt: skip
+        for name in fine:
+            self.failing.pop(name, None)
         if self.feed is not None and advances:
             await self.feed.publish(self.epoch, advances)
+        await self._clear_errors(fine)
         for error in failures.values():
             if isinstance(error, LeaseLost | checkpoints.Fenced):
                 raise LeaseLost(str(error)) from error
@@ -753,4 +758,7 @@ class Relay:
                     await checkpoints.clear_error(self.db, name + self.suffix, self.epoch)
                 except checkpoints.Fenced as fenced:
                     raise LeaseLost(str(fenced)) from fenced
+                except PyMongoError:  # best effort: tried again next turn
+                    log.warning("could not clear %s's last error", name, exc_info=True)
+                    continue
                 self._errors_recorded.discard(name)

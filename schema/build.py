@@ -12,7 +12,6 @@ from graphql import GraphQLError, VariableDefinitionNode
 from strawberry.exceptions import MissingQueryError
 from strawberry.extensions import ValidationCache
 from strawberry.extensions.runner import SchemaExtensionsRunner
-from strawberry.extensions.tracing import OpenTelemetryExtension
 from strawberry.schema.config import StrawberryConfig
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.schema.schema import DEFAULT_ALLOWED_OPERATION_TYPES
@@ -30,6 +29,7 @@ from schema.queries import Query
 from schema.scalars import SCALARS
 from schema.sharing import SharedEventExecutor
 from schema.subscriptions import Subscription
+from schema.tracing import GraphQLSpans
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def build_schema(
             lambda: ValidationCache(maxsize=DOCUMENT_CACHE_SIZE),
             OperationMetrics,
             # Spans for the operation, parsing, validation and our resolvers.
-            *([OpenTelemetryExtension] if traced else []),
+            *([GraphQLSpans] if traced else []),
         ],
     )
     schema.policies = {**POLICIES, **(policies or {})}

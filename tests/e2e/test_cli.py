@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -156,3 +158,18 @@ def test_verify_that_cannot_reach_a_store_says_so_with_exit_3(
     result = cli(unreachable, "verify")
     assert result.returncode == 3, (result.stdout, result.stderr)
     assert "could not verify" in result.stderr
+
+
+def test_status_and_verify_read_and_never_migrate(server_env: dict[str, str]) -> None:
+    """An operator who migrates as a release step (SHOP_MIGRATE_ON_START=false) can run
+    the read-only commands of a new release without them changing the schema."""
+    env = {**server_env, "SHOP_MIGRATE_ON_START": "false"}
+    Path(env["SHOP_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
+    status = cli(env, "status")
+    assert status.returncode == 1, (status.stdout, status.stderr)
+    assert "cqrs-shop migrate" in status.stderr
+    verify = cli(env, "verify")
+    assert verify.returncode == 3, (verify.stdout, verify.stderr)
+    with sqlite3.connect(Path(env["SHOP_DATA_DIR"]) / "write.db") as conn:
+        tables = conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
+    assert tables == [], tables
