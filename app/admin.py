@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.ferretdb import index_document_ids
+from app.ferretdb import prepare_rebuild
 from projections import lease
 from projections.projection import Projection
 from projections.rebuild import REBUILD_LEASE, RebuildRunning, rebuild
-from projections.registry import all_projections, projection_names
+from projections.registry import projection_names, select
 from projections.signals import request_resume
 from projections.status import projection_states
 from schema.context import Refusal
@@ -36,18 +37,16 @@ class Admin:
     async def rebuild_projections(self, names: list[str] | None) -> list[Refusal]:
         """Starts the CLI's blue-green rebuild in this process and answers once it shows as
         REBUILDING in ``projections`` (or was refused); the rebuild goes on after."""
-        known = projection_names()
-        refusals = [
-            Refusal("VALIDATION_FAILED", f"no projection {name!r}; known: {', '.join(known)}",
-                    f"names.{n}")
-            for n, name in enumerate(names or ()) if name not in known
-        ]  # fmt: skip
-        if refusals:
-            return refusals
-        chosen = [p for p in all_projections() if not names or p.name in names]
-        raw = self.services.mongo[self.services.settings.mongodb_database]
+        chosen, unknown = select(names)
+        if unknown:
+            known = ", ".join(projection_names())
+            return [
+                Refusal("VALIDATION_FAILED", f"no projection {name!r}; known: {known}",
+                        f"names.{n}")
+                for n, name in enumerate(names or ()) if name in unknown
+            ]  # fmt: skip
         try:
-            if await lease.holder_alive(raw, REBUILD_LEASE):
+            if await lease.holder_alive(self._raw_db, REBUILD_LEASE):
                 return [Refusal("INVALID_STATE", "a rebuild is running already")]
         except PyMongoError as error:
             return [Refusal("UNAVAILABLE", f"the read store is unavailable: {error}")]
@@ -70,19 +69,20 @@ class Admin:
             return [Refusal("UNAVAILABLE", f"the rebuild failed to start: {failure!r}")]
         return []
 
+    @property
+    def _raw_db(self) -> AsyncDatabase[dict[str, Any]]:
+        """The read store's database without this process's cache: as the CLI's rebuild
+        sees it (the live relay empties the cache when it switches)."""
+        return self.services.mongo[self.services.settings.mongodb_database]
+
     async def _rebuild(self, chosen: list[Projection], started: asyncio.Event) -> None:
-        settings, services = self.services.settings, self.services
-        raw = services.mongo[settings.mongodb_database]
-
-        async def index_embedded() -> None:
-            if settings.mongodb_url is None:
-                await asyncio.to_thread(index_document_ids, settings.shop_data_dir / "ferretdb")
-
+        services = self.services
         names = ", ".join(p.name for p in chosen)
         log.warning("rebuilding %s (asked by an admin)", names)
         try:
             result = await rebuild(
-                services.engine, raw, chosen, prepared=index_embedded, started=started.set,
+                services.engine, self._raw_db, chosen,
+                prepared=prepare_rebuild(services.settings), started=started.set,
                 **services.relay_options,
             )  # fmt: skip
         except Exception as error:
@@ -94,7 +94,7 @@ class Admin:
     async def resume_projection(self, name: str) -> list[Refusal]:
         """Ends a STALLED projection's back-off now, in this process's relay and, through
         the write store, in the relay processes (PostgreSQL)."""
-        if name not in projection_names():
+        if select([name])[1]:
             known = ", ".join(projection_names())
             return [Refusal("VALIDATION_FAILED", f"no projection {name!r}; known: {known}", "name")]
         try:

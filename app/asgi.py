@@ -327,8 +327,7 @@ def create_app(
 ) -> Starlette:
     settings = settings or Settings()
 
-    traced = tracing.configure(settings.shop_otlp_endpoint, settings.shop_service_name,
-                               role.value) is not None  # fmt: skip
+    traced = tracing.configure(settings.shop_otlp_endpoint, settings.shop_service_name, role.value)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[dict[str, Any]]:

@@ -33,7 +33,7 @@ from app.ferretdb import (
     EmbeddedFerretDB,
     ReadStoreUnavailable,
     ensure_binary,
-    index_document_ids,
+    prepare_rebuild,
     running_url,
 )
 from app.settings import Role, Settings
@@ -44,7 +44,7 @@ from domain.store import check_schema, create_engine, create_schema, schema_stat
 from projections.inmemory import UnsupportedWrite
 from projections.projection import Projection
 from projections.rebuild import GRACE, RebuildRunning, rebuild
-from projections.registry import all_projections, projection_names
+from projections.registry import projection_names, select
 from projections.verify import Difference, Verification, VerifyFailed, verify
 
 cli = typer.Typer(help="A CQRS GraphQL shop server.", no_args_is_help=True)
@@ -284,10 +284,6 @@ def rebuild_command(
     shop_logging.configure("WARNING", settings.log_format)
     chosen = _chosen(names)
 
-    async def index_embedded() -> None:
-        if settings.mongodb_url is None:
-            await asyncio.to_thread(index_document_ids, settings.shop_data_dir / "ferretdb")
-
     async def go() -> None:
         try:
             async with _stores(settings, check=False) as (engine, store):
@@ -300,7 +296,7 @@ def rebuild_command(
 
                     result = await rebuild(
                         engine, client[settings.mongodb_database], chosen, report=report,
-                        prepared=index_embedded, say=progress.console.print, grace=grace,
+                        prepared=prepare_rebuild(settings), say=progress.console.print, grace=grace,
                         **store.relay_options,
                     )  # fmt: skip
         except RebuildRunning as running:
@@ -336,8 +332,7 @@ async def _stores(
 
 def _chosen(names: list[str] | None) -> list[Projection]:
     """The projections named (all for none); exits 2 naming any unknown."""
-    chosen = [p for p in all_projections() if not names or p.name in names]
-    unknown = set(names or ()) - {p.name for p in chosen}
+    chosen, unknown = select(names)
     if unknown:
         known = ", ".join(projection_names())
         typer.echo(f"unknown projection(s): {', '.join(sorted(unknown))}; known: {known}", err=True)

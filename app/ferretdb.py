@@ -28,11 +28,13 @@ import socket
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
+
+from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -365,6 +367,17 @@ def running_url(data_dir: Path) -> str | None:
 # lookup expression, indexed, makes them 2 ms whatever the size.
 ID_INDEX_SUFFIX = "_shop_id_lookup"
 COLLECTIONS_TABLE = "_ferretdb_collections"
+
+
+def prepare_rebuild(settings: Settings) -> Callable[[], Awaitable[None]]:
+    """What a rebuild awaits once its fresh collections exist (``rebuild(prepared=…)``):
+    on the embedded FerretDB, their ``_id`` indexes; nothing on another read store."""
+
+    async def prepared() -> None:
+        if settings.mongodb_url is None:
+            await asyncio.to_thread(index_document_ids, settings.shop_data_dir / "ferretdb")
+
+    return prepared
 
 
 def index_document_ids(data_dir: Path) -> int:

@@ -13,8 +13,8 @@ from starlette.responses import Response
 from app import guards
 from app.bootstrap import Services
 from domain import bus
-from projections import relay
 from projections.registry import projection_names
+from projections.relay import BATCH_SECONDS, Relay
 from schema import metrics as schema_metrics
 from schema import sharing, subscriptions
 
@@ -34,38 +34,38 @@ class ProgressCollector(Collector):
         yield checkpoint
         if relay is not None:
             yield GaugeMetricFamily("shop_outbox_head", "Last outbox position seen", relay.head)
-            lag_events = GaugeMetricFamily(
-                "shop_projection_lag_events",
-                "Outbox events a projection has not applied yet (exported by the relay "
-                "holding the lease)",
-                labels=["projection"],
-            )
-            lag_seconds = GaugeMetricFamily(
-                "shop_projection_lag_seconds",
-                "Age of the oldest outbox event a projection has not applied yet; 0 when caught up",
-                labels=["projection"],
-            )
-            if relay.running:  # a standby's view is frozen at its last tenure
-                for name, position in relay.positions.items():
-                    lag_events.add_metric([name], max(relay.head - position, 0))
-                    lag_seconds.add_metric([name], relay.lag_seconds(name))
-                yield lag_events
-                yield lag_seconds
             yield GaugeMetricFamily(
                 "shop_relay_running", "1 while holding the lease", relay.running
             )
-            failing = GaugeMetricFamily(
-                "shop_projection_failing",
-                "1 while a projection's last attempt failed (it retries with back-off; "
-                "lastError in the projections query)",
-                labels=["projection"],
-            )
-            if relay.running:  # a standby's view is its last tenure's
-                for name in relay.positions:
-                    failing.add_metric([name], 1.0 if name in relay.failing else 0.0)
-                yield failing
+            if relay.running:  # a standby's view is frozen at its last tenure
+                yield from _relay_metrics(relay)
         yield from _cache_metrics(self.services)
         yield from _subscription_metrics()
+
+
+def _relay_metrics(relay: Relay) -> Iterator[GaugeMetricFamily]:
+    """Per projection, as the relay holding the lease sees it: lag and failing flags."""
+    lag_events = GaugeMetricFamily(
+        "shop_projection_lag_events",
+        "Outbox events a projection has not applied yet (exported by the relay holding the lease)",
+        labels=["projection"],
+    )
+    lag_seconds = GaugeMetricFamily(
+        "shop_projection_lag_seconds",
+        "Age of the oldest outbox event a projection has not applied yet; 0 when caught up",
+        labels=["projection"],
+    )
+    failing = GaugeMetricFamily(
+        "shop_projection_failing",
+        "1 while a projection's last attempt failed (it retries with back-off; "
+        "lastError in the projections query)",
+        labels=["projection"],
+    )
+    for name, position in relay.positions.items():
+        lag_events.add_metric([name], max(relay.head - position, 0))
+        lag_seconds.add_metric([name], relay.lag_seconds(name))
+        failing.add_metric([name], 1.0 if name in relay.failing else 0.0)
+    yield from (lag_events, lag_seconds, failing)
 
 
 def _cache_metrics(services: Services) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
@@ -106,7 +106,7 @@ def _subscription_metrics() -> Iterator[CounterMetricFamily]:
 
 # Measured where they happen (prometheus_client instruments, process-wide).
 INSTRUMENTS = (
-    *bus.INSTRUMENTS, relay.BATCH_SECONDS, *schema_metrics.INSTRUMENTS,
+    *bus.INSTRUMENTS, BATCH_SECONDS, *schema_metrics.INSTRUMENTS,
     subscriptions.OPEN_SUBSCRIPTIONS, guards.OPEN_SOCKETS,
 )  # fmt: skip
 

@@ -3,21 +3,19 @@ for what is traced)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from opentelemetry import trace
 
 from domain import tracing
 
 
-def configure(endpoint: str | None, service_name: str, role: str) -> Any:
-    """An SDK tracer provider exporting OTLP/HTTP to ``endpoint`` (its ``/v1/traces``),
-    installed once per process; None without an endpoint. The SDK also reads the
-    standard ``OTEL_*`` variables (sampler, batch delays, exporter headers)."""
+def configure(endpoint: str | None, service_name: str, role: str) -> bool:
+    """Whether spans are recorded: installs, once per process, an SDK tracer provider
+    exporting OTLP/HTTP to ``endpoint`` (its ``/v1/traces``); nothing without one. The SDK
+    also reads the standard ``OTEL_*`` variables (sampler, batch delays, headers)."""
     if not endpoint:
-        return None
+        return False
     if tracing.enabled():
-        return tracing._provider
+        return True
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
@@ -29,4 +27,4 @@ def configure(endpoint: str | None, service_name: str, role: str) -> Any:
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     tracing.enable(provider)
-    return provider
+    return True
