@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -66,12 +67,14 @@ GROUP_SIZE = Histogram(
 INSTRUMENTS = (COMMAND_SECONDS, GROUP_SIZE)
 
 
-def _transaction_span(group: list[_Request]) -> AbstractContextManager[trace.Span]:
+def _transaction_span(group: list[_Request]) -> AbstractContextManager[trace.Span | None]:
     """The span of a group's transaction: a child of its first command's span, linking
     the others' (each command's trace shows where it was written)."""
+    if not tracing.enabled():
+        return contextlib.nullcontext()
     first = group[0].span
     parent = trace.set_span_in_context(trace.NonRecordingSpan(first)) if first.is_valid else None
-    return tracing.TRACER.start_as_current_span(
+    return tracing.span(
         "transaction",
         context=parent,
         links=tracing.links_to(r.span for r in group[1:]),
@@ -241,8 +244,9 @@ class CommandBus:
         began, outcome = time.perf_counter(), "failed"
         name = type(command).__name__
         try:
-            with tracing.TRACER.start_as_current_span(f"command {name}"):
-                metadata = {**(metadata or {}), **tracing.context_metadata()} or metadata
+            with tracing.span(f"command {name}"):
+                if traced := tracing.context_metadata():
+                    metadata = {**(metadata or {}), **traced}
                 answer = await self._execute(command, idempotency_key, metadata, idempotency_scope)
             outcome = "accepted"
             return answer

@@ -17,7 +17,9 @@ and nothing is added to the outbox.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping, MutableMapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -44,6 +46,14 @@ def shutdown() -> None:
     """Sends the spans still buffered (at exit)."""
     if _provider is not None:
         _provider.shutdown()
+
+
+def span(name: str, **options: Any) -> AbstractContextManager[trace.Span | None]:
+    """``name``'s span, current for the block; nothing at all (not even a no-op span) on
+    the hot paths that use it while tracing is off."""
+    if _provider is None:
+        return contextlib.nullcontext()
+    return TRACER.start_as_current_span(name, **options)
 
 
 def add_trace_ids(
@@ -88,10 +98,8 @@ def record_projections(
 ) -> None:
     """For each traced event of a relay batch: a span in its trace over the batch, with a
     child per projection that applied it (their start and end as measured)."""
-    if _provider is None or not timings:
-        return
     timings = {name: timings[name] for name in touched if name in timings}
-    if not timings:
+    if _provider is None or not timings:
         return
     start = min(begin for begin, _ in timings.values())
     end = max(finish for _, finish in timings.values())
@@ -111,7 +119,7 @@ def record_projections(
         )  # fmt: skip
         inside = trace.set_span_in_context(span)
         for name, (begin, finish) in timings.items():
-            if event.position in touched.get(name, ()):
+            if event.position in touched[name]:
                 TRACER.start_span(f"project {name}", context=inside, start_time=begin).end(
                     end_time=finish
                 )

@@ -642,7 +642,7 @@ class Relay:
         # so one batch costs the slowest projection's round trips, not their sum; and
         # each on its own, so one's failure does not cut another's writes half-way.
         timings: dict[str, tuple[int, int]] = {}
-        with tracing.TRACER.start_as_current_span(
+        with tracing.span(
             "relay batch", attributes={"cqrs_shop.events": len(events)}
         ) as batch_span:
             results = await asyncio.gather(
@@ -652,7 +652,7 @@ class Relay:
                 ),
                 return_exceptions=True,
             )
-        if tracing.enabled():
+        if batch_span is not None:  # traced
             applied = {
                 p.name: {e.position for e in behind}
                 for (p, behind, _), result in zip(parts, results, strict=True)
