@@ -50,12 +50,15 @@ ATTEMPTS = 5
 _RUN_AGAIN_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock, serialization failure
 
 
+# Seconds to an answer, from fast reads to commands waiting on a busy store (the
+# GraphQL operations' histogram uses them too).
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 COMMAND_SECONDS = Histogram(
     "shop_command_duration_seconds",
     "Time from a command's arrival at the bus to its answer, by command and outcome "
     "(accepted, rejected: a DomainError, failed, cancelled)",
     ["command", "outcome"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    buckets=LATENCY_BUCKETS,
     registry=None,
 )
 GROUP_SIZE = Histogram(

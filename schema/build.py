@@ -9,11 +9,9 @@ from typing import Any
 
 import strawberry
 from graphql import GraphQLError, VariableDefinitionNode
-from strawberry.exceptions import MissingQueryError
 from strawberry.extensions import ValidationCache
 from strawberry.extensions.runner import SchemaExtensionsRunner
 from strawberry.schema.config import StrawberryConfig
-from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.schema.schema import DEFAULT_ALLOWED_OPERATION_TYPES
 from strawberry.types import ExecutionContext, ExecutionResult
 from strawberry.types.base import StrawberryObjectDefinition
@@ -21,6 +19,7 @@ from strawberry.types.execution import PreExecutionError
 from strawberry.types.graphql import OperationType
 
 from app.request_id import current_request_id
+from schema.errors import REQUEST_REFUSALS
 from schema.limits import DOCUMENT_CACHE_SIZE, DocumentLimits, LimitExceeded, Limits
 from schema.metrics import OperationMetrics
 from schema.mutations import Mutation
@@ -38,7 +37,6 @@ EXPECTED_CODES = frozenset(
     {"NOT_YET_CONSISTENT", "BAD_USER_INPUT", "NOT_FOUND", "UNAUTHENTICATED", "FORBIDDEN"}
 )
 INTERNAL_ERROR = "INTERNAL_SERVER_ERROR"
-CLIENT_FACING = (CannotGetOperationTypeError, InvalidOperationTypeError, MissingQueryError)
 AUTHORIZE = Authorize()
 
 __all__ = ["DOCUMENT_CACHE_SIZE", "ShopSchema", "build_schema", "print_schema"]
@@ -117,7 +115,7 @@ def _for_the_client(error: GraphQLError, original: Exception) -> bool:
     """Errors that carry an exception yet describe the request: a variable's value that
     its type refused (graphql-core wraps the scalar's own error, pointing at the variable's
     definition), and Strawberry's "no such operation" and "operation type not allowed"."""
-    if isinstance(original, CLIENT_FACING):
+    if isinstance(original, REQUEST_REFUSALS):
         return True
     nodes = error.nodes or ()
     return bool(nodes) and all(isinstance(node, VariableDefinitionNode) for node in nodes)

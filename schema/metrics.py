@@ -16,9 +16,10 @@ from collections.abc import Iterator
 
 from graphql import GraphQLError
 from prometheus_client import Counter, Histogram
-from strawberry.exceptions import MissingQueryError
 from strawberry.extensions import SchemaExtension
-from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
+
+from domain.bus import LATENCY_BUCKETS
+from schema.errors import REQUEST_REFUSALS
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ DURATION = Histogram(
     "shop_graphql_operation_duration_seconds",
     "Time to answer a query or mutation (parse, validate, execute), by operation name",
     ["operation", "type"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    buckets=LATENCY_BUCKETS,
     registry=None,
 )
 NOT_YET_CONSISTENT = Counter(
@@ -52,9 +53,6 @@ NOT_YET_CONSISTENT = Counter(
     registry=None,
 )
 INSTRUMENTS = (OPERATIONS, ERRORS, DURATION, NOT_YET_CONSISTENT)
-
-# Requests Strawberry refuses by raising (answered 400 or 405 over HTTP).
-REFUSED_REQUESTS = (MissingQueryError, CannotGetOperationTypeError, InvalidOperationTypeError)
 
 _seen: set[str] = set()
 
@@ -116,7 +114,7 @@ class OperationMetrics(SchemaExtension):
         if kind in ("query", "mutation"):
             DURATION.labels(operation, kind).observe(took)
         if failure is not None and not isinstance(failure, GeneratorExit | asyncio.CancelledError):
-            refused = isinstance(failure, REFUSED_REQUESTS)
+            refused = isinstance(failure, REQUEST_REFUSALS)
             ERRORS.labels(operation, "BAD_REQUEST" if refused else "INTERNAL_SERVER_ERROR").inc()
             return
         result = context.result
