@@ -512,8 +512,8 @@ class Relay:
                     if self.lease.held_for() <= 0:  # say, the lease could not be renewed
                         self.running = False
                     if self.running:  # a standby's errors are not the projections'
-                        self.failing.update({p.name: repr(error) for p in self.projections})
                         await self._record_errors({p.name: error for p in self.projections})
+                        self.failing.update({p.name: repr(error) for p in self.projections})
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._retry_now.wait(), backoff)
                     if self._retry_now.is_set():  # set during the batch or the wait
@@ -728,7 +728,6 @@ class Relay:
     async def _failed(self, failures: dict[str, BaseException]) -> None:
         loop = asyncio.get_running_loop()
         for name, error in failures.items():
-            self.failing[name] = repr(error)
             backoff = self._backoff.get(name, 0.05) * 2
             self._backoff[name] = min(backoff, MAX_BACKOFF)
             self._retry_at[name] = loop.time() + self._backoff[name]
@@ -736,7 +735,9 @@ class Relay:
                 "projection %s failed; retrying in %.1fs", name, self._backoff[name],
                 exc_info=error,
             )  # fmt: skip
+        # Recorded first: whoever sees the failing flag (metrics) finds lastError stored.
         await self._record_errors(failures)
+        self.failing.update({name: repr(error) for name, error in failures.items()})
 
     async def _idle(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
