@@ -12,9 +12,8 @@ from pymongo.errors import PyMongoError
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.ferretdb import prepare_rebuild
-from projections import lease
 from projections.projection import Projection
-from projections.rebuild import REBUILD_LEASE, RebuildRunning, rebuild
+from projections.rebuild import RebuildRunning, rebuild, rebuild_running
 from projections.registry import projection_names, select
 from projections.signals import request_resume
 from projections.status import projection_states
@@ -45,11 +44,14 @@ class Admin:
                         f"names.{n}")
                 for n, name in enumerate(names or ()) if name in unknown
             ]  # fmt: skip
+        # The write store's lease, not the read store's mirror: it says who holds the
+        # lease, whether they still renew it and when it expires.
         try:
-            if await lease.holder_alive(self._raw_db, REBUILD_LEASE):
-                return [Refusal("INVALID_STATE", "a rebuild is running already")]
-        except PyMongoError as error:
-            return [Refusal("UNAVAILABLE", f"the read store is unavailable: {error}")]
+            running = await rebuild_running(self.services.engine, self._raw_db)
+        except SQLAlchemyError as error:
+            return [Refusal("UNAVAILABLE", f"the write store is unavailable: {error}")]
+        if running is not None:
+            return [Refusal("INVALID_STATE", str(running))]
         started = asyncio.Event()
         task = asyncio.create_task(self._rebuild(chosen, started), name="admin rebuild")
         self.services.admin_tasks.add(task)

@@ -272,10 +272,18 @@ def rebuild_command(
             "still switching, before dropping them.",
         ),
     ] = GRACE,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="If another rebuild is running, wait for it to finish instead of refusing.",
+        ),
+    ] = False,
 ) -> None:
     """Rebuilds projections from the whole event log into fresh collections, then swaps them in.
 
-    Safe while the server runs: it keeps serving the old documents until the swap.
+    Safe while the server runs: it keeps serving the old documents until the swap. The
+    lease of a rebuild that stopped answering (killed, say) is waited out.
     """
     settings = Settings()
     shop_logging.configure("WARNING", settings.log_format)
@@ -294,7 +302,7 @@ def rebuild_command(
                     result = await rebuild(
                         engine, client[settings.mongodb_database], chosen, report=report,
                         prepared=prepare_rebuild(settings), say=progress.console.print, grace=grace,
-                        **store.relay_options,
+                        wait="always" if wait else "stopped", **store.relay_options,
                     )  # fmt: skip
         except RebuildRunning as running:
             typer.echo(f"not rebuilt: {running}", err=True)

@@ -31,6 +31,7 @@ import asyncio
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -56,6 +57,31 @@ def _now(conn: AsyncConnection) -> sa.ColumnElement[float]:
     if conn.dialect.name == "postgresql":
         return sa.literal_column("extract(epoch from clock_timestamp())")
     return sa.literal_column("((julianday('now') - 2440587.5) * 86400.0)")
+
+
+@dataclass(frozen=True, slots=True)
+class Tenure:
+    """A lease as the write store has it, read at ``now`` (seconds since 1970 by the
+    write store's clock, like ``expires_at``)."""
+
+    owner: str | None
+    epoch: int
+    expires_at: float
+    now: float
+
+    @property
+    def held(self) -> bool:
+        """Whether someone holds it: taken, not released, not expired."""
+        return self.owner is not None and self.expires_at > self.now
+
+    @property
+    def left(self) -> float:
+        """Seconds until it expires unless renewed (0 once it has)."""
+        return max(self.expires_at - self.now, 0.0)
+
+    @property
+    def expires(self) -> datetime:
+        return datetime.fromtimestamp(self.expires_at, UTC)
 
 
 class Lease:
@@ -157,6 +183,13 @@ class Lease:
                 .where(_row.name == self.name)
                 .values(handover_to=self.owner, handover_until=_now(conn) + self._seconds)
             )
+
+    async def tenure(self) -> Tenure:
+        """The lease as the write store has it now, whoever holds it."""
+        async with self.engine.begin() as conn:
+            row = await self._current(conn)
+        # PostgreSQL's clock comes back as a Decimal.
+        return Tenure(row.owner, row.epoch, float(row.expires_at), float(row.now))
 
     async def _current(self, conn: AsyncConnection) -> Any:
         insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert

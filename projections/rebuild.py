@@ -1,8 +1,10 @@
 """Rebuilding projections from position 0 into fresh collections, then switching to them.
 
 1. One rebuild at a time: a rebuild holds the ``rebuild`` lease (renewed while it
-   runs, so one that dies frees it). It writes a new generation of collections,
-   ``<collection>__g<n>``, numbered above every generation that exists.
+   runs, so one that dies frees it within ``REBUILD_TTL``). One that finds the lease
+   held tells a running rebuild (it renews the lease) from one that stopped answering
+   (it does not), and may wait for either (:data:`Wait`). It writes a new generation
+   of collections, ``<collection>__g<n>``, numbered above every generation that exists.
 2. The named projections are marked REBUILDING and replayed from the whole outbox
    into the fresh collections, while the live ones keep serving.
 3. The rebuild asks the running relay for its lease (a handover, which expires if
@@ -25,14 +27,14 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pymongo.asynchronous.database import AsyncDatabase
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from domain import outbox
 from projections import checkpoints
-from projections.lease import Lease
+from projections.lease import Lease, Tenure
 from projections.progress import Progress
 from projections.projection import Projection, collections_of
 from projections.relay import Relay
@@ -40,6 +42,11 @@ from projections.relay import Relay
 log = logging.getLogger(__name__)
 
 REBUILD_LEASE = "rebuild"
+# A running rebuild renews its lease every third of this (_keep); one that last renewed
+# it more than half of this ago has missed a renewal by far: it has stopped answering.
+REBUILD_TTL = 10.0
+# How often a rebuild waiting for the lease looks at it again.
+WATCH_INTERVAL = 0.25
 GENERATION = "__g"
 HANDOVER_TIMEOUT = 60.0
 # Longer than any process takes to learn of a switch (CheckpointFollower: 1 s at most).
@@ -47,10 +54,43 @@ GRACE = 10.0
 
 Db = AsyncDatabase[dict[str, Any]]
 Report = Callable[[int, int], None]
+Say = Callable[[str], None]
+# What a rebuild that finds the lease held waits for: "never" refuses at once;
+# "stopped" waits out the lease of a rebuild that stopped answering and refuses if it
+# sees the lease renewed; "always" waits for a running rebuild to finish as well.
+Wait = Literal["never", "stopped", "always"]
 
 
 class RebuildRunning(RuntimeError):
-    """Another rebuild holds the rebuild lease."""
+    """Another rebuild holds the rebuild lease: ``holder`` (the lease's owner) until
+    ``expires_at`` (UTC, by the write store's clock; ``seconds_left`` from when it was
+    read) unless it renews it. ``answering``: it renewed the lease ``renewed_ago``
+    seconds ago, as a running rebuild does; else it has stopped (killed, say) and the
+    lease lapses at ``expires_at``."""
+
+    def __init__(self, tenure: Tenure, ttl: float, *, lost: bool = False) -> None:
+        self.holder = tenure.owner
+        self.expires_at = tenure.expires
+        self.seconds_left = tenure.left
+        # Every rebuild lease has the same ttl, so its expiry dates its last renewal.
+        self.renewed_ago = max(ttl - tenure.left, 0.0)
+        self.answering = tenure.held and self.renewed_ago <= ttl / 2
+        lead = "the rebuild lease was lost: " if lost else ""
+        super().__init__(lead + self._situation())
+
+    def _situation(self) -> str:
+        if self.holder is None:
+            return "nobody holds it now"
+        expiry = f"{self.expires_at:%Y-%m-%d %H:%M:%S} UTC, {self.seconds_left:.1f} s from now"
+        if self.answering:
+            return (
+                f"another rebuild is running (holder {self.holder} renewed its lease "
+                f"{self.renewed_ago:.1f} s ago; the lease expires at {expiry}, unless renewed)"
+            )
+        return (
+            f"a rebuild that stopped answering holds the lease (holder {self.holder}, last "
+            f"renewed {self.renewed_ago:.1f} s ago); the lease expires at {expiry}"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,17 +112,18 @@ async def rebuild(
     check_versions: bool = False,
     concurrent_writes: int | None = None,
     grace: float = GRACE,
-    say: Callable[[str], None] = log.info,
+    say: Say = log.info,
     started: Callable[[], None] | None = None,
+    wait: Wait = "never",
 ) -> RebuildResult:
     """Rebuilds ``projections`` and switches to them; ``report(applied, head)`` shows progress.
 
     ``prepared()`` is awaited once the fresh collections exist (the embedded store
     indexes them there); ``say`` tells what it waits for. Raises :class:`RebuildRunning`
-    if another rebuild runs. ``started()`` is called once it holds the rebuild lease and
-    the projections show as REBUILDING.
+    if another rebuild holds the lease, unless ``wait`` waits for it. ``started()`` is
+    called once it holds the rebuild lease and the projections show as REBUILDING.
     """
-    async with _rebuild_lease(engine, db) as rebuild_lease:
+    async with _rebuild_lease(engine, db, wait, say) as rebuild_lease:
         generation = await _new_generation(db, rebuild_lease)
         relay = Relay(
             engine, db, projections, Progress(),
@@ -156,11 +197,11 @@ async def _rebuild(
 
 
 @contextlib.asynccontextmanager
-async def _rebuild_lease(engine: AsyncEngine, db: Db) -> AsyncIterator[Lease]:
+async def _rebuild_lease(engine: AsyncEngine, db: Db, wait: Wait, say: Say) -> AsyncIterator[Lease]:
     """Holds the rebuild lease (kept renewed) for the block."""
-    lease = Lease(engine, db, name=REBUILD_LEASE)
-    if not await lease.acquire():
-        raise RebuildRunning("another rebuild is running")
+    lease = Lease(engine, db, name=REBUILD_LEASE, ttl=REBUILD_TTL)
+    while not await lease.acquire():
+        await _wait_for_lease(lease, wait, say)
     assert lease.epoch is not None
     try:
         async with asyncio.TaskGroup() as group:
@@ -173,6 +214,48 @@ async def _rebuild_lease(engine: AsyncEngine, db: Db) -> AsyncIterator[Lease]:
         raise failed.exceptions[0] from None
     finally:
         await lease.release()
+
+
+async def rebuild_running(engine: AsyncEngine, db: Db) -> RebuildRunning | None:
+    """Who holds the rebuild lease now, if anyone; for refusing without waiting."""
+    tenure = await Lease(engine, db, name=REBUILD_LEASE, ttl=REBUILD_TTL).tenure()
+    return RebuildRunning(tenure, REBUILD_TTL) if tenure.held else None
+
+
+async def _wait_for_lease(lease: Lease, wait: Wait, say: Say) -> None:
+    """Returns once nobody holds the rebuild lease (``acquire`` may then take it), or
+    raises :class:`RebuildRunning` as ``wait`` says; says what it waits for, once per
+    holder and verdict.
+
+    A lease renewed lately may still be one whose rebuild died just after, so with
+    ``wait="stopped"`` only a renewal seen while waiting proves its rebuild runs.
+    """
+    ttl = lease.ttl.total_seconds()
+    tenure = await lease.tenure()
+    renewed = False
+    said: tuple[str | None, int, str] | None = None
+    while tenure.held:
+        running = RebuildRunning(tenure, ttl)
+        if wait == "never" or (wait == "stopped" and renewed):
+            raise running
+        if not running.answering:
+            verdict, message = "stopped", f"{running}; waiting for it to expire"
+        elif wait == "always":
+            verdict, message = "running", f"{running}; waiting for it to finish"
+        else:
+            verdict = "checking"
+            message = (
+                f"the rebuild lease is held (holder {running.holder}, renewed "
+                f"{running.renewed_ago:.1f} s ago); checking whether its rebuild still runs"
+            )
+        if said != (tenure.owner, tenure.epoch, verdict):
+            say(message)
+            said = (tenure.owner, tenure.epoch, verdict)
+        await asyncio.sleep(min(WATCH_INTERVAL, tenure.left))
+        latest = await lease.tenure()
+        same_tenure = (latest.owner, latest.epoch) == (tenure.owner, tenure.epoch)
+        renewed = same_tenure and (renewed or latest.expires_at > tenure.expires_at)
+        tenure = latest
 
 
 async def _new_generation(db: Db, lease: Lease) -> int:
@@ -197,7 +280,7 @@ async def _still_holding(lease: Lease) -> None:
     """Renews the rebuild lease; raises if this rebuild lost it (it was paused past it,
     and another rebuild may be running)."""
     if not await lease.renew():
-        raise RebuildRunning("the rebuild lease was lost; another rebuild took over")
+        raise RebuildRunning(await lease.tenure(), lease.ttl.total_seconds(), lost=True)
 
 
 async def _drop_unserved(db: Db, projections: Sequence[Projection]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
 import sqlite3
 import subprocess
 import sys
@@ -14,7 +16,7 @@ from pymongo import AsyncMongoClient
 from projections import checkpoints
 from projections.registry import projection_names
 from tests.conftest import eventually
-from tests.e2e.conftest import ROOT, Client
+from tests.e2e.conftest import ROOT, Client, wait_until
 
 READ_EVERYTHING = """query($v: Version) {
   dashboard(minVersion: $v) { productCount customerCount orderCount shippedOrderCount
@@ -65,6 +67,60 @@ async def test_seed_then_rebuild_while_serving_changes_no_answer(
             {"v": version},
         )
         assert fresh["productBySku"]["version"] == version  # the relay carries on after the swap
+
+
+# When a lease expires, as the rebuild command says it.
+MOMENT = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC, \d+\.\d s from now"
+
+
+def test_a_rebuild_refuses_beside_a_running_one_and_waits_out_a_killed_ones_lease(
+    server_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A rebuild killed by the OOM killer (kill -9) leaves its lease to expire: the next
+    one says whose it is and when it expires, waits for it and runs."""
+    seeded = cli(server_env, "seed", "--products", "5", "--customers", "3", "--orders", "10")
+    assert seeded.returncode == 0, seeded.stderr
+    log = tmp_path / "first-rebuild.log"
+    with log.open("wb") as output:
+        first = subprocess.Popen(
+            [sys.executable, "-m", "app", "rebuild", "--grace", "600"],
+            env=server_env, cwd=ROOT, stdout=output, stderr=output,
+        )  # fmt: skip
+    try:
+        holder = wait_until_rebuild_lease_held(server_env, first, log)
+        refused = cli(server_env, "rebuild")
+        assert refused.returncode == 1, (refused.stdout, refused.stderr)
+        said = " ".join(refused.stderr.split())
+        assert f"not rebuilt: another rebuild is running (holder {holder} " in said, said
+        assert re.search(f"expires at {MOMENT}, unless renewed", said), said
+    finally:
+        first.kill()
+        first.wait()
+
+    rebuilt = cli(server_env, "rebuild", "--grace", "0")
+    assert rebuilt.returncode == 0, (rebuilt.stdout, rebuilt.stderr)
+    said = " ".join(rebuilt.stdout.split())
+    assert f"a rebuild that stopped answering holds the lease (holder {holder}," in said, said
+    assert re.search(f"expires at {MOMENT}; waiting for it to expire", said), said
+    assert "rebuilt products, customers," in said
+
+
+def wait_until_rebuild_lease_held(
+    env: dict[str, str], process: subprocess.Popen[bytes], log: Path
+) -> str:
+    """The holder of the rebuild lease, once ``process`` (a rebuild) has taken it."""
+    holder = ""
+
+    def held() -> bool:
+        nonlocal holder
+        assert process.poll() is None, log.read_text()
+        with contextlib.closing(sqlite3.connect(Path(env["SHOP_DATA_DIR"]) / "write.db")) as conn:
+            row = conn.execute("SELECT owner FROM relay_leases WHERE name = 'rebuild'").fetchone()
+        holder = row[0] if row and row[0] else ""
+        return bool(holder)
+
+    wait_until(held, within=60, explain=log.read_text)
+    return holder
 
 
 def test_rebuild_refuses_unknown_projections(server_env: dict[str, str]) -> None:
