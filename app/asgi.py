@@ -339,11 +339,9 @@ def create_app(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.to_thread(domain_tracing.shutdown), 5.0)
 
-    routes: list[BaseRoute] = [
-        Route("/healthz", healthz),
-        Route("/readyz", readyz),
-        Route("/metrics", metrics),
-    ]
+    routes: list[BaseRoute] = [Route("/healthz", healthz), Route("/readyz", readyz)]
+    if settings.shop_metrics_port is None:  # else on that port alone: create_metrics_app
+        routes.append(Route("/metrics", metrics))
     if role is not Role.RELAY:
         graphql = ShopGraphQL(
             schema or build_schema(limits=limits_of(settings), traced=traced), settings
@@ -388,3 +386,9 @@ def create_app(
         )
         middleware.insert(0, cors)
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+
+
+def create_metrics_app() -> Starlette:
+    """``/metrics`` alone, for ``SHOP_METRICS_PORT``: it has no lifespan of its own, its
+    requests carry the main app's lifespan state (see ``app.http.MetricsListener``)."""
+    return Starlette(routes=[Route("/metrics", metrics)])

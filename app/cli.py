@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -36,6 +37,7 @@ from app.ferretdb import (
     prepare_rebuild,
     running_url,
 )
+from app.http import HttpLimits, MetricsListener, limited_protocol
 from app.settings import Role, Settings
 from domain import migrations
 from domain.bus import CommandBus
@@ -66,11 +68,16 @@ def serve(
             typer.echo(f"role {role} shares the read store with other processes: set MONGODB_URL")
             raise typer.Exit(code=2)
         _ensure_read_store(settings)
-    config = uvicorn_config(create_app(settings, role), host, port)
-    # The app closes a socket past SHOP_MAX_WS_MESSAGE_BYTES with a reason naming it;
-    # uvicorn stops reading far larger frames before they are buffered whole.
-    config.ws_max_size = 2 * settings.shop_max_ws_message_bytes
-    server = BoundedServer(config, settings.shop_shutdown_grace)
+    config = uvicorn_config(create_app(settings, role), host, port, settings)
+    metrics = None
+    if settings.shop_metrics_port is not None:
+        from app.asgi import create_metrics_app
+
+        metrics_config = uvicorn_config(
+            create_metrics_app(), host, settings.shop_metrics_port, settings
+        )
+        metrics = MetricsListener(metrics_config)
+    server = BoundedServer(config, settings.shop_shutdown_grace, metrics)
     server.run()
     if not server.started:
         raise typer.Exit(code=3)
@@ -82,14 +89,35 @@ class BoundedServer(uvicorn.Server):
     Requests in flight get half the grace to finish (then they are cancelled, so their
     transactions roll back), the app's shutdown most of the rest (see
     ``app.bootstrap``); a watchdog thread ends the process at the deadline if
-    something still hangs.
+    something still hangs. ``metrics``: the listener serving ``/metrics`` on its own port,
+    opened before the app starts (a port in use fails the start) and closed first.
     """
 
-    def __init__(self, config: uvicorn.Config, grace: float) -> None:
+    def __init__(
+        self, config: uvicorn.Config, grace: float, metrics: MetricsListener | None = None
+    ) -> None:
         config.timeout_graceful_shutdown = max(int(grace / 2), 1)
         super().__init__(config)
         self.grace = grace
+        self.metrics = metrics
         self._watchdog: threading.Timer | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.metrics is not None:
+            try:
+                await self.metrics.bind(self.lifespan.state)
+            except OSError as error:
+                logging.getLogger(__name__).error("SHOP_METRICS_PORT: %s", error)
+                self.should_exit = True  # not started: serve exits 3
+                return
+        await super().startup(sockets)
+        if self.started and self.metrics is not None:
+            await self.metrics.start_serving()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+        await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._watchdog is None:
@@ -105,11 +133,18 @@ class BoundedServer(uvicorn.Server):
         os._exit(1)  # the embedded FerretDB follows: it dies with this process
 
 
-def uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
-    """How the server runs its ASGI app (the benchmark's server runs the same)."""
+def uvicorn_config(app: Any, host: str, port: int, settings: Settings) -> uvicorn.Config:
+    """How the server runs its ASGI app (the benchmark's server runs the same): uvicorn on
+    httptools with the HTTP limits of ``app.http`` in front of the app."""
     return uvicorn.Config(
-        app, host=host, port=port, log_config=None, ws="websockets-sansio", lifespan="on"
-    )
+        app, host=host, port=port, log_config=None, lifespan="on",
+        http=limited_protocol(HttpLimits.of(settings)),
+        timeout_keep_alive=settings.shop_http_keep_alive,
+        ws="websockets-sansio",
+        # The app closes a socket past SHOP_MAX_WS_MESSAGE_BYTES with a reason naming it;
+        # uvicorn stops reading far larger frames before they are buffered whole.
+        ws_max_size=2 * settings.shop_max_ws_message_bytes,
+    )  # fmt: skip
 
 
 @cli.command()

@@ -10,7 +10,7 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app import guards
+from app import guards, http
 from app.bootstrap import Services
 from domain import bus
 from projections.registry import projection_names
@@ -107,7 +107,7 @@ def _subscription_metrics() -> Iterator[CounterMetricFamily]:
 # Measured where they happen (prometheus_client instruments, process-wide).
 INSTRUMENTS = (
     *bus.INSTRUMENTS, BATCH_SECONDS, *schema_metrics.INSTRUMENTS,
-    subscriptions.OPEN_SUBSCRIPTIONS, guards.OPEN_SOCKETS,
+    subscriptions.OPEN_SUBSCRIPTIONS, guards.OPEN_SOCKETS, http.REFUSED,
 )  # fmt: skip
 
 

@@ -127,6 +127,34 @@ class Settings(BaseSettings):
     shop_max_sockets: int = Field(
         10_000, ge=1, description="Open WebSockets per process; more are closed with 1013."
     )
+    # HTTP limits in front of the app (app.http), enforced before a request reaches it.
+    shop_max_header_bytes: int = Field(
+        16_384,
+        ge=1024,
+        description="Largest request line plus headers; larger are answered 431 and the "
+        "connection is closed.",
+    )
+    shop_http_header_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a connection has to send a request's headers, from its opening "
+        "or from the end of the previous response; then it is closed (408 if part came).",
+    )
+    shop_http_keep_alive: int = Field(
+        5, ge=1, description="Seconds an idle kept-alive connection waits for its next request."
+    )
+    shop_max_connections: int = Field(
+        11_000,
+        ge=1,
+        description="Open connections per process, WebSockets included; more are answered "
+        "503 and closed.",
+    )
+    shop_metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65_535,
+        description="Serve /metrics only on this port (same host); unset: on the main port.",
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
     log_format: str = Field("console", description="console (human) or json.")
     xdg_cache_home: Path = Field(

@@ -61,7 +61,7 @@ def main() -> None:
     policies = {"Query.noop": ANYONE, "Query.productFromStore": ANYONE, "Mutation.noop": ADMIN}
     schema = build_schema(BenchQuery, BenchMutation, limits=limits_of(settings), policies=policies)
     app = create_app(settings, Role(args.role), schema)
-    uvicorn.Server(uvicorn_config(app, "127.0.0.1", args.port)).run()
+    uvicorn.Server(uvicorn_config(app, "127.0.0.1", args.port, settings)).run()
 
 
 if __name__ == "__main__":
