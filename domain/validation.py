@@ -8,6 +8,8 @@ import re
 
 from domain.errors import ValidationFailed
 
+# Ids are UUIDs this server made; a longer one names nothing and is not looked up.
+MAX_ID_LENGTH = 64
 # A command field's metadata key naming it in the input when its camelCase name is
 # not that name (an aggregate's id given as the mutation's ``id`` argument).
 INPUT_NAME = "input_name"
@@ -42,7 +44,8 @@ def pattern(value: str, field: str, regex: re.Pattern[str], rule: str) -> Valida
 
 
 def invalid_text(value: object, path: str = "") -> list[ValidationFailed]:
-    """A problem for each string in ``value`` that neither store could keep.
+    """A problem for each string in ``value`` that neither store could keep, and for
+    each id (a field named ``id`` or ``…_id``) longer than :data:`MAX_ID_LENGTH`.
 
     ``value`` is a command (a frozen dataclass), walked through nested dataclasses and
     tuples; each problem's ``field`` is the input path (``address.postalCode``,
@@ -82,7 +85,12 @@ def _walk(value: object, path: str, problems: list[ValidationFailed]) -> None:
             _walk(item, f"{path}.{i}" if path else str(i), problems)
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         for name, field in _input_fields(type(value)):
-            _walk(getattr(value, name), f"{path}.{field}" if path else field, problems)
+            item, where = getattr(value, name), f"{path}.{field}" if path else field
+            is_id = (name == "id" or name.endswith("_id")) and isinstance(item, str)
+            if is_id and (problem := max_length(item, where, MAX_ID_LENGTH)) is not None:
+                problems.append(problem)
+                continue
+            _walk(item, where, problems)
 
 
 @functools.cache

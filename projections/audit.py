@@ -46,7 +46,7 @@ async def audit_trail(db: Db, aggregate_id: str, first: int, after: str | None) 
     """Every event of one aggregate, oldest first."""
     query: dict[str, Any] = {"aggregateId": aggregate_id}
     if after is not None:
-        (last,) = paging.decode("audit", after, 1)
+        (last,) = paging.decode("audit", after, int)
         query["_id"] = {"$gt": last}
     documents = await db[COLLECTION].find(query).sort("_id", ASCENDING).limit(first + 1).to_list()
     return paging.page_of(documents, first, lambda d: paging.encode("audit", d["_id"]))

@@ -33,18 +33,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sys
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import bson
-
 T = TypeVar("T")
 
-# What an entry costs besides its encoded document: the key, the tuple, the dict slot.
+# What an entry costs besides its key and value: the slot tuple, the (value, size)
+# tuple and the ordered dict's node (measured with tracemalloc: about 190 bytes).
 ENTRY_OVERHEAD = 200
-MAX_TOMBSTONES = 100_000
+MAX_TOMBSTONES = 10_000
 _QUERIES = object()
 """Key prefix of query results: dropped by any change to their collection."""
 
@@ -59,19 +59,33 @@ class CacheStats:
 
 
 def size_of(value: Any) -> int:
-    """Bytes an entry is charged: the BSON size of the documents in it (a document, a
-    list, a page of them: any dataclass by its fields), strings by their length, plus
-    a fixed overhead for each."""
-    if isinstance(value, dict):
-        return len(bson.encode(value)) + ENTRY_OVERHEAD
-    if isinstance(value, list | tuple):
-        return sum(size_of(v) for v in value) + ENTRY_OVERHEAD
-    if isinstance(value, str | bytes):
-        return len(value) + ENTRY_OVERHEAD
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        fields = dataclasses.fields(value)
-        return sum(size_of(getattr(value, f.name)) for f in fields) + ENTRY_OVERHEAD
-    return ENTRY_OVERHEAD
+    """The bytes of memory ``value`` holds: every object in it (documents, lists, tuples,
+    dataclasses such as a page, and what they hold) by ``sys.getsizeof``.
+
+    A document costs about five times its BSON size as Python objects, so this, not the
+    BSON size, is what keeps the process's memory within the budget. Objects shared
+    between entries are counted for each (an overestimate, which errs on the safe side).
+    """
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        total += sys.getsizeof(item)
+        kind = type(item)
+        if kind is dict:
+            for key, field in item.items():
+                total += sys.getsizeof(key)
+                stack.append(field)
+        elif kind is list or kind is tuple:
+            stack.extend(item)
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            stack.extend(getattr(item, f.name) for f in dataclasses.fields(item))
+    return total
+
+
+def entry_size(slot: tuple[str, Any], value: Any) -> int:
+    """What an entry is charged: its key (collection and key), its value, its slot."""
+    return size_of(slot) + size_of(value) + ENTRY_OVERHEAD
 
 
 class ReadCache:
@@ -163,7 +177,7 @@ class ReadCache:
         ):
             self.stats.refused_fills += 1
             return
-        size = size_of(value)
+        size = entry_size(slot, value)
         if size > self.max_bytes // 4:
             return  # one entry may not push out most of the others
         self._drop(slot)

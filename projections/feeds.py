@@ -14,19 +14,27 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from pymongo.errors import PyMongoError
+
 from projections.progress import Progress
 
 log = logging.getLogger(__name__)
 
 Document = dict[str, Any]
-# Back-off of a feed whose read failed: from the first retry to the longest wait.
+# Back-off of a feed whose read failed: from the first retry to the longest wait, and
+# how long a streak of failures may last before the feed gives up.
 RETRY_FIRST = 0.05
 RETRY_MOST = 5.0
+RETRY_FOR = 60.0
 Loader = Callable[[], Awaitable[Document | None]]
 
 
 class DocumentMissing(LookupError):
     """The followed document does not exist."""
+
+
+class StoreUnavailable(ConnectionError):
+    """The read store failed every read of a feed for ``RETRY_FOR`` seconds."""
 
 
 class Feed:
@@ -63,8 +71,8 @@ class Feed:
                 as_of = self.progress.position(self.projection)
                 try:
                     document = await self._load()
-                except DocumentMissing as missing:  # every follower gets it; the feed ends
-                    self.error = missing
+                except Exception as error:  # every follower gets it; the feed ends
+                    self.error = error
                     self._publish()
                     return
                 if self.document is None or document["version"] > self.document["version"]:
@@ -74,20 +82,39 @@ class Feed:
                 await _first(changed.wait(), self._reload.wait())
 
     async def _load(self) -> Document:
-        """The document; a failed read is tried again (backing off) until it succeeds,
-        so a passing fault of the read store ends nobody's subscription."""
-        backoff = RETRY_FIRST
+        """The document. A read the store failed is tried again, backing off, so a passing
+        fault of the read store ends nobody's subscription; a streak of failures is logged
+        once, and after ``RETRY_FOR`` seconds it ends the feed (:class:`StoreUnavailable`).
+        Any other error ends the feed at once: trying again would fail again."""
+        backoff, failures = RETRY_FIRST, 0
+        deadline = 0.0
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 document = await self.load()
-            except Exception:
-                log.warning(
-                    "reading %s document %s failed; again in %.1fs",
-                    self.projection, self.key, backoff, exc_info=True,
-                )  # fmt: skip
+            except PyMongoError as error:
+                if failures == 0:
+                    deadline = loop.time() + RETRY_FOR
+                    log.warning(
+                        "reading %s document %s failed (%s); trying again for %.0fs",
+                        self.projection, self.key, _summary(error), RETRY_FOR,
+                    )  # fmt: skip
+                failures += 1
+                if loop.time() + backoff > deadline:
+                    log.warning(
+                        "reading %s document %s failed %d times in %.0fs; its subscribers "
+                        "are told the store is unavailable",
+                        self.projection, self.key, failures, RETRY_FOR,
+                    )  # fmt: skip
+                    raise StoreUnavailable(str(error)) from error
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, RETRY_MOST)
                 continue
+            if failures:
+                log.info(
+                    "reading %s document %s works again after %d failures",
+                    self.projection, self.key, failures,
+                )  # fmt: skip
             if document is None:
                 raise DocumentMissing(f"no {self.projection} document {self.key}")
             return document
@@ -145,6 +172,12 @@ class Feeds:
                 document = await feed.after(version, as_of)
                 version = document["version"]
                 yield document
+
+
+def _summary(error: BaseException) -> str:
+    """The error on one short line: store errors can carry whole server replies."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:200]}"
 
 
 async def _first(*waits: Awaitable[Any]) -> None:

@@ -189,8 +189,8 @@ async def order_history(
     below: int | None = None
     start: int | str = top
     if after is not None:
-        below, start = paging.decode("history", after, 2)
-        if not isinstance(below, int) or not (isinstance(start, int) or start == LEGACY):
+        below, start = paging.decode("history", after, int, (int, str))
+        if isinstance(start, str) and start != LEGACY:
             raise paging.InvalidCursor("malformed cursor")
     walk: Iterator[int | str] = (
         iter([LEGACY] if legacy else [])

@@ -102,7 +102,7 @@ async def _page(
 ) -> Page:
     page_query = query
     if after is not None:
-        (last,) = paging.decode(kind, after, 1)
+        (last,) = paging.decode(kind, after, int)
         beyond = "$lt" if direction == DESCENDING else "$gt"
         page_query = {**query, "placedVersion": {beyond: last}}
     documents = (

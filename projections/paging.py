@@ -1,4 +1,9 @@
-"""Opaque cursors for keyset pagination: the sort values of the last item handed out."""
+"""Opaque cursors for keyset pagination: the sort values of the last item handed out.
+
+A cursor comes back from the client, so nothing in it is trusted: it decodes only to
+the list it was made for and to values of the types that list sorts by (a string or
+a whole number), never to an object that a query would read as an operator.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,10 @@ import binascii
 import json
 from dataclasses import dataclass
 from typing import Any
+
+MAX_CURSOR_LENGTH = 512
+"""Longest cursor accepted; the ones this server hands out are well under 200."""
+Scalar = type[int] | type[str]
 
 
 class InvalidCursor(ValueError):
@@ -26,15 +35,25 @@ def encode(kind: str, *values: Any) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode()
 
 
-def decode(kind: str, cursor: str, arity: int) -> list[Any]:
-    """The values in ``cursor``, checked to belong to the list ``kind``."""
+def decode(kind: str, cursor: str, *types: Scalar | tuple[Scalar, ...]) -> list[Any]:
+    """The values in ``cursor``, checked to belong to the list ``kind`` and to be of
+    ``types`` (one a value; ``int`` never admits a boolean)."""
+    if len(cursor) > MAX_CURSOR_LENGTH:
+        raise InvalidCursor(f"a cursor has at most {MAX_CURSOR_LENGTH} characters")
     try:
-        decoded = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-    except (ValueError, TypeError, binascii.Error) as error:
-        raise InvalidCursor(f"malformed cursor {cursor!r}") from error
-    if not isinstance(decoded, list) or len(decoded) != arity + 1 or decoded[0] != kind:
+        decoded = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
+    except (ValueError, TypeError, binascii.Error, RecursionError) as error:
+        raise InvalidCursor("malformed cursor") from error
+    if not isinstance(decoded, list) or len(decoded) != len(types) + 1 or decoded[0] != kind:
         raise InvalidCursor("the cursor belongs to another list or order")
-    return decoded[1:]
+    values = decoded[1:]
+    if not all(_is(value, kind) for value, kind in zip(values, types, strict=True)):
+        raise InvalidCursor("malformed cursor")
+    return values
+
+
+def _is(value: Any, kinds: Scalar | tuple[Scalar, ...]) -> bool:
+    return isinstance(value, kinds) and not isinstance(value, bool)
 
 
 def page_of(

@@ -197,8 +197,8 @@ def encode_cursor(sort: ProductSort, document: Document) -> str:
 
 
 def _after(sort: ProductSort, cursor: str) -> dict[str, Any]:
-    value, last_id = paging.decode(sort.value, cursor, 2)
     (field, direction), _ = _ORDER[sort]
+    value, last_id = paging.decode(sort.value, cursor, str if field == "nameKey" else int, str)
     beyond = "$gt" if direction == ASCENDING else "$lt"
     return {"$or": [{field: {beyond: value}}, {field: value, "_id": {"$gt": last_id}}]}
 

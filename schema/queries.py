@@ -12,6 +12,7 @@ from projections import audit, customers, dashboard, history, orders, sales
 from projections import products as product_views
 from projections.paging import InvalidCursor, Page
 from projections.status import projection_states
+from schema import keys
 from schema.consistency import wait_for
 from schema.context import Info, bad_input
 from schema.scalars import Version
@@ -96,6 +97,11 @@ async def read_page(
         raise bad_input(str(error), argument="after") from error
 
 
+async def no_page(count: bool) -> Page:
+    """The page of a list whose key no document can have."""
+    return Page([], [], False, 0 if count else None)
+
+
 def selects(selections: Sequence[Selection], name: str) -> bool:
     """Whether the field ``name`` is among ``selections`` (through fragments too)."""
     for selection in selections:
@@ -111,9 +117,14 @@ def _filter(f: ProductFilter | None) -> product_views.ProductFilter:
     if f is None:
         return product_views.ProductFilter()
     status = given(f.status)
+    search, category = given(f.search), given(f.category)
+    if search is not None:
+        search = keys.text(search, "filter.search", keys.MAX_SEARCH_LENGTH)
+    if category is not None:
+        category = keys.text(category, "filter.category", keys.MAX_CATEGORY_LENGTH)
     return product_views.ProductFilter(
-        search=given(f.search),
-        category=given(f.category),
+        search=search,
+        category=category,
         status=None if status is None else status.value,
         min_price_cents=given(f.min_price_cents),
         max_price_cents=given(f.max_price_cents),
@@ -127,16 +138,22 @@ class Query:
     async def product(
         self, info: Info, id: strawberry.ID, min_version: Version | None = strawberry.UNSET
     ) -> Product | None:
+        key = keys.document_id(id)
         await wait_for(info, PRODUCTS, given(min_version))
-        document = await product_views.find_product(info.context.db, id)
+        if key is None:
+            return None
+        document = await product_views.find_product(info.context.db, key)
         return None if document is None else Product.from_document(document)
 
     @strawberry.field
     async def product_by_sku(
         self, info: Info, sku: str, min_version: Version | None = strawberry.UNSET
     ) -> Product | None:
+        key = keys.sku(sku)
         await wait_for(info, PRODUCTS, given(min_version))
-        document = await product_views.find_product_by_sku(info.context.db, sku)
+        if key is None:
+            return None
+        document = await product_views.find_product_by_sku(info.context.db, key)
         return None if document is None else Product.from_document(document)
 
     @strawberry.field
@@ -169,16 +186,22 @@ class Query:
     async def customer(
         self, info: Info, id: strawberry.ID, min_version: Version | None = strawberry.UNSET
     ) -> Customer | None:
+        key = keys.document_id(id)
         await wait_for(info, CUSTOMERS, given(min_version))
-        document = await customers.find_customer(info.context.db, id)
+        if key is None:
+            return None
+        document = await customers.find_customer(info.context.db, key)
         return None if document is None else Customer.from_document(document)
 
     @strawberry.field
     async def order(
         self, info: Info, id: strawberry.ID, min_version: Version | None = strawberry.UNSET
     ) -> Order | None:
+        key = keys.document_id(id)
         await wait_for(info, ORDERS, given(min_version))
-        document = await orders.find_order(info.context.db, id)
+        if key is None:
+            return None
+        document = await orders.find_order(info.context.db, key)
         if document is None or not visible_order(info, document):
             return None  # another customer's order looks missing
         return Order.from_document(document)
@@ -192,10 +215,13 @@ class Query:
         after: str | None = strawberry.UNSET,
         min_version: Version | None = strawberry.UNSET,
     ) -> OrderConnection:
-        db = info.context.db
+        db, key = info.context.db, keys.document_id(customer_id, "customerId")
         page = await read_page(
             info, ORDER_HISTORY, first, min_version,
-            lambda size, count: history.order_history(db, customer_id, size, given(after), count),
+            lambda size, count: (
+                history.order_history(db, key, size, given(after), count)
+                if key is not None else no_page(count)
+            ),
         )  # fmt: skip
         return order_connection(page)
 
@@ -247,10 +273,13 @@ class Query:
         after: str | None = strawberry.UNSET,
         min_version: Version | None = strawberry.UNSET,
     ) -> EventConnection:
-        db = info.context.db
+        db, key = info.context.db, keys.document_id(aggregate_id, "aggregateId")
         page = await read_page(
             info, AUDIT_TRAIL, first, min_version,
-            lambda size, _: audit.audit_trail(db, aggregate_id, size, given(after)),
+            lambda size, count: (
+                audit.audit_trail(db, key, size, given(after))
+                if key is not None else no_page(count)
+            ),
         )  # fmt: skip
         return EventConnection(
             edges=[

@@ -17,10 +17,11 @@ from prometheus_client import Gauge
 
 from projections import audit, dashboard, orders
 from projections import products as product_views
-from projections.feeds import DocumentMissing
+from projections.feeds import DocumentMissing, StoreUnavailable
 from projections.progress import NotYetConsistent
+from schema import keys
 from schema.consistency import wait_for
-from schema.context import Info
+from schema.context import Info, bad_input
 from schema.queries import AUDIT_TRAIL, DASHBOARD, ORDERS, PRODUCTS, visible_order
 from schema.scalars import Version
 from schema.sharing import shared_payload
@@ -51,6 +52,20 @@ async def follow(
                 yield document
     except DocumentMissing as missing:
         raise GraphQLError(str(missing), extensions={"code": "NOT_FOUND"}) from None
+    except StoreUnavailable:
+        raise GraphQLError(
+            "the read store is unavailable; subscribe again later",
+            extensions={"code": "UNAVAILABLE"},
+        ) from None
+
+
+def followed_id(projection: str, id: str) -> str:
+    """The id to follow; NOT_FOUND at once for one no document can have (no read, no
+    feed), BAD_USER_INPUT for one that is no id at all."""
+    key = keys.document_id(id)
+    if key is None:
+        raise GraphQLError(f"no {projection} document {id}", extensions={"code": "NOT_FOUND"})
+    return key
 
 
 @strawberry.type
@@ -59,10 +74,11 @@ class Subscription:
     async def product_updated(
         self, info: Info, id: strawberry.ID, min_version: Version | None = strawberry.UNSET
     ) -> AsyncGenerator[Product, None]:
+        key = followed_id(PRODUCTS, id)
         await wait_for(info, PRODUCTS, given(min_version))
         db = info.context.db
         async for document in follow(
-            info, PRODUCTS, id, lambda: product_views.find_product(db, id)
+            info, PRODUCTS, key, lambda: product_views.find_product(db, key)
         ):
             yield shared_payload(document, Product.from_document)
 
@@ -73,9 +89,10 @@ class Subscription:
     async def order_updated(
         self, info: Info, id: strawberry.ID, min_version: Version | None = strawberry.UNSET
     ) -> AsyncGenerator[Order, None]:
+        key = followed_id(ORDERS, id)
         await wait_for(info, ORDERS, given(min_version))
         db = info.context.db
-        async for document in follow(info, ORDERS, id, lambda: orders.find_order(db, id)):
+        async for document in follow(info, ORDERS, key, lambda: orders.find_order(db, key)):
             if not visible_order(info, document):  # answered like a missing order
                 raise GraphQLError(f"no {ORDERS} document {id}", extensions={"code": "NOT_FOUND"})
             yield shared_payload(document, Order.from_document)
@@ -103,7 +120,13 @@ class Subscription:
         """Reads only up to the audit trail's checkpoint: everything below it is written,
         so nothing is skipped, and it never reads a position twice. Recent events come
         from the local relay's buffer when it holds them all (projections.recent)."""
-        stream = _events(info, after_version or 0, given(types))
+        wanted = given(types)
+        if wanted is not None:
+            if len(wanted) > keys.MAX_EVENT_TYPES:
+                raise bad_input(f"types has at most {keys.MAX_EVENT_TYPES} names", argument="types")
+            for i, name in enumerate(wanted):
+                keys.text(name, f"types.{i}", keys.MAX_ID_LENGTH)
+        stream = _events(info, after_version or 0, wanted)
         with OPEN_SUBSCRIPTIONS.labels(info.field_name).track_inprogress():
             async with aclosing(stream):
                 async for event in stream:

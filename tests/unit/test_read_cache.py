@@ -146,7 +146,7 @@ async def test_an_unknown_projection_empties_everything() -> None:
 
 
 async def test_memory_is_bounded_least_recently_used_first() -> None:
-    one = cache_module.size_of({"_id": "p0", "pad": "x" * 1000})
+    one = cache_module.entry_size(("products", "p0"), {"_id": "p0", "pad": "x" * 1000})
     cache, store = ReadCache(one * 4, COLLECTIONS), Store()
     for i in range(5):
         store.documents[f"p{i}"] = {"_id": f"p{i}", "pad": "x" * 1000}

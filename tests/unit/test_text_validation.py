@@ -46,3 +46,13 @@ def test_an_aggregate_id_given_as_an_argument_is_named_id() -> None:
     assert fields(UpdateProduct("p\x00", name="x")) == ["id"]
     assert fields(UpdateCustomerAddress("c\x00", HOME)) == ["id"]
     assert fields(ShipOrder("o1", "T\x00")) == ["trackingNumber"]
+
+
+def test_an_id_longer_than_any_id_is_refused_before_it_is_looked_up() -> None:
+    long = "p" * 250_000
+    assert fields(UpdateProduct(long, name="x")) == ["id"]
+    lines = (OrderLineRequest("p1", 1), OrderLineRequest(long, 1))
+    assert fields(PlaceOrder(long, lines)) == ["customerId", "lines.1.productId"]
+    [problem] = invalid_text(ShipOrder(long, "T1"))
+    assert "at most 64 characters" in str(problem)
+    assert fields(UpdateProduct("p" * 64, name="x")) == []
