@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
-from collections.abc import AsyncIterator, Mapping
+import re
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import strawberry
@@ -51,6 +53,7 @@ from domain import tracing as domain_tracing
 from schema.build import build_schema
 from schema.context import MIN_VERSION_HEADER, Context, parse_min_version_header
 from schema.limits import Limits
+from schema.throttle import Throttles
 
 # 4403: the graphql-transport-ws protocol's "Forbidden"; close reasons fit in 123 bytes.
 FORBIDDEN_CLOSE = 4403
@@ -143,6 +146,68 @@ class LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
         await super().handle_start(message)
 
 
+# A request's JSON nests at most this deep: the deepest input of the schema needs 5.
+MAX_JSON_DEPTH = 32
+BODY_NOT_AN_OBJECT = "the request body must be a JSON object"
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+class RefusedJSON(json.JSONDecodeError):
+    """JSON that parses but that the server does not take (too deep, a lone surrogate,
+    not an object). A ``JSONDecodeError``, so that a WebSocket message like this is
+    refused as invalid JSON (close 4400) by Strawberry's handlers."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, "", 0)
+        self.reason = reason
+
+
+def decode_request_json(data: str | bytes) -> object:
+    """JSON of a request (its body, a GET's variables, a socket's message), refused as
+    :class:`RefusedJSON` when it is not valid UTF-8, nests deeper than
+    ``MAX_JSON_DEPTH``, holds a lone surrogate (no store, and no UTF-8 encoder, can
+    take one), or is a single number, string or boolean."""
+    try:
+        value = json.loads(data)
+    except RecursionError:
+        raise RefusedJSON(f"the JSON nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except UnicodeDecodeError:
+        raise RefusedJSON("the request is not valid UTF-8") from None
+    if value is not None and not isinstance(value, dict | list):
+        raise RefusedJSON("the JSON must be an object")
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    _check_json(value, surrogates=_SURROGATE_ESCAPE.search(raw) is not None)
+    return value
+
+
+def _check_json(value: object, surrogates: bool) -> None:
+    """Walks the containers (and, when the text has surrogate escapes, the strings)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[object] = (
+                itertools.chain(item.keys(), item.values()) if surrogates else item.values()
+            )
+        elif isinstance(item, list):
+            children = item
+        else:
+            if surrogates and isinstance(item, str) and not _encodable(item):
+                raise RefusedJSON("the JSON holds a lone surrogate (\\uD800-\\uDFFF unpaired)")
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise RefusedJSON(f"the JSON nests deeper than {MAX_JSON_DEPTH} levels")
+        stack.extend((child, depth + 1) for child in children)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 SUBSCRIPTIONS_OVER_WEBSOCKET = (
     "subscriptions run over a WebSocket to this URL "
     "(graphql-transport-ws or graphql-ws), not over HTTP"
@@ -194,6 +259,29 @@ class ShopGraphQL(GraphQL[Context, None]):
             allowed_origins=settings.shop_cors_origins,
         )
         self.operations_per_connection = settings.shop_max_subscriptions_per_connection
+        self.throttles = Throttles.of(
+            settings.shop_anonymous_signups_per_minute,
+            settings.shop_anonymous_signup_burst,
+            settings.shop_anonymous_waits_per_client,
+        )
+
+    def decode_json(self, data: str | bytes) -> object:
+        return decode_request_json(data)
+
+    def parse_json(self, data: str | bytes) -> Any:
+        try:
+            return self.decode_json(data)
+        except RefusedJSON as refused:
+            raise HTTPException(400, refused.reason) from refused
+        except json.JSONDecodeError as error:
+            raise HTTPException(400, "Unable to parse request body as JSON") from error
+
+    async def parse_http_body(
+        self, request: AsyncHTTPRequestAdapter
+    ) -> GraphQLRequestData | list[GraphQLRequestData]:
+        if request.method == "POST" and (await request.get_body()).strip() == b"null":
+            raise HTTPException(400, BODY_NOT_AN_OBJECT)  # Strawberry expects a mapping
+        return await super().parse_http_body(request)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -284,6 +372,8 @@ class ShopGraphQL(GraphQL[Context, None]):
             header_min_version=version,
             header_error=error,
             admin=services.admin,
+            client=request.client.host if request.client else "",
+            throttles=self.throttles,
         )
         if isinstance(request, WebSocket):
             # Authenticated once the client's connection_init arrives (see the handlers).
@@ -317,6 +407,8 @@ def limits_of(settings: Settings) -> Limits:
         max_aliases=settings.shop_max_aliases,
         max_cost=settings.shop_max_cost,
         max_page_size=settings.shop_max_page_size,
+        document_cache_bytes=settings.shop_document_cache_bytes,
+        max_document_length=settings.shop_max_document_length,
     )
 
 

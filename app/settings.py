@@ -118,6 +118,30 @@ class Settings(BaseSettings):
         description="Largest query cost: every field 1, times the page sizes "
         "(first, limit) above it; repeated fields cost more.",
     )
+    shop_max_document_length: int = Field(
+        65_536,
+        ge=1024,
+        description="Longest GraphQL document, in characters, comments included.",
+    )
+    shop_document_cache_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=0,
+        description="Memory for parsed and validated GraphQL documents (their text "
+        "included), least recently used out beyond it.",
+    )
+    # Per client address, for callers without a valid token (schema.throttle).
+    shop_anonymous_signups_per_minute: float = Field(
+        30.0, ge=0, description="registerCustomer calls an anonymous address may make a minute."
+    )
+    shop_anonymous_signup_burst: int = Field(
+        10, ge=1, description="registerCustomer calls an anonymous address may make at once."
+    )
+    shop_anonymous_waits_per_client: int = Field(
+        100,
+        ge=1,
+        description="minVersion waits an anonymous address may hold open at once; more "
+        "answer LIMIT_EXCEEDED at once.",
+    )
     shop_max_subscriptions_per_connection: int = Field(
         50, ge=1, description="Operations one WebSocket may run at once."
     )

@@ -9,7 +9,6 @@ from typing import Any
 
 import strawberry
 from graphql import GraphQLError, VariableDefinitionNode
-from strawberry.extensions import ValidationCache
 from strawberry.extensions.runner import SchemaExtensionsRunner
 from strawberry.schema.config import StrawberryConfig
 from strawberry.schema.schema import DEFAULT_ALLOWED_OPERATION_TYPES
@@ -20,7 +19,7 @@ from strawberry.types.graphql import OperationType
 
 from app.request_id import current_request_id
 from schema.errors import REQUEST_REFUSALS
-from schema.limits import DOCUMENT_CACHE_SIZE, DocumentLimits, LimitExceeded, Limits
+from schema.limits import DocumentCache, DocumentLimits, LimitExceeded, Limits
 from schema.metrics import OperationMetrics
 from schema.mutations import Mutation
 from schema.policy import POLICIES, Authorize, Policy
@@ -39,11 +38,13 @@ EXPECTED_CODES = frozenset(
 INTERNAL_ERROR = "INTERNAL_SERVER_ERROR"
 AUTHORIZE = Authorize()
 
-__all__ = ["DOCUMENT_CACHE_SIZE", "ShopSchema", "build_schema", "print_schema"]
+__all__ = ["ShopSchema", "build_schema", "print_schema"]
 
 
 class ShopSchema(strawberry.Schema):
     policies: Mapping[str, Policy] = POLICIES
+    documents: DocumentCache
+    """Parsed and validated documents (schema.limits)."""
 
     async def _prepare_operation_async(
         self, context: ExecutionContext, extensions_runner: SchemaExtensionsRunner
@@ -142,6 +143,7 @@ def build_schema(
     fields, and policies for them."""
     _authorize_root_fields(query, mutation, Subscription)
     chosen = limits or Limits()
+    documents = DocumentCache(chosen.document_cache_bytes)
     schema = ShopSchema(
         query=query,
         mutation=mutation,
@@ -149,17 +151,17 @@ def build_schema(
         config=StrawberryConfig(scalar_map=SCALARS),
         # Subscribers of one document share each change's execution (schema.sharing).
         execution_context_class=SharedEventExecutor,
-        # Factories: a fresh extension per request. Parsing is cached (by text and token
-        # limit) and so is validation (by document and rule classes, which stay the same).
+        # Factories: a fresh extension per request. Parsing and validation are cached
+        # by the document's text, in one cache bounded in bytes.
         extensions=[
-            lambda: DocumentLimits(chosen),
-            lambda: ValidationCache(maxsize=DOCUMENT_CACHE_SIZE),
+            lambda: DocumentLimits(chosen, documents),
             OperationMetrics,
             # Spans for the operation, parsing, validation and our resolvers.
             *([GraphQLSpans] if traced else []),
         ],
     )
     schema.policies = {**POLICIES, **(policies or {})}
+    schema.documents = documents
     return schema
 
 

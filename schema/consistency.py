@@ -7,6 +7,7 @@ from graphql import GraphQLError
 from projections.progress import NotYetConsistent
 from schema.context import Info, bad_input
 from schema.metrics import NOT_YET_CONSISTENT
+from schema.throttle import Throttled
 
 
 async def wait_for(info: Info, projection: str, min_version: int | None) -> None:
@@ -19,10 +20,26 @@ async def wait_for(info: Info, projection: str, min_version: int | None) -> None
         if context.header_error is not None:
             raise bad_input(context.header_error)
         min_version = context.header_min_version
-    if not min_version:
+    if not min_version or context.progress.position(projection) >= min_version:
         return
     try:
-        await context.progress.wait_for(projection, min_version, context.consistency_timeout)
+        if context.throttles is None or context.principal.valid():
+            await context.progress.wait_for(projection, min_version, context.consistency_timeout)
+        else:
+            with context.throttles.waits.hold(context.client):
+                await context.progress.wait_for(
+                    projection, min_version, context.consistency_timeout
+                )
+    except Throttled as refused:
+        raise GraphQLError(
+            f"this client has {refused.maximum:.0f} minVersion waits open already; "
+            f"retry once one has answered (limit: {refused.setting})",
+            extensions={
+                "code": "LIMIT_EXCEEDED",
+                "limit": refused.setting,
+                "maximum": int(refused.maximum),
+            },
+        ) from None
     except NotYetConsistent as error:
         NOT_YET_CONSISTENT.labels(error.projection).inc()
         raise GraphQLError(

@@ -12,6 +12,7 @@ from app.auth import ANONYMOUS, Authenticator, Principal
 from domain.bus import CommandBus
 from projections.feeds import Feeds
 from projections.progress import Progress
+from schema.throttle import Throttles
 
 MIN_VERSION_HEADER = "x-min-version"
 
@@ -50,6 +51,9 @@ class Context:
     authenticator: Authenticator | None = field(default=None, repr=False)
     upgrade_authorization: str | None = field(default=None, repr=False)
     admin: AdminActions | None = field(default=None, repr=False)
+    client: str = ""
+    """The caller's address: what tells anonymous callers apart (schema.throttle)."""
+    throttles: Throttles | None = field(default=None, repr=False)
     # Set once the operation passed parsing, validation and variable coercion and began
     # to execute: GraphQL over HTTP answers a request that never got there with a 4xx.
     executed: bool = field(default=False, repr=False)

@@ -5,6 +5,8 @@ fields that share a response name (``OverlappingFieldsCanBeMerged``) is quadrati
 their number; executing one costs what its page sizes multiply up to. So the limits
 are checked on the parsed document, before it is validated, in one walk:
 
+- **length** of the document's text, comments included (the body limit bounds the
+  request, this the part of it that is parsed);
 - **tokens**: counted by a regular expression (in C) before the parser runs, which
   stops at the limit, so a huge document is refused in well under a millisecond;
 - **depth** of nested fields (introspection's linear ``ofType`` chains aside: its
@@ -19,15 +21,22 @@ are checked on the parsed document, before it is validated, in one walk:
 
 Refusals are GraphQL errors with ``extensions.code = LIMIT_EXCEEDED`` and the
 setting's name in ``extensions.limit``.
+
+Comments count as tokens: the parser keeps each one (its text, its token) in the
+document it returns, so they cost memory like any other token.
+
+Parsed and validated documents are kept in one :class:`DocumentCache`, bounded in
+bytes (``SHOP_DOCUMENT_CACHE_BYTES``) by an estimate of what each document holds,
+its text included, so no stream of distinct documents can grow the process.
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter
+import sys
+from collections import Counter, OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, NoReturn
 
 from graphql import (
@@ -51,7 +60,9 @@ from graphql import (
     parse,
 )
 from graphql.type.introspection import SchemaMetaFieldDef, TypeMetaFieldDef
+from graphql.validation import ASTValidationRule
 from strawberry.extensions import SchemaExtension
+from strawberry.schema.schema import validate_document
 
 LIMIT_EXCEEDED = "LIMIT_EXCEEDED"
 MAX_INTROSPECTION_LISTS = 3
@@ -59,9 +70,14 @@ MAX_INTROSPECTION_LISTS = 3
 # query nests about 12): it bounds the walk's recursion, whatever fragments do.
 MAX_NESTING = 40
 PAGE_ARGUMENTS = ("first", "limit")
-DOCUMENT_CACHE_SIZE = 1024
+# What a parsed document holds, by tracemalloc on documents of every shape (many
+# fields, long strings, long comments): its nodes and tokens, about 500 bytes a token,
+# and up to twice its text (the source, and token values sliced from it).
+BYTES_PER_TOKEN = 700
+BYTES_PER_CHARACTER = 2
+DOCUMENT_OVERHEAD = 2000
 
-# One alternative per GraphQL token kind; comments match but are not counted. Every
+# One alternative per GraphQL token kind (comments included). Every
 # alternative that starts matching succeeds, so no input makes the scan rescan: an
 # unterminated block string runs to the end of the document, an unterminated string
 # to the end of its line (the parser then says what is wrong, once).
@@ -83,6 +99,8 @@ class Limits:
     max_aliases: int = 30
     max_cost: int = 5000
     max_page_size: int = 100
+    document_cache_bytes: int = 16 * 1024 * 1024
+    max_document_length: int = 65_536
 
 
 class LimitExceeded(GraphQLError):
@@ -94,11 +112,9 @@ class LimitExceeded(GraphQLError):
 
 
 def count_tokens(query: str, stop_after: int) -> int:
-    """The document's tokens, counting no further than ``stop_after`` + 1."""
+    """The document's tokens (comments too), counting no further than ``stop_after`` + 1."""
     count = 0
-    for match in _TOKEN.finditer(query):
-        if match.group().startswith("#"):
-            continue
+    for _ in _TOKEN.finditer(query):
         count += 1
         if count > stop_after:
             break
@@ -115,16 +131,15 @@ def _too_many_aliases(max_aliases: int) -> LimitExceeded:
     return LimitExceeded(message, "SHOP_MAX_ALIASES", max_aliases)
 
 
-def scan(query: str, max_tokens: int, max_aliases: int) -> None:
+def scan(query: str, max_tokens: int, max_aliases: int) -> int:
     """Refuses, before parsing (4 µs a token in graphql-core), a document with too many
     tokens or too many aliases written in it: a name followed by ``:`` outside
-    parentheses (inside them, ``name:`` is an argument, a variable or an input field)."""
+    parentheses (inside them, ``name:`` is an argument, a variable or an input field).
+    Returns how many tokens it has."""
     tokens = aliases = parentheses = 0
     after_name = False
     for match in _TOKEN.finditer(query):
         first = match.group()[0]
-        if first == "#":
-            continue
         tokens += 1
         if tokens > max_tokens:
             raise _too_many_tokens(max_tokens)
@@ -137,19 +152,98 @@ def scan(query: str, max_tokens: int, max_aliases: int) -> None:
             if aliases > max_aliases:
                 raise _too_many_aliases(max_aliases)
         after_name = first.isalpha() or first == "_"
+    return tokens
 
 
-@lru_cache(maxsize=DOCUMENT_CACHE_SIZE)
 def parse_within(query: str, max_tokens: int, max_aliases: int = 10**9) -> DocumentNode:
-    """The parsed document (cached), unless it has more than ``max_tokens`` tokens or
+    """The parsed document, unless it has more than ``max_tokens`` tokens or
     ``max_aliases`` aliases in its text."""
-    scan(query, max_tokens, max_aliases)
+    return _parse_counted(query, max_tokens, max_aliases)[0]
+
+
+def _parse_counted(query: str, max_tokens: int, max_aliases: int) -> tuple[DocumentNode, int]:
+    tokens = scan(query, max_tokens, max_aliases)
+    return _parse(query, max_tokens), tokens
+
+
+def _parse(query: str, max_tokens: int) -> DocumentNode:
     try:
         return parse(query, max_tokens=max_tokens)
     except GraphQLSyntaxError as error:
         if "tokens" in error.message and "Parsing aborted" in error.message:
             raise _too_many_tokens(max_tokens) from None
         raise
+
+
+def document_bytes(query: str, tokens: int) -> int:
+    """What the cache charges for a document: an estimate that is at least what its
+    parsed form holds (``tests/unit/test_schema_limits.py`` measures it)."""
+    return (
+        sys.getsizeof(query)
+        + BYTES_PER_CHARACTER * len(query)
+        + (BYTES_PER_TOKEN * tokens + DOCUMENT_OVERHEAD)
+    )
+
+
+class _Entry:
+    __slots__ = ("document", "errors", "size")
+
+    def __init__(self, document: DocumentNode, size: int) -> None:
+        self.document = document
+        self.size = size
+        self.errors: list[GraphQLError] | None = None
+        """Its validation errors, once validated."""
+
+
+class DocumentCache:
+    """Parsed documents by their text, and their validation errors, in at most
+    ``max_bytes`` (least recently used first out). A document that would take more than
+    a sixteenth of it is parsed every time instead: no single request can push out
+    most of what the clients' usual operations need."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def parse(self, query: str, limits: Limits) -> DocumentNode:
+        entry = self._entries.get(query)
+        if entry is not None:
+            self._entries.move_to_end(query)
+            return entry.document
+        if len(query) > limits.max_document_length:
+            maximum = limits.max_document_length
+            message = f"the document is longer than {maximum} characters"
+            raise LimitExceeded(message, "SHOP_MAX_DOCUMENT_LENGTH", maximum)
+        document, tokens = _parse_counted(query, limits.max_tokens, limits.max_aliases)
+        size = document_bytes(query, tokens)
+        if size <= self.max_bytes // 16:
+            self._entries[query] = _Entry(document, size)
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, oldest = self._entries.popitem(last=False)
+                self.bytes -= oldest.size
+        return document
+
+    def validate(
+        self,
+        schema: GraphQLSchema,
+        query: str,
+        document: DocumentNode,
+        rules: tuple[type[ASTValidationRule], ...],
+    ) -> list[GraphQLError]:
+        """``document``'s validation errors against ``schema`` (the same ``rules`` each
+        time: they are the schema's), validated once while its text is cached."""
+        entry = self._entries.get(query)
+        if entry is not None and entry.document is document and entry.errors is not None:
+            return entry.errors
+        errors = validate_document(schema, document, rules)
+        if entry is not None and entry.document is document:
+            entry.errors = errors
+        return errors
 
 
 class _Walk:
@@ -378,29 +472,28 @@ def _values(
 
 
 class DocumentLimits(SchemaExtension):
-    """Parses (cached, token-limited) and checks depth, aliases and cost before validation."""
+    """Parses (cached, token-limited), checks depth, aliases and cost, then validates
+    (cached)."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, cache: DocumentCache | None = None) -> None:
         self.limits = limits
+        self.cache = DocumentCache(limits.document_cache_bytes) if cache is None else cache
 
     def on_parse(self) -> Iterator[None]:
         context = self.execution_context
         if context.query is not None:
-            limits = self.limits
-            context.graphql_document = parse_within(
-                context.query, limits.max_tokens, limits.max_aliases
-            )
+            context.graphql_document = self.cache.parse(context.query, self.limits)
         yield
 
     def on_validate(self) -> Iterator[None]:
         context = self.execution_context
-        if context.graphql_document is not None:
+        document = context.graphql_document
+        if document is not None:
             schema: GraphQLSchema = context.schema._schema
-            check(
-                schema,
-                context.graphql_document,
-                context.operation_name,
-                context.variables,
-                self.limits,
-            )
+            check(schema, document, context.operation_name, context.variables, self.limits)
+            if context.query is not None and context.validation_rules:
+                # Set, even when empty: Strawberry then skips its own validation.
+                context.pre_execution_errors = self.cache.validate(
+                    schema, context.query, document, tuple(context.validation_rules)
+                )
         yield

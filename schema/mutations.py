@@ -10,15 +10,24 @@ from domain.commands import Command
 from domain.errors import CommitOutcomeUnknown, DomainError, StoreUnavailable
 from schema.context import AdminActions, Info, Refusal
 from schema.errors import user_errors
+from schema.throttle import Throttled
 from schema.types import CommandResult, ErrorCode, UserError, given
+
+
+def idempotency_scope(info: Info) -> str:
+    """The caller's: its token's subject, or for an anonymous caller its address, so
+    that another anonymous caller replaying a key (and the same input) is not given the
+    first caller's answer."""
+    context = info.context
+    if context.principal.valid():
+        return context.principal.idempotency_scope
+    return f"{context.principal.idempotency_scope}:{context.client}"
 
 
 async def execute(info: Info, command: Command, idempotency_key: str | None) -> CommandResult:
     try:
         outcome = await info.context.bus.execute(
-            command,
-            given(idempotency_key),
-            idempotency_scope=info.context.principal.idempotency_scope,
+            command, given(idempotency_key), idempotency_scope=idempotency_scope(info)
         )
     except DomainError as error:
         return CommandResult.failed(user_errors(error))
@@ -171,6 +180,18 @@ class Mutation:
         input: RegisterCustomerInput,
         idempotency_key: str | None = strawberry.UNSET,
     ) -> CommandResult:
+        context = info.context
+        if context.throttles is not None and not context.principal.valid():
+            try:
+                context.throttles.signups.take(context.client)
+            except Throttled as refused:
+                message = (
+                    f"too many sign-ups from this address; try again in "
+                    f"{refused.retry_after:.0f} s (limit: {refused.setting})"
+                )
+                return CommandResult.failed(
+                    [UserError(code=ErrorCode.RATE_LIMITED, message=message, field=None)]
+                )
         command = commands.RegisterCustomer(
             email=input.email, name=input.name, address=input.address.to_command()
         )

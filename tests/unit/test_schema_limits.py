@@ -1,18 +1,100 @@
-"""The schema's document caches, on the real schema."""
+"""The schema's document cache, on the real schema."""
 
 from __future__ import annotations
 
-from strawberry.extensions.validation_cache import _get_validate_cache
+import gc
+import tracemalloc
 
-from schema.build import DOCUMENT_CACHE_SIZE, build_schema
+import pytest
+from graphql import parse
+
+import schema.limits as limits_module
+from schema.build import build_schema
+from schema.limits import DocumentCache, Limits, count_tokens, document_bytes
+
+SHAPES = {
+    "small": '{ product(id: "x") { id name priceCents } }',
+    "page": "query Q($after: String) { products(first: 100, after: $after) { totalCount "
+    "edges { cursor node { id sku name description category priceCents status stockOnHand "
+    "stockReserved stockAvailable unitsSold createdAt updatedAt version } } "
+    "pageInfo { hasNextPage endCursor } } }",
+    "comments": ("# " + "x" * 100 + "\n") * 1500 + '{ product(id: "x") { id } }',
+    "long string": '{ product(id: "' + "x" * 200_000 + '") { id } }',
+    "many fields": "{ "
+    + " ".join(f'a{i}: product(id: "x") {{ id name }}' for i in range(30))
+    + " __typename" * 300
+    + " }",
+}
 
 
-async def test_a_repeated_document_is_validated_once() -> None:
-    schema, cache = build_schema(), _get_validate_cache(DOCUMENT_CACHE_SIZE)
+async def test_a_repeated_document_is_parsed_and_validated_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    schema = build_schema()
     document = "query Repeated { __typename }"
     await schema.execute(document)
-    before = cache.cache_info()
+    calls = {"parse": 0, "validate": 0}
+
+    def counted(name: str, real: object) -> object:
+        def call(*args: object, **kwargs: object) -> object:
+            calls[name] += 1
+            return real(*args, **kwargs)  # type: ignore[operator]
+
+        return call
+
+    monkeypatch.setattr(limits_module, "parse", counted("parse", limits_module.parse))
+    monkeypatch.setattr(
+        limits_module, "validate_document", counted("validate", limits_module.validate_document)
+    )
     for _ in range(3):
         assert (await schema.execute(document)).errors is None
-    after = cache.cache_info()
-    assert (after.hits - before.hits, after.misses - before.misses) == (3, 0)
+    assert calls == {"parse": 0, "validate": 0}
+    invalid = "query Invalid { nothingHere }"
+    for _ in range(3):
+        result = await schema.execute(invalid)
+        assert result.errors is not None
+        assert "nothingHere" in result.errors[0].message
+    assert calls == {"parse": 1, "validate": 1}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_document_is_charged_at_least_what_it_holds(shape: str) -> None:
+    query = SHAPES[shape]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        document = parse(query)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert document is not None
+    charged = document_bytes(query, count_tokens(query, 10**6))
+    assert held + len(query) <= charged  # the text itself is charged too
+
+
+def test_distinct_documents_stay_within_the_budget() -> None:
+    """Comment-padded or string-padded documents fill a parse cache by count alone."""
+    cache = DocumentCache(1024 * 1024)
+    limits = Limits()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(200):
+            padding = f"# {i} " + "x" * 2_000 + "\n"
+            cache.parse(padding * 5 + f'{{ product(id: "{i}") {{ id }} }}', limits)
+            cache.parse(f'{{ product(id: "{i}{"y" * 5_000}") {{ id }} }}', limits)
+        gc.collect()  # parsed documents are cycles of tokens: garbage until collected
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert cache.bytes <= cache.max_bytes
+    assert 0 < len(cache) < 200
+    assert grown <= cache.max_bytes * 1.25
+
+
+def test_a_document_bigger_than_a_sixteenth_of_the_cache_is_not_kept() -> None:
+    cache = DocumentCache(128 * 1024)
+    cache.parse('{ product(id: "' + "x" * 2000 + '") { id } }', Limits())
+    assert len(cache) == 0
+    cache.parse("{ __typename }", Limits())
+    assert len(cache) == 1

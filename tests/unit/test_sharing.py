@@ -10,7 +10,7 @@ import strawberry
 from app import request_id
 from schema import sharing
 from schema.build import ShopSchema
-from schema.limits import DocumentLimits, Limits
+from schema.limits import DocumentCache, DocumentLimits, Limits
 from schema.sharing import SharedEventExecutor, shared_payload
 
 DOCUMENT: dict[str, Any] = {"id": "t1"}
@@ -42,9 +42,10 @@ class Subscription:
 
 
 # The parse cache (DocumentLimits) makes one operation text one operation node.
+DOCUMENTS = DocumentCache(1 << 20)
 SCHEMA = ShopSchema(query=Query, subscription=Subscription,
                     execution_context_class=SharedEventExecutor,
-                    extensions=[lambda: DocumentLimits(Limits())])  # fmt: skip
+                    extensions=[lambda: DocumentLimits(Limits(), DOCUMENTS)])  # fmt: skip
 
 
 async def first_result(query: str, request: str) -> Any:
