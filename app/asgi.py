@@ -17,7 +17,7 @@ from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
@@ -149,7 +149,7 @@ class LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
 # A request's JSON nests at most this deep: the deepest input of the schema needs 5.
 MAX_JSON_DEPTH = 32
 BODY_NOT_AN_OBJECT = "the request body must be a JSON object"
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class RefusedJSON(json.JSONDecodeError):
@@ -168,15 +168,18 @@ def decode_request_json(data: str | bytes) -> object:
     ``MAX_JSON_DEPTH``, holds a lone surrogate (no store, and no UTF-8 encoder, can
     take one), or is a single number, string or boolean."""
     try:
-        value = json.loads(data)
-    except RecursionError:
-        raise RefusedJSON(f"the JSON nests deeper than {MAX_JSON_DEPTH} levels") from None
+        # Strictly UTF-8 (json.loads would guess UTF-16 or 32, and let UTF-8-encoded
+        # surrogates through).
+        text = data if isinstance(data, str) else data.decode("utf-8")
     except UnicodeDecodeError:
         raise RefusedJSON("the request is not valid UTF-8") from None
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise RefusedJSON(f"the JSON nests deeper than {MAX_JSON_DEPTH} levels") from None
     if value is not None and not isinstance(value, dict | list):
         raise RefusedJSON("the JSON must be an object")
-    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
-    _check_json(value, surrogates=_SURROGATE_ESCAPE.search(raw) is not None)
+    _check_json(value, surrogates=_SURROGATE_ESCAPE.search(text) is not None)
     return value
 
 
@@ -292,6 +295,9 @@ class ShopGraphQL(GraphQL[Context, None]):
             response = await self.run(request)
         except HTTPException as refused:
             response = _refusal(request, refused)
+        except ClientDisconnect:
+            # Gone before its body arrived whole: nobody to answer, nothing to log.
+            return
         await response(scope, receive, send)
 
     async def execute_single(

@@ -37,7 +37,7 @@ from app.ferretdb import (
     prepare_rebuild,
     running_url,
 )
-from app.http import HttpLimits, MetricsListener, limited_protocol
+from app.http import HttpLimits, MetricsListener, limited_protocol, raise_open_files_limit
 from app.settings import Role, Settings
 from domain import migrations
 from domain.bus import CommandBus
@@ -68,6 +68,7 @@ def serve(
             typer.echo(f"role {role} shares the read store with other processes: set MONGODB_URL")
             raise typer.Exit(code=2)
         _ensure_read_store(settings)
+    raise_open_files_limit(settings.shop_max_connections)
     config = uvicorn_config(create_app(settings, role), host, port, settings)
     metrics = None
     if settings.shop_metrics_port is not None:
@@ -144,6 +145,10 @@ def uvicorn_config(app: Any, host: str, port: int, settings: Settings) -> uvicor
         # The app closes a socket past SHOP_MAX_WS_MESSAGE_BYTES with a reason naming it;
         # uvicorn stops reading far larger frames before they are buffered whole.
         ws_max_size=2 * settings.shop_max_ws_message_bytes,
+        # A client's address (which the per-client limits key on) comes from
+        # X-Forwarded-For only when the peer is a proxy named here; by default none is.
+        proxy_headers=bool(settings.shop_forwarded_allow_ips),
+        forwarded_allow_ips=settings.shop_forwarded_allow_ips or [],
     )  # fmt: skip
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import resource
 from asyncio import TimerHandle
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
@@ -28,18 +29,23 @@ log = logging.getLogger(__name__)
 # Header lines a request may have (Apache's LimitRequestFields): each costs the parser
 # and the ASGI scope ~200 bytes however short it is, so bytes alone bound them badly.
 MAX_HEADER_LINES = 100
+# Data is given to the parser in pieces of at most this many bytes, so what comes after
+# a request's end in the same piece (a pipelined request's start) is at most this much.
+PIECE = 4096
 TOO_MANY_CONNECTIONS = "too_many_connections"
 HEADER_TOO_LARGE = "header_too_large"
 HEADER_TIMEOUT = "header_timeout"
+BODY_TIMEOUT = "body_timeout"
 REFUSED = Counter(
     "shop_http_connections_refused",
     "HTTP connections refused or closed before a request reached the app, by reason: "
     f"{TOO_MANY_CONNECTIONS} (503, SHOP_MAX_CONNECTIONS), {HEADER_TOO_LARGE} "
-    f"(431, SHOP_MAX_HEADER_BYTES), {HEADER_TIMEOUT} (408 or closed, SHOP_HTTP_HEADER_TIMEOUT)",
+    f"(431, SHOP_MAX_HEADER_BYTES), {HEADER_TIMEOUT} (408 or closed, SHOP_HTTP_HEADER_TIMEOUT), "
+    f"{BODY_TIMEOUT} (408, SHOP_HTTP_BODY_TIMEOUT)",
     ["reason"],
     registry=None,
 )
-for _reason in (TOO_MANY_CONNECTIONS, HEADER_TOO_LARGE, HEADER_TIMEOUT):
+for _reason in (TOO_MANY_CONNECTIONS, HEADER_TOO_LARGE, HEADER_TIMEOUT, BODY_TIMEOUT):
     REFUSED.labels(_reason)  # exported at 0 before the first refusal
 
 
@@ -47,6 +53,7 @@ for _reason in (TOO_MANY_CONNECTIONS, HEADER_TOO_LARGE, HEADER_TIMEOUT):
 class HttpLimits:
     max_header_bytes: int
     header_timeout: float
+    body_timeout: float
     max_connections: int
 
     @classmethod
@@ -54,6 +61,7 @@ class HttpLimits:
         return cls(
             max_header_bytes=settings.shop_max_header_bytes,
             header_timeout=settings.shop_http_header_timeout,
+            body_timeout=settings.shop_http_body_timeout,
             max_connections=settings.shop_max_connections,
         )
 
@@ -94,6 +102,11 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._header_bytes: int | None = 0
         self._header_lines = 0
         self._header_timer: TimerHandle | None = None
+        self._body_timer: TimerHandle | None = None
+        # Set when a request's message ends, and when the next one begins after it,
+        # while one piece is parsed.
+        self._ended_in_piece = False
+        self._next_began_in_piece = False
         self._request_begun = False  # a request's first bytes came, its headers did not yet
         self._refused = False
 
@@ -117,24 +130,30 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
+        self._cancel_body_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         while data and not self._refused:
-            if self._header_bytes is None:  # a body: SHOP_MAX_BODY_BYTES bounds it
-                super().data_received(data)
-                return
-            room = self.limits.max_header_bytes - self._header_bytes
-            if room <= 0:
-                self._refuse_header_block()
-                return
+            room = PIECE  # a body: SHOP_MAX_BODY_BYTES bounds it
+            if self._header_bytes is not None:
+                room = min(PIECE, self.limits.max_header_bytes - self._header_bytes)
+                if room <= 0:
+                    self._refuse_header_block()
+                    return
+                self._header_bytes += min(room, len(data))  # the callbacks reset it
             piece, data = data[:room], data[room:]
-            self._header_bytes += len(piece)  # reset by the parser's callbacks as it goes
+            self._ended_in_piece = self._next_began_in_piece = False
             super().data_received(piece)
             if self.transport.is_closing() or self.transport.get_protocol() is not self:
                 return  # refused as invalid, or upgraded: the rest is not HTTP for us
+            if self._next_began_in_piece and self._header_bytes is not None:
+                # A request ended in this piece and the next began in it: the next one's
+                # header block is charged the whole piece (at most PIECE bytes too many).
+                self._header_bytes = len(piece)
 
     def on_message_begin(self) -> None:
+        self._next_began_in_piece = self._ended_in_piece
         self._request_begun = True
         self._header_lines = 0
         super().on_message_begin()
@@ -159,10 +178,14 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._request_begun = False
         self._cancel_header_timer()
         super().on_headers_complete()
+        if not self._upgrading():
+            self._body_timer = self.loop.call_later(self.limits.body_timeout, self._body_timed_out)
 
     def on_message_complete(self) -> None:
         if self._refused:
             return
+        self._cancel_body_timer()
+        self._ended_in_piece = True
         super().on_message_complete()
         # The rest of the data being fed now is not counted (a pipelined request's start):
         # the next header block may pass the limit by that much, one read at most.
@@ -181,6 +204,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def handle_websocket_upgrade(self) -> None:
         self._cancel_header_timer()
+        self._cancel_body_timer()
         super().handle_websocket_upgrade()
 
     def _upgrading(self) -> bool:
@@ -221,6 +245,32 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         else:  # an idle connection: nothing was asked, so nothing is answered
             transport.close()
 
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_timed_out(self) -> None:
+        """The request's body did not arrive whole in time: its handler, waiting for the
+        rest, sees the client gone; the client gets a 408 unless a response began."""
+        self._body_timer = None
+        transport = self.transport
+        if transport.is_closing() or transport.get_protocol() is not self:
+            return
+        self._refused = True
+        REFUSED.labels(BODY_TIMEOUT).inc()
+        timeout = self.limits.body_timeout
+        log.debug("%s: request body not complete within %g s; closing", self._peer(), timeout)
+        if self._responding() and self.cycle.response_started:
+            transport.close()
+            return
+        self._answer_and_close(
+            408,
+            f"the request body did not arrive within {timeout:g} s (SHOP_HTTP_BODY_TIMEOUT)",
+            "SHOP_HTTP_BODY_TIMEOUT",
+            timeout,
+        )
+
     def _refuse_header_block(self, why: str | None = None) -> None:
         self._refused = True
         self._cancel_header_timer()
@@ -256,6 +306,25 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def _peer(self) -> str:
         return f"{self.client[0]}:{self.client[1]}" if self.client else "client"
+
+
+def raise_open_files_limit(max_connections: int) -> None:
+    """Raises this process's soft limit on open files towards what ``max_connections``
+    needs (a socket each, and some for the stores and logs), as far as the hard limit
+    lets it; says so if that is not enough, since connections past it then fail in
+    ``accept`` instead of being answered 503."""
+    wanted = max_connections + 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ceiling = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft < ceiling:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+        soft = ceiling
+    if soft < wanted:
+        log.warning(
+            "SHOP_MAX_CONNECTIONS=%d needs about %d open files, but the limit is %d: "
+            "raise it (ulimit -n, LimitNOFILE=) or lower SHOP_MAX_CONNECTIONS",
+            max_connections, wanted, soft,
+        )  # fmt: skip
 
 
 class MetricsListener:

@@ -173,6 +173,17 @@ class Settings(BaseSettings):
         description="Open connections per process, WebSockets included; more are answered "
         "503 and closed.",
     )
+    shop_http_body_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a request's body may take to arrive once its headers have; "
+        "then the connection is closed (408).",
+    )
+    shop_forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="Addresses of the reverse proxies whose X-Forwarded-For is the client's "
+        "address (comma-separated; `*` any); none by default: the peer is the client.",
+    )
     shop_metrics_port: int | None = Field(
         None,
         ge=1,
@@ -185,7 +196,9 @@ class Settings(BaseSettings):
         Path.home() / ".cache", description="Cache root; the FerretDB binary goes under it."
     )
 
-    @field_validator("shop_auth_algorithms", "shop_cors_origins", mode="before")
+    @field_validator(
+        "shop_auth_algorithms", "shop_cors_origins", "shop_forwarded_allow_ips", mode="before"
+    )
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):

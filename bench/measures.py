@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
@@ -279,7 +280,7 @@ ANONYMOUS = None
 def graphql_body(query: str, vary: bool = True) -> Callable[[int], bytes]:
     """The JSON body of ``query``; if ``vary``, with a comment numbered per request: a new
     text each time, so the server's parse cache never answers for it (an abuser can vary
-    a document as cheaply; comments are no tokens)."""
+    a document as cheaply, by one comment token)."""
     if not vary:
         body = json.dumps({"query": query}).encode()
         return lambda _: body
@@ -298,6 +299,19 @@ class Probe:
     token: str | None = "admin"
 
 
+PRODUCT_BY_ID = "query($id: ID!) { product(id: $id) { id } }"
+PRODUCTS_AFTER = "query($after: String) { products(first: 10, after: $after) { totalCount } }"
+OPERATOR_CURSOR = base64.urlsafe_b64encode(
+    json.dumps(["NAME_ASC", {"$regex": "^c"}, ""]).encode()
+).decode()
+
+
+def variables_body(query: str, variables: dict[str, Any]) -> Callable[[int], bytes]:
+    """The JSON body of ``query`` with ``variables``, the same each time."""
+    body = json.dumps({"query": query, "variables": variables}).encode()
+    return lambda _: body
+
+
 def refusal_probes() -> list[Probe]:
     """``{ __typename }`` first (the baseline), then one probe per way of refusing."""
     dashboards = [f"a{i}: dashboard {{ version }}" for i in range(2000)]
@@ -308,8 +322,11 @@ def refusal_probes() -> list[Probe]:
         Probe("typename", "{ __typename }", "200 answered", graphql_body("{ __typename }", False)),
         Probe("body", "a 1 MB body", "413 LIMIT_EXCEEDED SHOP_MAX_BODY_BYTES",
               graphql_body("{ __typename }" + " " * 1_000_000)),
-        Probe("tokens", "a 100 KB document of 50,000 fields", f"{refused} SHOP_MAX_TOKENS",
-              graphql_body("{ " + "a " * 50_000 + "}")),
+        Probe("tokens", "a 60 KB document of 30,000 fields", f"{refused} SHOP_MAX_TOKENS",
+              graphql_body("{ " + "a " * 30_000 + "}")),
+        Probe("length", "a 200 KB document, mostly comments",
+              f"{refused} SHOP_MAX_DOCUMENT_LENGTH",
+              graphql_body(("# " + "x" * 998 + "\n") * 200 + "{ __typename }")),
         # Aliases are counted while the tokens are, before parsing: the 31st refuses.
         Probe("aliases-2000", "2,000 aliases of dashboard (12,002 tokens)",
               f"{refused} SHOP_MAX_ALIASES", graphql_body("{ " + " ".join(dashboards) + " }")),
@@ -323,6 +340,21 @@ def refusal_probes() -> list[Probe]:
         Probe("cost", "20 aliases of products(first: 100), cost 8,020",
               f"{refused} SHOP_MAX_COST",
               graphql_body("{ " + " ".join(f"p{i}: {page}" for i in range(20)) + " }")),
+        # Keys and arguments no read can use: refused before any store or cache.
+        Probe("long-id", "product(id) with a 200 KB id", "200 BAD_USER_INPUT",
+              variables_body(PRODUCT_BY_ID, {"id": "x" * 200_000})),
+        Probe("search", "products(filter: {search}) with 200 KB", "200 BAD_USER_INPUT",
+              variables_body(PRODUCTS_AFTER.replace("after: $after", "filter: {search: $s}")
+                             .replace("$after: String", "$s: String"), {"s": "mug " * 50_000})),
+        Probe("cursor", "products(after) naming a $regex operator", "200 BAD_USER_INPUT",
+              variables_body(PRODUCTS_AFTER, {"after": OPERATOR_CURSOR})),
+        # Bodies that are no GraphQL request: refused while parsing the JSON.
+        Probe("json-depth", "a JSON body nested 100,000 deep", "400 BAD_REQUEST",
+              lambda _: b'{"query": "{ __typename }", "variables": {"a": '
+              + b"[" * 100_000 + b"]" * 100_000 + b"}}"),
+        Probe("surrogate", "a lone surrogate in the variables", "400 BAD_REQUEST",
+              lambda n: b'{"query": "query($id: ID!) { product(id: $id) { id } }", '
+              b'"variables": {"id": "\\ud800%d"}}' % n),
         Probe("anonymous", "restockProduct without a token", "200 UNAUTHENTICATED",
               graphql_body(ADMIN_MUTATION), ANONYMOUS),
         Probe("bad-token", "restockProduct, token signed with another key",

@@ -13,8 +13,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-MAX_CURSOR_LENGTH = 512
-"""Longest cursor accepted; the ones this server hands out are well under 200."""
+MAX_CURSOR_LENGTH = 2048
+"""Longest cursor accepted. The longest this server hands out holds a product name of
+200 characters of four UTF-8 bytes each, an id and the sort's name: under 1,200."""
 Scalar = type[int] | type[str]
 
 
@@ -31,7 +32,7 @@ class Page:
 
 
 def encode(kind: str, *values: Any) -> str:
-    raw = json.dumps([kind, *values], separators=(",", ":"))
+    raw = json.dumps([kind, *values], separators=(",", ":"), ensure_ascii=False)
     return base64.urlsafe_b64encode(raw.encode()).decode()
 
 

@@ -19,6 +19,8 @@ from schema.context import bad_input
 
 __all__ = ["MAX_ID_LENGTH", "document_id", "sku", "text"]
 
+# A SKU is at most 64 characters once trimmed; room for the spaces a form may leave.
+MAX_SKU_ARGUMENT_LENGTH = 256
 MAX_SEARCH_LENGTH = 100
 MAX_CATEGORY_LENGTH = 100
 MAX_EVENT_TYPES = 50
@@ -47,6 +49,6 @@ def document_id(value: str, argument: str = "id") -> str | None:
 
 def sku(value: str, argument: str = "sku") -> str | None:
     """The normalised SKU if a product can have it; None if none can."""
-    text(value, argument, MAX_ID_LENGTH)
+    text(value, argument, MAX_SKU_ARGUMENT_LENGTH)
     normalised = normalise_sku(value)
     return normalised if SKU.fullmatch(normalised) else None

@@ -186,13 +186,14 @@ def document_bytes(query: str, tokens: int) -> int:
 
 
 class _Entry:
-    __slots__ = ("document", "errors", "size")
+    __slots__ = ("document", "errors", "rules", "size")
 
     def __init__(self, document: DocumentNode, size: int) -> None:
         self.document = document
         self.size = size
         self.errors: list[GraphQLError] | None = None
-        """Its validation errors, once validated."""
+        """Its validation errors under ``rules``, once validated."""
+        self.rules: tuple[type[ASTValidationRule], ...] = ()
 
 
 class DocumentCache:
@@ -235,15 +236,14 @@ class DocumentCache:
         document: DocumentNode,
         rules: tuple[type[ASTValidationRule], ...],
     ) -> list[GraphQLError]:
-        """``document``'s validation errors against ``schema`` (the same ``rules`` each
-        time: they are the schema's), validated once while its text is cached."""
+        """``document``'s validation errors against ``schema`` and ``rules`` (the schema's,
+        the same for every request), validated once while its text is cached."""
         entry = self._entries.get(query)
-        if entry is not None and entry.document is document and entry.errors is not None:
-            return entry.errors
-        errors = validate_document(schema, document, rules)
-        if entry is not None and entry.document is document:
-            entry.errors = errors
-        return errors
+        if entry is None or entry.document is not document:
+            return validate_document(schema, document, rules)
+        if entry.errors is None or entry.rules != rules:
+            entry.errors, entry.rules = validate_document(schema, document, rules), rules
+        return entry.errors
 
 
 class _Walk:

@@ -14,20 +14,12 @@ from schema.throttle import Throttled
 from schema.types import CommandResult, ErrorCode, UserError, given
 
 
-def idempotency_scope(info: Info) -> str:
-    """The caller's: its token's subject, or for an anonymous caller its address, so
-    that another anonymous caller replaying a key (and the same input) is not given the
-    first caller's answer."""
-    context = info.context
-    if context.principal.valid():
-        return context.principal.idempotency_scope
-    return f"{context.principal.idempotency_scope}:{context.client}"
-
-
 async def execute(info: Info, command: Command, idempotency_key: str | None) -> CommandResult:
     try:
         outcome = await info.context.bus.execute(
-            command, given(idempotency_key), idempotency_scope=idempotency_scope(info)
+            command,
+            given(idempotency_key),
+            idempotency_scope=info.context.principal.idempotency_scope,
         )
     except DomainError as error:
         return CommandResult.failed(user_errors(error))

@@ -38,6 +38,14 @@ def bearer(token: str | None) -> dict[str, str]:
     return {} if token is None else {"Authorization": f"Bearer {token}"}
 
 
+def rss(pid: int) -> int:
+    """A process's resident memory in bytes (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
 def wait_until(
     condition: Callable[[], bool], within: float, explain: Callable[[], str] = lambda: ""
 ) -> None:
@@ -117,6 +125,26 @@ class Server:
         except subprocess.TimeoutExpired:
             process.kill()
             return process.wait()
+
+
+def module_server(
+    tmp_path_factory: pytest.TempPathFactory, mongo_url: str, name: str, **env: str
+) -> Server:
+    """A started server configured like ``server_env``'s, with ``env`` over it, for a
+    module-scoped fixture (which stops it)."""
+    directory: Path = tmp_path_factory.mktemp(name)
+    return Server(
+        {
+            **os.environ,
+            "MONGODB_URL": mongo_url,
+            "MONGODB_DATABASE": f"e2e_{uuid.uuid4().hex[:12]}",
+            "SHOP_DATA_DIR": str(directory / "var"),
+            "LOG_LEVEL": "WARNING",
+            "SHOP_AUTH_SECRET": SECRET,
+            **env,
+        },
+        directory / "server.log",
+    ).start()
 
 
 @pytest.fixture

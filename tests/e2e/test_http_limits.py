@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import threading
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,10 +25,11 @@ from websockets.typing import Subprotocol
 from app.ferretdb import free_port
 from app.http import MAX_HEADER_LINES
 from tests.conftest import eventually
-from tests.e2e.conftest import SECRET, Server, admin_token
+from tests.e2e.conftest import Server, admin_token, module_server, rss
 
 MAX_HEADER_BYTES = 16_384  # the default
 HEADER_TIMEOUT = 2.0
+BODY_TIMEOUT = 2.0
 KEEP_ALIVE = 1
 CONSISTENCY_TIMEOUT = 3.0  # a request slower than the header timeout
 MAX_CONNECTIONS = 20
@@ -40,28 +38,12 @@ WITHIN = 15.0
 MIB = 1024 * 1024
 
 
-def _server(tmp_path_factory: pytest.TempPathFactory, mongo_url: str, **env: str) -> Server:
-    """Configured like tests.e2e.conftest's server_env, for a whole module."""
-    directory: Path = tmp_path_factory.mktemp("http-limits")
-    return Server(
-        {
-            **os.environ,
-            "MONGODB_URL": mongo_url,
-            "MONGODB_DATABASE": f"e2e_{uuid.uuid4().hex[:12]}",
-            "SHOP_DATA_DIR": str(directory / "var"),
-            "LOG_LEVEL": "WARNING",
-            "SHOP_AUTH_SECRET": SECRET,
-            **env,
-        },
-        directory / "server.log",
-    ).start()
-
-
 @pytest.fixture(scope="module")
 def limited(mongo_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = _server(
-        tmp_path_factory, mongo_url,
+    server = module_server(
+        tmp_path_factory, mongo_url, "http-limits",
         SHOP_HTTP_HEADER_TIMEOUT=str(HEADER_TIMEOUT),
+        SHOP_HTTP_BODY_TIMEOUT=str(BODY_TIMEOUT),
         SHOP_HTTP_KEEP_ALIVE=str(KEEP_ALIVE),
         SHOP_CONSISTENCY_TIMEOUT=str(CONSISTENCY_TIMEOUT),
         SHOP_METRICS_PORT=str(METRICS_PORT),
@@ -75,8 +57,8 @@ def limited(mongo_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 @pytest.fixture(scope="module")
 def crowded(mongo_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     # Timeouts far beyond the test, so that only the connection limit closes anything.
-    server = _server(
-        tmp_path_factory, mongo_url,
+    server = module_server(
+        tmp_path_factory, mongo_url, "http-limits",
         SHOP_MAX_CONNECTIONS=str(MAX_CONNECTIONS),
         SHOP_HTTP_HEADER_TIMEOUT="120",
         SHOP_HTTP_KEEP_ALIVE="120",
@@ -171,14 +153,6 @@ async def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], floa
 
 def refused(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], reason: str) -> float:
     return samples[("shop_http_connections_refused_total", frozenset({("reason", reason)}))]
-
-
-def rss(pid: int) -> int:
-    """The process's resident memory in bytes (VmRSS)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 class PeakRss:
@@ -382,6 +356,62 @@ async def test_slow_header_senders_are_closed_while_a_slower_request_is_answered
         assert answer.headers["connection"] == "close"
         assert answer.error()["extensions"]["limit"] == "SHOP_HTTP_HEADER_TIMEOUT"
     assert idle.received == b""  # nothing asked, nothing answered
+
+
+async def test_a_body_that_stops_coming_is_answered_408_and_its_connection_closed(
+    limited: Server,
+) -> None:
+    """Headers complete, then the body stalls: the connection was held for good, so a
+    few of them filled SHOP_MAX_CONNECTIONS."""
+    since = limited.log.stat().st_size
+    loop = asyncio.get_running_loop()
+    stalled = []
+    for _ in range(50):
+        reader, writer = await asyncio.open_connection("127.0.0.1", limited.port)
+        head = request("POST", "/graphql", {"Content-Type": "application/json"}, b"x" * 100)
+        writer.write(head[:-90])  # the headers and 10 bytes of the body
+        stalled.append((reader, writer))
+    started = loop.time()
+    try:
+        for reader, _ in stalled:
+            answer = await read_answer(reader)
+            assert answer.status == 408, answer
+            assert answer.error()["extensions"]["limit"] == "SHOP_HTTP_BODY_TIMEOUT"
+            assert await closed(reader)
+    finally:
+        for _, writer in stalled:
+            writer.close()
+    assert loop.time() - started >= BODY_TIMEOUT * 0.9
+    [answer] = await exchange(limited, request())  # the server serves on
+    assert answer.status == 200
+    with limited.log.open("rb") as log:
+        log.seek(since)
+        assert b"Traceback" not in log.read()
+
+
+async def test_a_header_block_pipelined_behind_a_request_is_counted(limited: Server) -> None:
+    """Bytes after a request's end in the same read went uncounted: a 17,000-byte header
+    block sent right behind a GET was served."""
+    answers = await exchange_pipelined(limited, request() + get_of(MAX_HEADER_BYTES + 600))
+    # The first is answered; the second is refused (431), or, arriving while the first
+    # is answered, ends the connection after it: either way it is never served.
+    assert [a.status for a in answers] in ([200], [200, 431]), answers
+
+
+async def exchange_pipelined(server: Server, data: bytes) -> list[Answer]:
+    """Sends ``data`` in one write and reads answers until the server closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(data)
+        answers = []
+        while not reader.at_eof():
+            try:
+                answers.append(await read_answer(reader))
+            except asyncio.IncompleteReadError:
+                break
+        return answers
+    finally:
+        writer.close()
 
 
 async def test_an_idle_kept_alive_connection_is_closed_after_the_keep_alive_time(

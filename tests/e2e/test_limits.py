@@ -10,12 +10,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import os
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,7 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Origin, Subprotocol
 
-from tests.e2e.conftest import SECRET, Server, admin_token, bearer
+from tests.e2e.conftest import Server, admin_token, bearer, module_server
 
 MAX_BODY = 4096
 MAX_WS_MESSAGE = 2048
@@ -42,27 +40,10 @@ CREATE_PRODUCT = """mutation($sku: String!) {
     success errors { code } } }"""
 
 
-def _server(tmp_path_factory: pytest.TempPathFactory, mongo_url: str, **env: str) -> Server:
-    """Configured like tests.e2e.conftest's server_env, for a whole module."""
-    directory: Path = tmp_path_factory.mktemp("limits")
-    return Server(
-        {
-            **os.environ,
-            "MONGODB_URL": mongo_url,
-            "MONGODB_DATABASE": f"e2e_{uuid.uuid4().hex[:12]}",
-            "SHOP_DATA_DIR": str(directory / "var"),
-            "LOG_LEVEL": "WARNING",
-            "SHOP_AUTH_SECRET": SECRET,
-            **env,
-        },
-        directory / "server.log",
-    ).start()
-
-
 @pytest.fixture(scope="module")
 def limited(mongo_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = _server(
-        tmp_path_factory, mongo_url,
+    server = module_server(
+        tmp_path_factory, mongo_url, "limits",
         SHOP_MAX_BODY_BYTES=str(MAX_BODY),
         SHOP_MAX_WS_MESSAGE_BYTES=str(MAX_WS_MESSAGE),
         SHOP_MAX_SOCKETS=str(MAX_SOCKETS),
@@ -77,7 +58,7 @@ def limited(mongo_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 @pytest.fixture(scope="module")
 def plain(mongo_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = _server(tmp_path_factory, mongo_url)
+    server = module_server(tmp_path_factory, mongo_url, "limits")
     try:
         yield server
     finally:

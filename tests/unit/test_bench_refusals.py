@@ -13,7 +13,7 @@ from app.settings import Settings
 from bench.harness import alternating
 from bench.measures import answer_of, graphql_body, refusal_probes
 from schema.build import build_schema
-from schema.limits import LimitExceeded, Limits, check, count_tokens, parse_within
+from schema.limits import DocumentCache, LimitExceeded, Limits, check, count_tokens
 
 DEFAULT_BODY_LIMIT: int = Settings.model_fields["shop_max_body_bytes"].default
 
@@ -86,7 +86,7 @@ def test_varied_bodies_are_new_texts_of_the_same_tokens() -> None:
     body = graphql_body("{ dashboard { version } }")
     first, second = (json.loads(body(n))["query"] for n in (0, 1))
     assert first != second
-    assert count_tokens(first, 100) == count_tokens(second, 100) == 6
+    assert count_tokens(first, 100) == count_tokens(second, 100) == 7  # the comment too
     same = graphql_body("{ __typename }", vary=False)
     assert same(0) == same(1) == b'{"query": "{ __typename }"}'
 
@@ -109,7 +109,7 @@ def test_each_document_probe_is_refused_by_the_limit_it_names(probe: str) -> Non
     query = json.loads(PROBES[probe].body(0))["query"]
 
     def parse_and_check() -> None:
-        document = parse_within(query, limits.max_tokens, limits.max_aliases)
+        document = DocumentCache(limits.document_cache_bytes).parse(query, limits)
         check(schema, document, None, None, limits)
 
     with pytest.raises(LimitExceeded) as refused:
