@@ -9,7 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -127,13 +127,14 @@ class Server:
             return process.wait()
 
 
+@contextmanager
 def module_server(
     tmp_path_factory: pytest.TempPathFactory, mongo_url: str, name: str, **env: str
-) -> Server:
-    """A started server configured like ``server_env``'s, with ``env`` over it, for a
-    module-scoped fixture (which stops it)."""
+) -> Iterator[Server]:
+    """A server configured like ``server_env``'s, with ``env`` over it, running for the
+    block: for a module-scoped fixture."""
     directory: Path = tmp_path_factory.mktemp(name)
-    return Server(
+    server = Server(
         {
             **os.environ,
             "MONGODB_URL": mongo_url,
@@ -145,6 +146,10 @@ def module_server(
         },
         directory / "server.log",
     ).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

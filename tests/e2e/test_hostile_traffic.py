@@ -29,18 +29,15 @@ CONSISTENCY_TIMEOUT = 3.0
 
 @pytest.fixture(scope="module")
 def hostile(mongo_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = module_server(
+    with module_server(
         tmp_path_factory, mongo_url, "hostile",
         LOG_LEVEL="INFO",
         SHOP_ANONYMOUS_SIGNUP_BURST="3",
         SHOP_ANONYMOUS_SIGNUPS_PER_MINUTE="1",
         SHOP_ANONYMOUS_WAITS_PER_CLIENT="5",
         SHOP_CONSISTENCY_TIMEOUT=str(CONSISTENCY_TIMEOUT),
-    )  # fmt: skip
-    try:
+    ) as server:  # fmt: skip
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -40,33 +40,27 @@ MIB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def limited(mongo_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = module_server(
+    with module_server(
         tmp_path_factory, mongo_url, "http-limits",
         SHOP_HTTP_HEADER_TIMEOUT=str(HEADER_TIMEOUT),
         SHOP_HTTP_BODY_TIMEOUT=str(BODY_TIMEOUT),
         SHOP_HTTP_KEEP_ALIVE=str(KEEP_ALIVE),
         SHOP_CONSISTENCY_TIMEOUT=str(CONSISTENCY_TIMEOUT),
         SHOP_METRICS_PORT=str(METRICS_PORT),
-    )  # fmt: skip
-    try:
+    ) as server:  # fmt: skip
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
 def crowded(mongo_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     # Timeouts far beyond the test, so that only the connection limit closes anything.
-    server = module_server(
+    with module_server(
         tmp_path_factory, mongo_url, "http-limits",
         SHOP_MAX_CONNECTIONS=str(MAX_CONNECTIONS),
         SHOP_HTTP_HEADER_TIMEOUT="120",
         SHOP_HTTP_KEEP_ALIVE="120",
-    )  # fmt: skip
-    try:
+    ) as server:  # fmt: skip
         yield server
-    finally:
-        server.stop()
 
 
 # Raw HTTP/1.1 ---------------------------------------------------------------------------------

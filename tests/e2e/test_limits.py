@@ -42,27 +42,21 @@ CREATE_PRODUCT = """mutation($sku: String!) {
 
 @pytest.fixture(scope="module")
 def limited(mongo_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = module_server(
+    with module_server(
         tmp_path_factory, mongo_url, "limits",
         SHOP_MAX_BODY_BYTES=str(MAX_BODY),
         SHOP_MAX_WS_MESSAGE_BYTES=str(MAX_WS_MESSAGE),
         SHOP_MAX_SOCKETS=str(MAX_SOCKETS),
         SHOP_MAX_SUBSCRIPTIONS_PER_CONNECTION=str(MAX_OPERATIONS),
         SHOP_CORS_ORIGINS=SHOP_ORIGIN,
-    )  # fmt: skip
-    try:
+    ) as server:  # fmt: skip
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
 def plain(mongo_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = module_server(tmp_path_factory, mongo_url, "limits")
-    try:
+    with module_server(tmp_path_factory, mongo_url, "limits") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @asynccontextmanager
