@@ -91,8 +91,7 @@ class Progress:
                 if remaining <= 0:
                     raise NotYetConsistent(projection, version, current)
                 advanced = self._advanced.setdefault(projection, asyncio.Event())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(advanced.wait(), remaining)
+                await wait_set(advanced, remaining)
             return current
         finally:
             self._waiting -= 1
@@ -121,6 +120,19 @@ class Progress:
             watchers.discard(changed)
             if not watchers:
                 del self._watchers[(projection, key)]
+
+
+async def wait_set(event: asyncio.Event, seconds: float) -> None:
+    """Waits until ``event`` is set, ``seconds`` at most.
+
+    Not ``asyncio.wait_for``: on Python 3.11 it swallows a cancellation that arrives
+    just as the awaited event is set (python/cpython#86296), and a loop around it then
+    never ends: a relay or follower cancelled at shutdown while commits wake it would
+    run on until the shutdown watchdog killed the process.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
 
 
 class ProgressFollower:
@@ -200,8 +212,7 @@ class ProgressFollower:
         loop = asyncio.get_running_loop()
         polled = loop.time()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._signalled.wait(), self.safety_interval)
+            await wait_set(self._signalled, self.safety_interval)
             self._signalled.clear()
             # The safety poll is due by the clock, however often signals come (on SQLite
             # every commit of any process is one).

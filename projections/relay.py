@@ -33,7 +33,7 @@ from domain import outbox, tracing
 from domain.events import RecordedEvent
 from projections import checkpoints, readdb
 from projections.lease import Lease
-from projections.progress import Progress
+from projections.progress import Progress, wait_set
 from projections.projection import MongoWrite, Projection, Write, coalesce, collections_of
 from projections.signals import Advance, ProgressFeed
 
@@ -514,8 +514,7 @@ class Relay:
                     if self.running:  # a standby's errors are not the projections'
                         await self._record_errors({p.name: error for p in self.projections})
                         self.failing.update({p.name: repr(error) for p in self.projections})
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._retry_now.wait(), backoff)
+                    await wait_set(self._retry_now, backoff)
                     if self._retry_now.is_set():  # set during the batch or the wait
                         self._retry_now.clear()
                         backoff = 0.1
@@ -740,8 +739,7 @@ class Relay:
         self.failing.update({name: repr(error) for name, error in failures.items()})
 
     async def _idle(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+        await wait_set(self._wake, seconds)
 
     async def _record_errors(self, errors: dict[str, BaseException]) -> None:
         for name, error in errors.items():

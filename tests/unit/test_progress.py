@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from projections.progress import NotYetConsistent, Progress
+from projections.progress import NotYetConsistent, Progress, wait_set
 
 
 async def test_a_wait_already_met_returns_at_once() -> None:
@@ -53,3 +53,27 @@ async def test_watchers_hear_of_their_own_document_only() -> None:
         progress.advance("products", 2, keys=None)  # unknown keys: everyone looks
         assert b.is_set()
     assert not progress.busy
+
+
+@pytest.mark.parametrize("turns", [0, 1, 2, 3])
+async def test_a_loop_waiting_on_an_event_ends_when_cancelled_as_the_event_is_set(
+    turns: int,
+) -> None:
+    """asyncio.wait_for swallowed such a cancellation on Python 3.11: the relay's and
+    the progress follower's loops then ran on (tests hung at teardown)."""
+    event = asyncio.Event()
+
+    async def loop() -> None:
+        while True:
+            await wait_set(event, 60)
+            event.clear()
+
+    task = asyncio.create_task(loop())
+    await asyncio.sleep(0)
+    event.set()
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=10)
+    assert done == {task}
+    assert task.cancelled()
