@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 from graphql import GraphQLError
 
 from projections.progress import NotYetConsistent
@@ -23,13 +25,10 @@ async def wait_for(info: Info, projection: str, min_version: int | None) -> None
     if not min_version or context.progress.position(projection) >= min_version:
         return
     try:
-        if context.throttles is None or context.principal.valid():
+        # Callers with a valid token are known: only anonymous ones are held to a budget.
+        throttles = None if context.principal.valid() else context.throttles
+        with nullcontext() if throttles is None else throttles.waits.hold(context.client):
             await context.progress.wait_for(projection, min_version, context.consistency_timeout)
-        else:
-            with context.throttles.waits.hold(context.client):
-                await context.progress.wait_for(
-                    projection, min_version, context.consistency_timeout
-                )
     except Throttled as refused:
         raise GraphQLError(
             f"this client has {refused.maximum:.0f} minVersion waits open already; "
