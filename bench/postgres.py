@@ -63,11 +63,13 @@ class Postgres:
         shutil.rmtree(self.data, ignore_errors=True)
 
 
-async def create_database(server: str, name: str) -> None:
-    """Creates database ``name`` on the PostgreSQL server at ``server`` (a URL without one)."""
+async def create_database(server: str, name: str, template: str | None = None) -> None:
+    """Creates database ``name`` on the PostgreSQL server at ``server`` (a URL without
+    one), empty or as a copy of database ``template``."""
+    copy = f" TEMPLATE {template}" if template else ""
     admin = create_async_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
     try:
         async with admin.connect() as conn:
-            await conn.exec_driver_sql(f"CREATE DATABASE {name}")
+            await conn.exec_driver_sql(f"CREATE DATABASE {name}{copy}")
     finally:
         await admin.dispose()

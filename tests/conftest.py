@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
+import shutil
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,21 +109,61 @@ def postgres_url() -> Iterator[str]:
         cluster.remove()
 
 
+TEMPLATE = "shop_template"
+
+
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite write store migrated once, for tests to copy: migrating takes longer
+    than the tests that start from a migrated store."""
+    path = tmp_path_factory.mktemp("template") / "write.db"
+    _run_apart(_migrate(f"sqlite+aiosqlite:///{path}"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def migrated_postgres(postgres_url: str) -> str:
+    """The PostgreSQL server with a migrated database named ``TEMPLATE``, which
+    :func:`fresh_database` copies (``CREATE DATABASE … TEMPLATE``)."""
+    _run_apart(create_database(postgres_url, TEMPLATE))
+    _run_apart(_migrate(f"{postgres_url}/{TEMPLATE}"))
+    return postgres_url
+
+
+def _run_apart(work: Coroutine[Any, Any, None]) -> None:
+    """Runs ``work`` on an event loop of its own: these fixtures are set up from async
+    fixtures too, inside a running loop."""
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, work).result()
+
+
+async def _migrate(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        await create_schema(engine)
+    finally:
+        await engine.dispose()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """Each write-side test runs on SQLite and on PostgreSQL (a fresh database each time)."""
+    """Each write-side test runs on SQLite and on PostgreSQL: a fresh, migrated write
+    store each time."""
     if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'write.db'}"
+        path = tmp_path / "write.db"
+        shutil.copyfile(request.getfixturevalue("migrated_sqlite"), path)
+        yield f"sqlite+aiosqlite:///{path}"
         return
-    async with fresh_database(request.getfixturevalue("postgres_url")) as url:
+    async with fresh_database(request.getfixturevalue("migrated_postgres"), TEMPLATE) as url:
         yield url
 
 
 @contextlib.asynccontextmanager
-async def fresh_database(server: str) -> AsyncIterator[str]:
-    """A new, empty PostgreSQL database on ``server`` for the block; dropped after it."""
+async def fresh_database(server: str, template: str | None = None) -> AsyncIterator[str]:
+    """A new PostgreSQL database on ``server`` for the block, empty or a copy of
+    ``template``; dropped after it."""
     name = f"t_{uuid.uuid4().hex[:12]}"
-    await create_database(server, name)
+    await create_database(server, name, template)
     admin = create_async_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
     try:
         yield f"{server}/{name}"
@@ -134,7 +176,6 @@ async def fresh_database(server: str) -> AsyncIterator[str]:
 @pytest.fixture
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(database_url)
-    await create_schema(engine)
     try:
         yield engine
     finally:

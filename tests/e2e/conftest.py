@@ -1,11 +1,10 @@
-"""Real servers for end-to-end tests: ``python -m app serve`` subprocesses, over HTTP and WS."""
+"""Real servers for end-to-end tests: `cqrs-shop serve` processes, over HTTP and WS."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -19,6 +18,8 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from app.auth import ADMIN, CUSTOMER, mint
 from app.ferretdb import free_port
+from tests.e2e import forkserver
+from tests.e2e.forkserver import ForkedProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 60.0
@@ -64,7 +65,7 @@ class Server:
         self.env = env
         self.log = log
         self.role = role
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: ForkedProcess | None = None
         self.port = 0
 
     @property
@@ -77,11 +78,8 @@ class Server:
 
     def start(self, wait_ready: bool = True) -> Server:
         self.port = free_port()
-        command = [sys.executable, "-m", "app", "serve", "--port", str(self.port)]
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [*command, "--role", self.role], env=self.env, cwd=ROOT, stdout=log, stderr=log
-            )
+        argv = ["serve", "--port", str(self.port), "--role", self.role]
+        self.process = forkserver.shared().spawn(argv, self.env, ROOT, self.log)
         if wait_ready:
             self.wait_ready()
         return self
@@ -198,11 +196,11 @@ class Cluster:
 
 @pytest.fixture
 async def cluster(
-    postgres_url: str, ferretdb_on_postgres: str, server_env: dict[str, str], tmp_path: Path
+    migrated_postgres: str, ferretdb_on_postgres: str, server_env: dict[str, str], tmp_path: Path
 ) -> AsyncIterator[Cluster]:
-    from tests.conftest import fresh_database
+    from tests.conftest import TEMPLATE, fresh_database
 
-    async with fresh_database(postgres_url) as database_url:
+    async with fresh_database(migrated_postgres, TEMPLATE) as database_url:
         env = {**server_env, "DATABASE_URL": database_url, "MONGODB_URL": ferretdb_on_postgres}
         cluster = Cluster(
             apis=[Server(env, tmp_path / f"api{n}.log", "api") for n in range(2)],
