@@ -42,7 +42,6 @@ from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
 from app import graphiql, tracing
-from app.auth import ANONYMOUS
 from app.bootstrap import Services, bootstrap
 from app.guards import TransportLimits
 from app.health import healthz, readyz
@@ -50,6 +49,7 @@ from app.metrics import metrics, registry_for
 from app.request_id import RequestId
 from app.settings import Role, Settings
 from domain import tracing as domain_tracing
+from domain.identity import ANONYMOUS
 from schema.build import build_schema
 from schema.context import MIN_VERSION_HEADER, Context, parse_min_version_header
 from schema.limits import Limits

@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.admin import Admin
-from app.auth import Authenticator, authenticator
+from app.auth import JwtAuthenticator, authenticator
 from app.ferretdb import (
     EmbeddedFerretDB,
     ReadStoreUnavailable,
@@ -147,7 +147,7 @@ class Services:
     relay: Relay | None = None
     follower: ProgressFollower | None = None
     # Verifies callers' tokens (app.auth); None in a relay-only process.
-    auth: Authenticator | None = None
+    auth: JwtAuthenticator | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # How this process's relays write to the read store (a rebuild's relay too).
     relay_options: RelayOptions = field(

@@ -165,7 +165,8 @@ def token(
 
     For development, scripts and GraphiQL (Headers: {"Authorization": "Bearer <token>"}).
     """
-    from app.auth import ADMIN, CUSTOMER, mint, signing_secret
+    from app.auth import mint, signing_secret
+    from domain.identity import ADMIN_ROLE, CUSTOMER_ROLE
 
     if admin == (customer is not None):
         typer.echo("give exactly one of --admin and --customer ID", err=True)
@@ -179,7 +180,7 @@ def token(
             err=True,
         )
         raise typer.Exit(code=2)
-    sub, roles = (subject, [ADMIN]) if customer is None else (customer, [CUSTOMER])
+    sub, roles = (subject, [ADMIN_ROLE]) if customer is None else (customer, [CUSTOMER_ROLE])
     issued = mint(
         secret, sub, roles, ttl,
         issuer=settings.shop_auth_issuer, audience=settings.shop_auth_audience,

@@ -8,8 +8,8 @@ from typing import Any, Protocol
 from graphql import GraphQLError
 from strawberry.types import Info as StrawberryInfo
 
-from app.auth import ANONYMOUS, Authenticator, Principal
 from domain.bus import CommandBus
+from domain.identity import ANONYMOUS, Authenticator, Principal
 from projections.feeds import Feeds
 from projections.progress import Progress
 from schema.throttle import Throttles
@@ -19,7 +19,8 @@ MIN_VERSION_HEADER = "x-min-version"
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """Why an admin action was not started: an ``ErrorCode`` name, a message, the input."""
+    """Why a call was refused (``schema.policy``) or an admin action not started
+    (``AdminActions``): an ``ErrorCode`` name, a message, and the input at fault."""
 
     code: str
     message: str
