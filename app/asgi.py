@@ -46,7 +46,7 @@ from app.bootstrap import Services, bootstrap
 from app.guards import TransportLimits
 from app.health import healthz, readyz
 from app.metrics import metrics, registry_for
-from app.request_id import RequestId
+from app.request_id import RequestId, current_request_id
 from app.settings import Role, Settings
 from domain import tracing as domain_tracing
 from domain.identity import ANONYMOUS
@@ -380,6 +380,7 @@ class ShopGraphQL(GraphQL[Context, None]):
             admin=services.admin,
             client=request.client.host if request.client else "",
             throttles=self.throttles,
+            request_id=current_request_id(),
         )
         if isinstance(request, WebSocket):
             # Authenticated once the client's connection_init arrives (see the handlers).

@@ -54,6 +54,9 @@ class Context:
     admin: AdminActions | None = field(default=None, repr=False)
     client: str = ""
     """The caller's address: what tells anonymous callers apart (schema.throttle)."""
+    request_id: str | None = None
+    """The request's (or WebSocket connection's) id, as its logs and ``X-Request-Id``
+    carry it: a masked fault names it (``schema.build``)."""
     throttles: Throttles | None = field(default=None, repr=False)
     # Set once the operation passed parsing, validation and variable coercion and began
     # to execute: GraphQL over HTTP answers a request that never got there with a 4xx.
