@@ -534,23 +534,5 @@ async def read_store_url(settings: Settings) -> AsyncIterator[str]:
         ferretdb.stop()
 
 
-@cli.command(
-    "bench",
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    add_help_option=False,
-)
-def bench_command(context: typer.Context) -> None:
-    """Runs the benchmarks (P1-P8) on fresh embedded stores; --help for their options."""
-    try:
-        from bench.cli import main as bench_main
-    except ImportError as error:
-        typer.echo(f"{error}: install the benchmark extras: pip install -e '.[bench]'", err=True)
-        raise typer.Exit(code=2) from error
-    import sys
-
-    sys.argv = ["cqrs-shop bench", *context.args]
-    bench_main()
-
-
 def main() -> None:
     cli()
