@@ -469,9 +469,9 @@ def status_command() -> None:
     from rich.table import Table
 
     from domain import outbox
-    from domain.model import relay_leases
     from projections.lease import holder_alive
     from projections.status import projection_states
+    from projections.tables import relay_leases
 
     settings = Settings()
     shop_logging.configure("WARNING", settings.log_format)

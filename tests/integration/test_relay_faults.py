@@ -22,7 +22,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from domain.bus import CommandBus
 from domain.commands import CreateProduct, RestockProduct
 from domain.events import RecordedEvent
-from domain.model import relay_leases
 from projections import checkpoints
 from projections import lease as lease_module
 from projections import rebuild as rebuild_module
@@ -34,6 +33,7 @@ from projections.readdb import ReadDatabase
 from projections.rebuild import REBUILD_LEASE, RebuildRunning, rebuild
 from projections.registry import all_projections
 from projections.relay import LeaseLost, ProjectionsFailed, Relay
+from projections.tables import relay_leases
 from tests.conftest import eventually
 from tests.integration.shop import Shop, snapshot
 
