@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.admin import ProjectionAdmin
 from app.auth import JwtAuthenticator, authenticator
+from app.bus_metrics import BUS_METRICS
 from app.ferretdb import (
     EmbeddedFerretDB,
     ReadStoreUnavailable,
@@ -205,7 +206,7 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
             engine=engine,
             mongo=mongo,
             db=db,
-            bus=CommandBus(engine),
+            bus=CommandBus(engine, observer=BUS_METRICS),
             progress=(progress := Progress(cache)),
             feeds=Feeds(progress),
             auth=auth,
