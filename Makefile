@@ -45,7 +45,7 @@ test-model: setup
 
 # make bench - P1-P9 on fresh embedded stores and P10 on the production topology, one table (bench/results/latest.json); ARGS=--quick
 bench: setup
-	$(BIN)/cqrs-shop bench $(ARGS)
+	$(BIN)/cqrs-shop-bench $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy

@@ -5,22 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.ferretdb import prepare_rebuild
 from projections.projection import Projection
 from projections.rebuild import RebuildRunning, rebuild, rebuild_running
 from projections.registry import projection_names, select
+from projections.relay import Relay, RelayOptions
 from projections.signals import request_resume
 from projections.status import projection_states
 from schema.context import Refusal
-
-if TYPE_CHECKING:
-    from app.bootstrap import Services
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +28,32 @@ log = logging.getLogger(__name__)
 START_WAIT = 10.0
 
 
-class Admin:
-    def __init__(self, services: Services) -> None:
-        self.services = services
+class ProjectionAdmin:
+    """The :class:`~schema.context.AdminActions` of this process, given what they use."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        read_store: AsyncDatabase[dict[str, Any]],
+        db: AsyncDatabase[dict[str, Any]],
+        *,
+        relay: Relay | None,
+        relay_options: RelayOptions,
+        prepared: Callable[[], Awaitable[None]],
+        tasks: set[asyncio.Task[None]],
+    ) -> None:
+        """``read_store`` is the read store's database as the CLI's rebuild sees it, without
+        this process's cache (the live relay empties the cache when it switches); ``db``
+        is what requests read. ``prepared`` is what a rebuild awaits once its fresh
+        collections exist; ``tasks`` holds the rebuilds started here (cancelled at
+        shutdown)."""
+        self.engine = engine
+        self.read_store = read_store
+        self.db = db
+        self.relay = relay
+        self.relay_options = relay_options
+        self.prepared = prepared
+        self.tasks = tasks
 
     async def rebuild_projections(self, names: list[str] | None) -> list[Refusal]:
         """Starts the CLI's blue-green rebuild in this process and answers once it shows as
@@ -47,15 +69,15 @@ class Admin:
         # The write store's lease, not the read store's mirror: it says who holds the
         # lease, whether they still renew it and when it expires.
         try:
-            running = await rebuild_running(self.services.engine, self._raw_db)
+            running = await rebuild_running(self.engine, self.read_store)
         except SQLAlchemyError as error:
             return [Refusal("UNAVAILABLE", f"the write store is unavailable: {error}")]
         if running is not None:
             return [Refusal("INVALID_STATE", str(running))]
         started = asyncio.Event()
         task = asyncio.create_task(self._rebuild(chosen, started), name="admin rebuild")
-        self.services.admin_tasks.add(task)
-        task.add_done_callback(self.services.admin_tasks.discard)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
         task.add_done_callback(_retrieved)  # its failure is logged in _rebuild
         waiting = asyncio.create_task(started.wait())
         try:
@@ -71,21 +93,13 @@ class Admin:
             return [Refusal("UNAVAILABLE", f"the rebuild failed to start: {failure!r}")]
         return []
 
-    @property
-    def _raw_db(self) -> AsyncDatabase[dict[str, Any]]:
-        """The read store's database without this process's cache: as the CLI's rebuild
-        sees it (the live relay empties the cache when it switches)."""
-        return self.services.mongo[self.services.settings.mongodb_database]
-
     async def _rebuild(self, chosen: list[Projection], started: asyncio.Event) -> None:
-        services = self.services
         names = ", ".join(p.name for p in chosen)
         log.warning("rebuilding %s (asked by an admin)", names)
         try:
             result = await rebuild(
-                services.engine, self._raw_db, chosen,
-                prepared=prepare_rebuild(services.settings), started=started.set,
-                **services.relay_options,
+                self.engine, self.read_store, chosen,
+                prepared=self.prepared, started=started.set, **self.relay_options,
             )  # fmt: skip
         except Exception as error:
             if not isinstance(error, RebuildRunning):
@@ -100,17 +114,17 @@ class Admin:
             known = ", ".join(projection_names())
             return [Refusal("VALIDATION_FAILED", f"no projection {name!r}; known: {known}", "name")]
         try:
-            states = {s.name: s for s in await projection_states(self.services.db)}
+            states = {s.name: s for s in await projection_states(self.db)}
         except PyMongoError as error:
             return [Refusal("UNAVAILABLE", f"the read store is unavailable: {error}")]
         if states[name].state != "STALLED":
             return [Refusal("INVALID_STATE", f"{name} is {states[name].state}, not STALLED")]
-        if self.services.relay is not None:
-            self.services.relay.retry_now()
+        if self.relay is not None:
+            self.relay.retry_now()
         try:
-            await request_resume(self.services.engine)
+            await request_resume(self.engine)
         except SQLAlchemyError as error:
-            if self.services.relay is None:
+            if self.relay is None:
                 return [Refusal("UNAVAILABLE", f"the write store is unavailable: {error}")]
         return []
 

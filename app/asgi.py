@@ -42,14 +42,14 @@ from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
 from app import graphiql, tracing
-from app.auth import ANONYMOUS
 from app.bootstrap import Services, bootstrap
 from app.guards import TransportLimits
 from app.health import healthz, readyz
 from app.metrics import metrics, registry_for
-from app.request_id import RequestId
+from app.request_id import RequestId, current_request_id
 from app.settings import Role, Settings
 from domain import tracing as domain_tracing
+from domain.identity import ANONYMOUS
 from schema.build import build_schema
 from schema.context import MIN_VERSION_HEADER, Context, parse_min_version_header
 from schema.limits import Limits
@@ -380,6 +380,7 @@ class ShopGraphQL(GraphQL[Context, None]):
             admin=services.admin,
             client=request.client.host if request.client else "",
             throttles=self.throttles,
+            request_id=current_request_id(),
         )
         if isinstance(request, WebSocket):
             # Authenticated once the client's connection_init arrives (see the handlers).

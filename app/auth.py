@@ -38,12 +38,10 @@ import httpx
 import jwt
 
 from app.settings import Settings
+from domain.identity import ANONYMOUS, ROLES, Principal
 
 log = logging.getLogger(__name__)
 
-ADMIN = "admin"
-CUSTOMER = "customer"
-ROLES = frozenset({ADMIN, CUSTOMER})
 SECRET_FILE = "auth-secret"
 HS256 = "HS256"
 # A provider's keys are kept this long, and fetched at most this often for an unknown key id.
@@ -56,70 +54,6 @@ BEARER = "bearer "
 # working within it; refusals are never remembered.
 VERIFIED_CACHE_SIZE = 4096
 VERIFIED_CACHE_SECONDS = 300.0
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """The caller: anonymous, a verified token's subject and roles, or a refused token."""
-
-    subject: str | None = None
-    roles: frozenset[str] = frozenset()
-    expires_at: float | None = None
-    # Why the token the caller presented was refused; None when it sent none or a good one.
-    refused: str | None = None
-
-    @property
-    def is_admin(self) -> bool:
-        return ADMIN in self.roles and self.valid()
-
-    @property
-    def customer_id(self) -> str | None:
-        """The customer this caller acts as, if it holds the customer role."""
-        return self.subject if CUSTOMER in self.roles and self.valid() else None
-
-    def valid(self, now: float | None = None) -> bool:
-        """Authenticated, and its token not expired (a socket's token expires while open)."""
-        if self.subject is None or self.refused is not None:
-            return False
-        return self.expires_at is None or (now or time.time()) < self.expires_at
-
-    def why_not_valid(self) -> str:
-        if self.refused is not None:
-            return self.refused
-        if self.subject is None:
-            return "this needs a bearer token (Authorization: Bearer <token>)"
-        return "the bearer token has expired"
-
-    @property
-    def order_scope(self) -> str | None:
-        """The only customer whose orders this caller may see: None for an admin, its own
-        id for a customer, and for anyone else an id no order has.
-
-        Decided by the verified roles alone, never by the clock: the policy admitted the
-        request when it began, and a token that expires while the request waits (for a
-        ``minVersion``, say) must not widen what it sees. (``customer_id`` and
-        ``is_admin`` turn None and False at expiry; an admin's None means "every order",
-        a customer's None must never.)
-        """
-        if self.subject is None or self.refused is not None:
-            return NO_ORDERS
-        if ADMIN in self.roles:
-            return None
-        return self.subject if CUSTOMER in self.roles else NO_ORDERS
-
-    @property
-    def idempotency_scope(self) -> str:
-        """Idempotency keys are per caller: another caller's key is not this caller's retry.
-
-        Anonymous callers share one scope (nothing tells them apart: use random keys), but
-        never the store's raw key space, so no client can forge another scope's stored key.
-        """
-        return f"sub:{self.subject}" if self.valid() else "anonymous"
-
-
-ANONYMOUS = Principal()
-# The order scope of a caller who may see no order: no customer id is empty.
-NO_ORDERS = ""
 
 
 class TokenRefused(Exception):
@@ -184,8 +118,9 @@ class _KeySet:
             self.fetched_at = time.monotonic()
 
 
-class Authenticator:
-    """Turns an ``Authorization`` value into a :class:`Principal`."""
+class JwtAuthenticator:
+    """Turns an ``Authorization`` value into a :class:`Principal` by verifying its bearer
+    token (the :class:`~domain.identity.Authenticator` of this server)."""
 
     def __init__(
         self,
@@ -199,7 +134,7 @@ class Authenticator:
         leeway: float = 0.0,
     ) -> None:
         if secret is None and jwks_url is None:
-            raise ValueError("an Authenticator needs a secret or a JWKS URL")
+            raise ValueError("a JwtAuthenticator needs a secret or a JWKS URL")
         self.secret = secret
         self.keys = (
             _KeySet(jwks_url, tuple(a for a in algorithms if a != HS256)) if jwks_url else None
@@ -324,7 +259,7 @@ def load_or_create_secret(data_dir: Path) -> str:
     return secret
 
 
-def authenticator(settings: Settings) -> Authenticator:
+def authenticator(settings: Settings) -> JwtAuthenticator:
     if settings.shop_auth_secret is None and not settings.shop_auth_jwks_url:
         log.warning(
             "tokens are checked with the development secret in %s (set SHOP_AUTH_JWKS_URL "
@@ -332,7 +267,7 @@ def authenticator(settings: Settings) -> Authenticator:
             "`--customer ID` and send it as 'Authorization: Bearer <token>'",
             settings.shop_data_dir / SECRET_FILE,
         )
-    return Authenticator(
+    return JwtAuthenticator(
         secret=signing_secret(settings),
         jwks_url=settings.shop_auth_jwks_url,
         algorithms=settings.shop_auth_algorithms,

@@ -17,13 +17,15 @@ from pymongo.errors import DuplicateKeyError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.admin import Admin
-from app.auth import Authenticator, authenticator
+from app.admin import ProjectionAdmin
+from app.auth import JwtAuthenticator, authenticator
+from app.bus_metrics import BUS_METRICS
 from app.ferretdb import (
     EmbeddedFerretDB,
     ReadStoreUnavailable,
     ensure_binary,
     index_document_ids,
+    prepare_rebuild,
 )
 from app.settings import Role, Settings
 from domain import idempotency
@@ -147,7 +149,7 @@ class Services:
     relay: Relay | None = None
     follower: ProgressFollower | None = None
     # Verifies callers' tokens (app.auth); None in a relay-only process.
-    auth: Authenticator | None = None
+    auth: JwtAuthenticator | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # How this process's relays write to the read store (a rebuild's relay too).
     relay_options: RelayOptions = field(
@@ -157,7 +159,7 @@ class Services:
     )
     # Rebuilds an admin started here (app.admin); cancelled at shutdown.
     admin_tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    admin: Admin | None = None
+    admin: ProjectionAdmin | None = None
 
     def background_failed(self) -> bool:
         return any(task.done() for task in self.tasks)
@@ -204,7 +206,7 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
             engine=engine,
             mongo=mongo,
             db=db,
-            bus=CommandBus(engine),
+            bus=CommandBus(engine, observer=BUS_METRICS),
             progress=(progress := Progress(cache)),
             feeds=Feeds(progress),
             auth=auth,
@@ -217,7 +219,6 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
                                   services.tasks)  # fmt: skip
         stack.push_async_callback(_within, stopping, "stopping rebuilds", _cancel_all,
                                   services.admin_tasks)  # fmt: skip
-        services.admin = Admin(services)
         feed = ProgressFeed(engine)
         if role in (Role.ALL, Role.RELAY):
             relay = Relay(
@@ -236,6 +237,11 @@ async def bootstrap(settings: Settings, role: Role = Role.ALL) -> AsyncIterator[
             services.relay = relay
             services.bus.on_commit(relay.wake)
             _spawn(services.tasks, relay.run(), "relay")
+        services.admin = ProjectionAdmin(
+            engine, mongo[settings.mongodb_database], db,
+            relay=services.relay, relay_options=services.relay_options,
+            prepared=prepare_rebuild(settings), tasks=services.admin_tasks,
+        )  # fmt: skip
         # Progress comes from the local relay while it holds the lease; otherwise (api role,
         # or a standby relay) from the feed another process's relay publishes.
         local = services.relay

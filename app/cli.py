@@ -165,7 +165,8 @@ def token(
 
     For development, scripts and GraphiQL (Headers: {"Authorization": "Bearer <token>"}).
     """
-    from app.auth import ADMIN, CUSTOMER, mint, signing_secret
+    from app.auth import mint, signing_secret
+    from domain.identity import ADMIN_ROLE, CUSTOMER_ROLE
 
     if admin == (customer is not None):
         typer.echo("give exactly one of --admin and --customer ID", err=True)
@@ -179,7 +180,7 @@ def token(
             err=True,
         )
         raise typer.Exit(code=2)
-    sub, roles = (subject, [ADMIN]) if customer is None else (customer, [CUSTOMER])
+    sub, roles = (subject, [ADMIN_ROLE]) if customer is None else (customer, [CUSTOMER_ROLE])
     issued = mint(
         secret, sub, roles, ttl,
         issuer=settings.shop_auth_issuer, audience=settings.shop_auth_audience,
@@ -468,9 +469,9 @@ def status_command() -> None:
     from rich.table import Table
 
     from domain import outbox
-    from domain.model import relay_leases
     from projections.lease import holder_alive
     from projections.status import projection_states
+    from projections.tables import relay_leases
 
     settings = Settings()
     shop_logging.configure("WARNING", settings.log_format)
@@ -531,24 +532,6 @@ async def read_store_url(settings: Settings) -> AsyncIterator[str]:
         yield await asyncio.to_thread(ferretdb.start)
     finally:
         ferretdb.stop()
-
-
-@cli.command(
-    "bench",
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    add_help_option=False,
-)
-def bench_command(context: typer.Context) -> None:
-    """Runs the benchmarks (P1-P8) on fresh embedded stores; --help for their options."""
-    try:
-        from bench.cli import main as bench_main
-    except ImportError as error:
-        typer.echo(f"{error}: install the benchmark extras: pip install -e '.[bench]'", err=True)
-        raise typer.Exit(code=2) from error
-    import sys
-
-    sys.argv = ["cqrs-shop bench", *context.args]
-    bench_main()
 
 
 def main() -> None:

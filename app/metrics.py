@@ -10,9 +10,8 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app import guards, http
+from app import bus_metrics, guards, http
 from app.bootstrap import Services
-from domain import bus
 from projections.registry import projection_names
 from projections.relay import BATCH_SECONDS, Relay
 from schema import metrics as schema_metrics
@@ -106,7 +105,7 @@ def _subscription_metrics() -> Iterator[CounterMetricFamily]:
 
 # Measured where they happen (prometheus_client instruments, process-wide).
 INSTRUMENTS = (
-    *bus.INSTRUMENTS, BATCH_SECONDS, *schema_metrics.INSTRUMENTS,
+    *bus_metrics.INSTRUMENTS, BATCH_SECONDS, *schema_metrics.INSTRUMENTS,
     subscriptions.OPEN_SUBSCRIPTIONS, guards.OPEN_SOCKETS, http.REFUSED,
 )  # fmt: skip
 

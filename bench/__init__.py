@@ -1,1 +1,1 @@
-"""Benchmarks: each measure next to its limit, in one run. ``cqrs-shop bench`` runs them."""
+"""Benchmarks: each measure next to its limit, in one run. ``cqrs-shop-bench`` runs them."""

@@ -1,4 +1,5 @@
-"""``cqrs-shop bench``: P1-P9 on fresh embedded stores, P10 on the production topology."""
+"""``cqrs-shop-bench`` (or ``python -m bench``): P1-P9 on fresh embedded stores, P10 on the
+production topology."""
 
 from __future__ import annotations
 

@@ -23,8 +23,9 @@ import aiohttp
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
-from app.auth import ADMIN, mint
+from app.auth import mint
 from app.ferretdb import EmbeddedFerretDB, ensure_binary, free_port, index_document_ids
+from domain.identity import ADMIN_ROLE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +43,7 @@ BENCH_SECRET = "bench-secret-not-for-production-0123456789"
 
 
 def admin_token() -> str:
-    return mint(BENCH_SECRET, "bench", [ADMIN], ttl=24 * 3600)
+    return mint(BENCH_SECRET, "bench", [ADMIN_ROLE], ttl=24 * 3600)
 
 
 @dataclass

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from pymongo import AsyncMongoClient, InsertOne, UpdateOne
 from pymongo.errors import BulkWriteError
 
-from app.auth import ADMIN, mint
+from app.auth import mint
 from app.bootstrap import ReadStore
 from bench import profile
 from bench.harness import (
@@ -47,6 +47,7 @@ from domain import model, outbox
 from domain.bus import CommandBus
 from domain.commands import AddressData, RegisterCustomer
 from domain.events import CUSTOMER_REGISTERED, ORDER_PLACED, RecordedEvent
+from domain.identity import ADMIN_ROLE
 from domain.store import create_engine, create_schema
 from projections import history
 from projections.cache import ReadCache
@@ -359,7 +360,7 @@ def refusal_probes() -> list[Probe]:
               graphql_body(ADMIN_MUTATION), ANONYMOUS),
         Probe("bad-token", "restockProduct, token signed with another key",
               "200 UNAUTHENTICATED", graphql_body(ADMIN_MUTATION),
-              mint(OTHER_SECRET, "bench", [ADMIN], ttl=24 * 3600)),
+              mint(OTHER_SECRET, "bench", [ADMIN_ROLE], ttl=24 * 3600)),
     ]  # fmt: skip
 
 

@@ -1,6 +1,6 @@
 """Where a server's time goes during a measure: py-spy samples, summed by package.
 
-``cqrs-shop bench --profile`` samples the server process while P1 and P4 run
+``cqrs-shop-bench --profile`` samples the server process while P1 and P4 run
 and keeps the raw stacks (collapsed format, one ``frame;frame;... count`` line per
 stack) next to the results, for a flame graph (``py-spy``/speedscope read them).
 """

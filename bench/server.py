@@ -19,7 +19,7 @@ from schema.build import build_schema
 from schema.consistency import wait_for
 from schema.context import Info
 from schema.mutations import Mutation
-from schema.policy import ADMIN, ANYONE
+from schema.policy import ADMINS, ANYONE
 from schema.queries import PRODUCTS, Query
 from schema.scalars import Version
 from schema.types import Product, given
@@ -58,7 +58,7 @@ def main() -> None:
     shop_logging.configure(settings.log_level, settings.log_format)
     # The no-op query is as open as a product query (P4), the no-op mutation needs the
     # same admin token as the commands it is compared with (P1).
-    policies = {"Query.noop": ANYONE, "Query.productFromStore": ANYONE, "Mutation.noop": ADMIN}
+    policies = {"Query.noop": ANYONE, "Query.productFromStore": ANYONE, "Mutation.noop": ADMINS}
     schema = build_schema(BenchQuery, BenchMutation, limits=limits_of(settings), policies=policies)
     app = create_app(settings, Role(args.role), schema)
     uvicorn.Server(uvicorn_config(app, "127.0.0.1", args.port, settings)).run()

@@ -10,10 +10,9 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry import trace
-from prometheus_client import Histogram
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -50,24 +49,27 @@ ATTEMPTS = 5
 _RUN_AGAIN_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock, serialization failure
 
 
-# Seconds to an answer, from fast reads to commands waiting on a busy store (the
-# GraphQL operations' histogram uses them too).
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-COMMAND_SECONDS = Histogram(
-    "shop_command_duration_seconds",
-    "Time from a command's arrival at the bus to its answer, by command and outcome "
-    "(accepted, rejected: a DomainError, failed, cancelled)",
-    ["command", "outcome"],
-    buckets=LATENCY_BUCKETS,
-    registry=None,
-)
-GROUP_SIZE = Histogram(
-    "shop_command_group_size",
-    "Commands written together in one transaction (group commit)",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
-    registry=None,
-)
-INSTRUMENTS = (COMMAND_SECONDS, GROUP_SIZE)
+class BusObserver(Protocol):
+    """What the bus tells whoever measures it (``app.bus_metrics``); it measures nothing
+    itself."""
+
+    def answered(self, command: str, outcome: str, seconds: float) -> None:
+        """A command was answered after ``seconds``: ``outcome`` is accepted, rejected (a
+        DomainError), failed or cancelled."""
+
+    def grouped(self, size: int) -> None:
+        """``size`` commands are written together in one transaction (group commit)."""
+
+
+class _Unobserved:
+    def answered(self, command: str, outcome: str, seconds: float) -> None:
+        pass
+
+    def grouped(self, size: int) -> None:
+        pass
+
+
+UNOBSERVED: BusObserver = _Unobserved()
 
 
 def _transaction_span(group: list[_Request]) -> AbstractContextManager[trace.Span | None]:
@@ -209,8 +211,10 @@ class CommandBus:
         *,
         group_commit: bool = True,
         max_group: int = 64,
+        observer: BusObserver = UNOBSERVED,
     ) -> None:
         self.engine = engine
+        self.observer = observer
         self.handlers = handlers
         self.clock = clock
         self.group_commit = group_commit
@@ -260,7 +264,7 @@ class CommandBus:
             outcome = "cancelled"
             raise
         finally:
-            COMMAND_SECONDS.labels(name, outcome).observe(time.perf_counter() - began)
+            self.observer.answered(name, outcome, time.perf_counter() - began)
 
     async def _execute(
         self,
@@ -291,7 +295,7 @@ class CommandBus:
         while self._pending:
             group = self._pending[: self.max_group]
             del self._pending[: len(group)]
-            GROUP_SIZE.observe(len(group))
+            self.observer.grouped(len(group))
             try:
                 await self._write_group(group)
             except BaseException as error:  # never leave a caller waiting

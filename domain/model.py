@@ -1,4 +1,7 @@
-"""The relational write model: normalised state rows, the outbox and idempotency keys."""
+"""The relational write model: normalised state rows, the outbox and idempotency keys.
+
+The relay's tables share the write store but are declared with the relay
+(``projections.tables``)."""
 
 from __future__ import annotations
 
@@ -121,28 +124,4 @@ idempotency_keys = sa.Table(
     sa.Column("request_hash", sa.String(64), nullable=False),
     sa.Column("result", sa.JSON, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False, index=True),
-)
-
-# The relay's progress feed (projections.signals): one row per batch, read by every
-# process that serves reads; pruned by the relay.
-relay_progress = sa.Table(
-    "relay_progress",
-    metadata,
-    sa.Column("id", Position, primary_key=True, autoincrement=True),
-    sa.Column("body", sa.JSON, nullable=False),
-)
-
-# Leases of the relay and of rebuilds (``projections.lease``). They live in the write
-# store because its conditional UPDATEs are atomic: FerretDB 1.24 finds a document
-# and then replaces it by _id, so a compare-and-set on a Mongo document can let two
-# processes in. Times are the database's own clock, in seconds since 1970.
-relay_leases = sa.Table(
-    "relay_leases",
-    metadata,
-    sa.Column("name", sa.String(50), primary_key=True),
-    sa.Column("owner", sa.String(36)),
-    sa.Column("epoch", sa.BigInteger, nullable=False),
-    sa.Column("expires_at", sa.Float, nullable=False),
-    sa.Column("handover_to", sa.String(36)),
-    sa.Column("handover_until", sa.Float, nullable=False),
 )

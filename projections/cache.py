@@ -1,7 +1,7 @@
 """A versioned in-process cache of read-model documents, kept exact by the relay's change keys.
 
-Every read of a query or subscription used to be a read-store round trip (0.6-2 ms
-on FerretDB), even for a document that had not changed in an hour. This cache keeps
+Without it every read of a query or subscription is a read-store round trip (0.6-2 ms
+on FerretDB), even for a document that has not changed in an hour. This cache keeps
 documents (by ``_id``) and small query results in memory, bounded in bytes with LRU
 eviction, and drops them the moment this process learns they may have changed.
 

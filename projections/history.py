@@ -3,8 +3,8 @@
 ``orderHistory`` needs a customer's orders, newest first, each complete (lines,
 status, the customer's current name). FerretDB 1.24 serves only ``_id`` lookups
 from an index, so the page must come from documents whose ``_id`` the reader can
-name. Until this model, a page was the customer's list of order ids, then one
-lookup per order: 21 round trips.
+name. A page that lists the customer's order ids and then looks each order up would
+take 21 round trips.
 
 **Buckets** (MongoDB's bucket pattern). Every OrderPlaced event carries the
 customer's order number n (``customerOrderNumber``: 1 for the first, counted by the

@@ -41,7 +41,7 @@ from pymongo.errors import PyMongoError
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from domain.model import relay_leases
+from projections.tables import relay_leases
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ under a reader: FerretDB 1.24 has no atomic ``renameCollection`` with
 :class:`ReadDatabase` is the database every reader and the live relay use: it
 resolves a read model's name to the collection that serves it now. Each process
 learns of a switch from the checkpoints (its relay at the start of a tenure, or
-its ``CheckpointFollower``) *before* it learns of the new position, so a reader
+its ``ProgressFollower``) *before* it learns of the new position, so a reader
 waiting for a version reads the collection that holds it. The replaced collections
 are dropped by the rebuild after a grace period, by when every process has switched.
 """

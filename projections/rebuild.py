@@ -49,7 +49,8 @@ REBUILD_TTL = 10.0
 WATCH_INTERVAL = 0.25
 GENERATION = "__g"
 HANDOVER_TIMEOUT = 60.0
-# Longer than any process takes to learn of a switch (CheckpointFollower: 1 s at most).
+# Longer than any process takes to learn of a switch (a ProgressFollower reads the
+# checkpoints at least once a second).
 GRACE = 10.0
 
 Db = AsyncDatabase[dict[str, Any]]

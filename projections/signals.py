@@ -44,8 +44,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from domain.model import relay_progress
 from domain.outbox import OUTBOX_CHANNEL
+from projections.tables import relay_progress
 
 log = logging.getLogger(__name__)
 

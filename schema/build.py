@@ -17,7 +17,6 @@ from strawberry.types.base import StrawberryObjectDefinition
 from strawberry.types.execution import PreExecutionError
 from strawberry.types.graphql import OperationType
 
-from app.request_id import current_request_id
 from schema.errors import REQUEST_REFUSALS
 from schema.limits import DocumentCache, DocumentLimits, LimitExceeded, Limits
 from schema.metrics import OperationMetrics
@@ -85,7 +84,7 @@ class ShopSchema(strawberry.Schema):
         coded errors) are logged at debug."""
         for error in errors:
             if is_fault(error):
-                request_id = current_request_id() or uuid.uuid4().hex
+                request_id = request_id_of(execution_context)
                 log.error(
                     "unexpected error in %s (request %s): %s",
                     ".".join(str(p) for p in error.path or ()) or "the operation",
@@ -98,6 +97,14 @@ class ShopSchema(strawberry.Schema):
             else:
                 code = (error.extensions or {}).get("code")
                 log.debug("GraphQL error %s: %s", code or "INVALID_DOCUMENT", error.message)
+
+
+def request_id_of(execution_context: ExecutionContext | None) -> str:
+    """The id the application gave the request (``Context.request_id``), or a new one for
+    a request that came without (a schema executed directly, as in tests)."""
+    context = execution_context.context if execution_context is not None else None
+    given = getattr(context, "request_id", None)
+    return given if isinstance(given, str) and given else uuid.uuid4().hex
 
 
 def is_fault(error: GraphQLError) -> bool:

@@ -8,8 +8,8 @@ from typing import Any, Protocol
 from graphql import GraphQLError
 from strawberry.types import Info as StrawberryInfo
 
-from app.auth import ANONYMOUS, Authenticator, Principal
 from domain.bus import CommandBus
+from domain.identity import ANONYMOUS, Authenticator, Principal
 from projections.feeds import Feeds
 from projections.progress import Progress
 from schema.throttle import Throttles
@@ -19,7 +19,8 @@ MIN_VERSION_HEADER = "x-min-version"
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """Why an admin action was not started: an ``ErrorCode`` name, a message, the input."""
+    """Why a call was refused (``schema.policy``) or an admin action not started
+    (``AdminActions``): an ``ErrorCode`` name, a message, and the input at fault."""
 
     code: str
     message: str
@@ -53,6 +54,9 @@ class Context:
     admin: AdminActions | None = field(default=None, repr=False)
     client: str = ""
     """The caller's address: what tells anonymous callers apart (schema.throttle)."""
+    request_id: str | None = None
+    """The request's (or WebSocket connection's) id, as its logs and ``X-Request-Id``
+    carry it: a masked fault names it (``schema.build``)."""
     throttles: Throttles | None = field(default=None, repr=False)
     # Set once the operation passed parsing, validation and variable coercion and began
     # to execute: GraphQL over HTTP answers a request that never got there with a 4xx.

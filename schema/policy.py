@@ -33,17 +33,12 @@ from graphql import GraphQLError, OperationType
 from strawberry.extensions import FieldExtension
 from strawberry.types import Info
 
-from app.auth import ANONYMOUS, Principal
+from domain.identity import ANONYMOUS, Principal
+from schema.context import Refusal
 from schema.types import CommandResult, ErrorCode, UserError
 
 UNAUTHENTICATED = "UNAUTHENTICATED"
 FORBIDDEN = "FORBIDDEN"
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    code: str
-    message: str
 
 
 class Policy:
@@ -75,7 +70,7 @@ class Anyone(Policy):
         return False
 
 
-class Admin(Policy):
+class Admins(Policy):
     description = "admins"
 
     def refusal(self, principal: Principal, arguments: Mapping[str, Any]) -> Refusal | None:
@@ -127,7 +122,7 @@ def _at(arguments: Mapping[str, Any], path: str) -> Any:
 
 
 ANYONE = Anyone()
-ADMIN = Admin()
+ADMINS = Admins()
 OWN_ORDER = OwnOrder()
 
 POLICIES: Mapping[str, Policy] = {
@@ -148,20 +143,20 @@ POLICIES: Mapping[str, Policy] = {
     "Mutation.renameCustomer": OwnCustomer("id"),
     "Mutation.updateCustomerAddress": OwnCustomer("id"),
     # Running the shop.
-    "Query.shippingQueue": ADMIN,
-    "Query.dashboard": ADMIN,
-    "Query.auditTrail": ADMIN,
-    "Query.projections": ADMIN,
-    "Subscription.dashboardUpdated": ADMIN,
-    "Subscription.events": ADMIN,
-    "Mutation.createProduct": ADMIN,
-    "Mutation.updateProduct": ADMIN,
-    "Mutation.changeProductPrice": ADMIN,
-    "Mutation.restockProduct": ADMIN,
-    "Mutation.discontinueProduct": ADMIN,
-    "Mutation.shipOrder": ADMIN,
-    "Mutation.rebuildProjections": ADMIN,
-    "Mutation.resumeProjection": ADMIN,
+    "Query.shippingQueue": ADMINS,
+    "Query.dashboard": ADMINS,
+    "Query.auditTrail": ADMINS,
+    "Query.projections": ADMINS,
+    "Subscription.dashboardUpdated": ADMINS,
+    "Subscription.events": ADMINS,
+    "Mutation.createProduct": ADMINS,
+    "Mutation.updateProduct": ADMINS,
+    "Mutation.changeProductPrice": ADMINS,
+    "Mutation.restockProduct": ADMINS,
+    "Mutation.discontinueProduct": ADMINS,
+    "Mutation.shipOrder": ADMINS,
+    "Mutation.rebuildProjections": ADMINS,
+    "Mutation.resumeProjection": ADMINS,
 }
 
 NO_POLICY = Refusal(FORBIDDEN, "no policy allows this field")
@@ -188,7 +183,9 @@ class Authorize(FieldExtension):
 
     def _refuse(self, info: Info, refusal: Refusal) -> Any:
         if info.operation.operation is OperationType.MUTATION and _answers_commands(info):
-            error = UserError(code=ErrorCode(refusal.code), message=refusal.message, field=None)
+            error = UserError(
+                code=ErrorCode(refusal.code), message=refusal.message, field=refusal.field
+            )
             return CommandResult.failed([error])
         raise GraphQLError(refusal.message, extensions={"code": refusal.code})
 

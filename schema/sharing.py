@@ -1,7 +1,7 @@
 """Subscriptions executed once per change, not once per subscriber.
 
-A change to a product watched by 5,000 clients used to run the subscription's
-selection set 5,000 times on the same document. Here every subscriber of one
+Executed per subscriber, a change to a product watched by 5,000 clients would run the
+subscription's selection set 5,000 times on the same document. Here every subscriber of one
 document gets the *same* payload object for a version (:func:`shared_payload`), and
 the per-event execution is keyed by (payload, operation, variables)
 (:class:`SharedEventExecutor`): the first subscriber to reach a change executes the

@@ -11,7 +11,7 @@ its settings from ``[tool.alembic]`` in ``pyproject.toml``.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +24,7 @@ from alembic.runtime.migration import MigrationContext, MigrationInfo
 from alembic.script import ScriptDirectory
 from alembic.script.revision import ResolutionError
 
-from domain.model import UTCDateTime, metadata
+from domain.model import UTCDateTime
 
 HERE = Path(__file__).parent
 # The schema that ``metadata.create_all`` made at every start before there were
@@ -82,14 +82,19 @@ def head() -> str:
     return newest
 
 
-def context_options(dialect_name: str) -> dict[str, Any]:
+def context_options(
+    dialect_name: str, target_metadata: Sequence[sa.MetaData] = ()
+) -> dict[str, Any]:
     """How Alembic compares and renders our schema: one place for the server, the
     command line's autogenerate and the test that models and migrations agree.
 
+    ``target_metadata`` is the schema to compare the store with: every table of the
+    write store, the write model's and the relay's (``projections.tables.WRITE_STORE``,
+    which ``[tool.alembic]`` names for the command line). Running revisions needs none.
     SQLite alters most things only by copying a table, hence batch mode there.
     """
     return {
-        "target_metadata": metadata,
+        "target_metadata": list(target_metadata) or None,
         "render_as_batch": dialect_name == "sqlite",
         "compare_type": True,
         "compare_server_default": True,

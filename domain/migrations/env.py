@@ -3,12 +3,18 @@ the write store is ``-x url=…`` or ``$DATABASE_URL``.
 
 The server and ``cqrs-shop migrate`` do not come through here: they run
 :func:`domain.migrations.upgrade` under the schema lock (``domain.store``).
+
+The schema to compare the store with is ``target_metadata`` in ``[tool.alembic]``
+(``module:name``): the write store holds the relay's tables too, declared above this
+package (``projections.tables``), so the configuration names them, not an import here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import context
@@ -24,8 +30,17 @@ def _url() -> str:
     return url
 
 
+def _target() -> Sequence[sa.MetaData]:
+    where = context.config.get_alembic_option("target_metadata")
+    if not isinstance(where, str) or ":" not in where:
+        raise SystemExit("[tool.alembic] target_metadata must name the schema as module:name")
+    module, name = where.split(":", 1)
+    target: Sequence[sa.MetaData] = getattr(importlib.import_module(module), name)
+    return target
+
+
 def _run(connection: sa.Connection) -> None:
-    context.configure(connection=connection, **context_options(connection.dialect.name))
+    context.configure(connection=connection, **context_options(connection.dialect.name, _target()))
     with context.begin_transaction():
         context.run_migrations()
 
@@ -44,7 +59,7 @@ async def _run_online(url: str) -> None:
 if context.is_offline_mode():
     url = _url()
     dialect = sa.make_url(url).get_dialect().name
-    context.configure(url=url, literal_binds=True, **context_options(dialect))
+    context.configure(url=url, literal_binds=True, **context_options(dialect, _target()))
     with context.begin_transaction():
         context.run_migrations()
 else:

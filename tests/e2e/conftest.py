@@ -16,8 +16,9 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from app.auth import ADMIN, CUSTOMER, mint
+from app.auth import mint
 from app.ferretdb import free_port
+from domain.identity import ADMIN_ROLE, CUSTOMER_ROLE
 from tests.e2e import forkserver
 from tests.e2e.forkserver import ForkedProcess
 
@@ -28,11 +29,11 @@ SECRET = "e2e-test-secret-0123456789abcdef0123"
 
 
 def admin_token(ttl: float = 3600) -> str:
-    return mint(SECRET, "admin", [ADMIN], ttl)
+    return mint(SECRET, "admin", [ADMIN_ROLE], ttl)
 
 
 def customer_token(customer_id: str, ttl: float = 3600) -> str:
-    return mint(SECRET, customer_id, [CUSTOMER], ttl)
+    return mint(SECRET, customer_id, [CUSTOMER_ROLE], ttl)
 
 
 def bearer(token: str | None) -> dict[str, str]:

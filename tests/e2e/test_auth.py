@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from app.auth import ADMIN, SECRET_FILE
+from app.auth import SECRET_FILE
+from domain.identity import ADMIN_ROLE
 from tests.e2e.conftest import (
     ROOT,
     SECRET,
@@ -53,7 +54,7 @@ PLACE_WITH_KEY = """mutation($customer: ID!, $product: ID!, $key: String) {
     success id version errors { code field message } } }"""
 
 
-def expired_token(subject: str = "admin", roles: tuple[str, ...] = (ADMIN,)) -> str:
+def expired_token(subject: str = "admin", roles: tuple[str, ...] = (ADMIN_ROLE,)) -> str:
     now = int(time.time())
     claims = {"sub": subject, "roles": list(roles), "iat": now - 120, "exp": now - 60}
     return jwt.encode(claims, SECRET, algorithm="HS256")

@@ -22,7 +22,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from domain.bus import CommandBus
 from domain.commands import CreateProduct, RestockProduct
 from domain.events import RecordedEvent
-from domain.model import relay_leases
 from projections import checkpoints
 from projections import lease as lease_module
 from projections import rebuild as rebuild_module
@@ -34,6 +33,7 @@ from projections.readdb import ReadDatabase
 from projections.rebuild import REBUILD_LEASE, RebuildRunning, rebuild
 from projections.registry import all_projections
 from projections.relay import LeaseLost, ProjectionsFailed, Relay
+from projections.tables import relay_leases
 from tests.conftest import eventually
 from tests.integration.shop import Shop, snapshot
 
@@ -366,7 +366,7 @@ async def test_a_relay_paused_before_a_bulk_write_writes_nothing_once_another_to
 async def test_a_relay_that_lost_its_lease_stands_by_without_its_back_offs(
     bus: CommandBus, engine: AsyncEngine, db: Db
 ) -> None:
-    """A projection's pending retry used to make a standby relay poll without pause."""
+    """A projection's pending retry does not make a standby relay poll without pause."""
     await create(bus)
 
     class Broken:
@@ -390,7 +390,8 @@ async def test_a_tenure_moves_past_an_epoch_its_checkpoints_already_carry(
     bus: CommandBus, engine: AsyncEngine, db: Db
 ) -> None:
     """Checkpoints fenced by an epoch the lease no longer knows (the write store restored
-    from a backup): the relay used to hold the lease, refused, forever."""
+    from a backup): the relay starts a new tenure instead of holding the lease, refused,
+    forever."""
     await create(bus)
     relay = make_relay(engine, db)
     await relay.setup()
@@ -439,8 +440,8 @@ async def test_a_holder_cannot_renew_while_a_handover_is_asked_for(
 async def test_releasing_the_lease_never_waits_on_an_unreachable_read_store(
     engine: AsyncEngine, db: Db
 ) -> None:
-    """The mirror used to be written inside the write store's transaction: a read store
-    outage held the write lock (commands failed) and undid the release."""
+    """The mirror is written outside the write store's transaction: a read store outage
+    neither holds the write lock (commands go on) nor undoes the release."""
     unreachable: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         "mongodb://127.0.0.1:9", serverSelectionTimeoutMS=200
     )
@@ -456,7 +457,7 @@ async def test_releasing_the_lease_never_waits_on_an_unreachable_read_store(
 async def test_a_relay_whose_lease_cannot_be_renewed_stops_saying_it_runs(
     bus: CommandBus, engine: AsyncEngine, db: Db, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """/readyz asks the relay whether it runs; it said yes long after its lease lapsed."""
+    """/readyz asks the relay whether it runs; it says no once its lease lapses."""
     relay = make_relay(engine, db, lease=Lease(engine, db, ttl=0.2), poll_interval=0.01)
     running = asyncio.create_task(relay.run())
     try:

@@ -15,13 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from domain.bus import CommandBus
 from domain.commands import CreateProduct, RestockProduct
-from domain.model import relay_progress
 from domain.store import create_engine
 from projections import checkpoints
 from projections.products import ProductsProjection
 from projections.progress import Progress, ProgressFollower
 from projections.relay import Relay
 from projections.signals import Advance, ProgressFeed, WriteStoreSignals, request_resume
+from projections.tables import relay_progress
 from tests.conftest import eventually
 
 Db = AsyncDatabase[dict[str, Any]]

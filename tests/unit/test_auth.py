@@ -29,19 +29,15 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 import app.auth
 from app.auth import (
-    ADMIN,
-    ANONYMOUS,
-    CUSTOMER,
     JWKS_LIFETIME,
     JWKS_MIN_REFRESH,
-    NO_ORDERS,
     SECRET_FILE,
-    Authenticator,
-    Principal,
+    JwtAuthenticator,
     load_or_create_secret,
     mint,
 )
 from app.ferretdb import free_port
+from domain.identity import ADMIN_ROLE, ANONYMOUS, CUSTOMER_ROLE, NO_ORDERS, Principal
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "unit-test-secret-0123456789abcdef"
@@ -51,7 +47,7 @@ OTHER_SECRET = "another-secret-0123456789abcdef!"
 def claims(**overrides: Any) -> dict[str, Any]:
     """A good token's claims (expiring in an hour); ``None`` drops a claim."""
     now = int(time.time())
-    base: dict[str, Any] = {"sub": "c-1", "roles": [CUSTOMER], "iat": now, "exp": now + 3600}
+    base: dict[str, Any] = {"sub": "c-1", "roles": [CUSTOMER_ROLE], "iat": now, "exp": now + 3600}
     base.update(overrides)
     return {k: v for k, v in base.items() if v is not None}
 
@@ -72,7 +68,7 @@ def handmade(
     return f"{signing_input}.{b64url(sign(signing_input.encode()))}"
 
 
-async def check(authenticator: Authenticator, token: str) -> Principal:
+async def check(authenticator: JwtAuthenticator, token: str) -> Principal:
     return await authenticator.principal(f"Bearer {token}")
 
 
@@ -92,24 +88,24 @@ def assert_refused(principal: Principal, *why: str) -> None:
 
 
 async def test_a_good_hs256_token_names_its_subject_roles_and_expiry() -> None:
-    auth = Authenticator(secret=SECRET)
+    auth = JwtAuthenticator(secret=SECRET)
     exp = int(time.time()) + 600
-    principal = await check(auth, hs256(sub="c-42", roles=[CUSTOMER], exp=exp))
-    assert principal == Principal(subject="c-42", roles=frozenset({CUSTOMER}), expires_at=exp)
+    principal = await check(auth, hs256(sub="c-42", roles=[CUSTOMER_ROLE], exp=exp))
+    assert principal == Principal(subject="c-42", roles=frozenset({CUSTOMER_ROLE}), expires_at=exp)
     assert principal.valid()
     assert principal.customer_id == "c-42"
     assert not principal.is_admin
-    admin = await check(auth, hs256(sub="root", roles=[ADMIN]))
+    admin = await check(auth, hs256(sub="root", roles=[ADMIN_ROLE]))
     assert (admin.subject, admin.roles, admin.is_admin, admin.customer_id) == (
-        "root", frozenset({ADMIN}), True, None
+        "root", frozenset({ADMIN_ROLE}), True, None
     )  # fmt: skip
 
 
 async def test_the_bearer_scheme_is_case_insensitive_and_mint_makes_good_tokens() -> None:
-    auth = Authenticator(secret=SECRET, issuer="https://shop", audience="shop-api")
-    token = mint(SECRET, "c-7", [CUSTOMER], 60, issuer="https://shop", audience="shop-api")
+    auth = JwtAuthenticator(secret=SECRET, issuer="https://shop", audience="shop-api")
+    token = mint(SECRET, "c-7", [CUSTOMER_ROLE], 60, issuer="https://shop", audience="shop-api")
     principal = await auth.principal(f"  bearer   {token}  ")
-    assert (principal.subject, principal.roles) == ("c-7", frozenset({CUSTOMER}))
+    assert (principal.subject, principal.roles) == ("c-7", frozenset({CUSTOMER_ROLE}))
     assert principal.expires_at is not None
     assert 55 <= principal.expires_at - time.time() <= 61
     assert await auth.principal(None) is ANONYMOUS
@@ -117,11 +113,11 @@ async def test_the_bearer_scheme_is_case_insensitive_and_mint_makes_good_tokens(
 
 
 async def test_unknown_roles_are_dropped_and_a_string_of_roles_is_split() -> None:
-    auth = Authenticator(secret=SECRET)
-    mixed = await check(auth, hs256(roles=[ADMIN, "superuser", 3, None, "Customer"]))
-    assert mixed.roles == frozenset({ADMIN})
+    auth = JwtAuthenticator(secret=SECRET)
+    mixed = await check(auth, hs256(roles=[ADMIN_ROLE, "superuser", 3, None, "Customer"]))
+    assert mixed.roles == frozenset({ADMIN_ROLE})
     spaced = await check(auth, hs256(roles="admin customer root"))
-    assert spaced.roles == frozenset({ADMIN, CUSTOMER})
+    assert spaced.roles == frozenset({ADMIN_ROLE, CUSTOMER_ROLE})
     for nothing in (None, {"admin": True}, 7):
         principal = await check(auth, hs256(roles=nothing))
         assert principal.valid()
@@ -131,27 +127,27 @@ async def test_unknown_roles_are_dropped_and_a_string_of_roles_is_split() -> Non
 
 
 async def test_a_nested_roles_claim_is_read_through_its_dotted_path() -> None:
-    auth = Authenticator(secret=SECRET, roles_claim="realm_access.roles")
-    token = hs256(roles=None, realm_access={"roles": ["offline_access", ADMIN]})
-    assert (await check(auth, token)).roles == frozenset({ADMIN})
+    auth = JwtAuthenticator(secret=SECRET, roles_claim="realm_access.roles")
+    token = hs256(roles=None, realm_access={"roles": ["offline_access", ADMIN_ROLE]})
+    assert (await check(auth, token)).roles == frozenset({ADMIN_ROLE})
     # The top-level claim is not read when the path is nested.
-    assert (await check(auth, hs256(roles=[ADMIN]))).roles == frozenset()
+    assert (await check(auth, hs256(roles=[ADMIN_ROLE]))).roles == frozenset()
     assert (await check(auth, hs256(roles=None, realm_access="admin"))).roles == frozenset()
 
 
 async def test_leeway_accepts_a_just_expired_token_and_extends_its_expiry() -> None:
     exp = int(time.time()) - 5
-    lenient = await check(Authenticator(secret=SECRET, leeway=60), hs256(exp=exp))
+    lenient = await check(JwtAuthenticator(secret=SECRET, leeway=60), hs256(exp=exp))
     assert lenient.valid()
     assert lenient.expires_at == exp + 60
-    assert_refused(await check(Authenticator(secret=SECRET), hs256(exp=exp)), "expired")
+    assert_refused(await check(JwtAuthenticator(secret=SECRET), hs256(exp=exp)), "expired")
 
 
 # Refusals ---------------------------------------------------------------------------------
 
 
 def none_token() -> str:
-    return handmade({"alg": "none", "typ": "JWT"}, claims(roles=[ADMIN]), lambda _: b"")
+    return handmade({"alg": "none", "typ": "JWT"}, claims(roles=[ADMIN_ROLE]), lambda _: b"")
 
 
 GOOD = {"iss": "https://shop", "aud": "shop-api"}
@@ -191,36 +187,36 @@ def flawed(secret: str = SECRET, **overrides: Any) -> Callable[[], str]:
     ],
 )  # fmt: skip
 async def test_bad_tokens_are_refused_with_a_reason(make: Callable[[], str], why: str) -> None:
-    auth = Authenticator(secret=SECRET, issuer=GOOD["iss"], audience=GOOD["aud"])
+    auth = JwtAuthenticator(secret=SECRET, issuer=GOOD["iss"], audience=GOOD["aud"])
     assert (await check(auth, flawed()())).valid()  # the control: only the flaw refuses
     principal = await check(auth, make())
     assert_refused(principal, "the bearer token was refused", why)
 
 
 async def test_audience_and_issuer_are_only_checked_when_configured() -> None:
-    plain = Authenticator(secret=SECRET)
+    plain = JwtAuthenticator(secret=SECRET)
     principal = await check(plain, hs256(aud="anything", iss="anyone"))
     assert principal.valid()
     assert principal.subject == "c-1"
 
 
 async def test_a_basic_authorization_is_refused() -> None:
-    principal = await Authenticator(secret=SECRET).principal("Basic xyz")
+    principal = await JwtAuthenticator(secret=SECRET).principal("Basic xyz")
     assert_refused(principal, "must be 'Bearer <token>'")
-    principal = await Authenticator(secret=SECRET).principal(hs256())  # no scheme at all
+    principal = await JwtAuthenticator(secret=SECRET).principal(hs256())  # no scheme at all
     assert_refused(principal, "must be 'Bearer <token>'")
 
 
 async def test_an_rs256_token_is_refused_without_a_jwks(rsa_key: rsa.RSAPrivateKey) -> None:
     token = jwt.encode(claims(), rsa_key, algorithm="RS256", headers={"kid": "r1"})
     assert_refused(
-        await check(Authenticator(secret=SECRET), token), "tokens signed with 'RS256' are not"
+        await check(JwtAuthenticator(secret=SECRET), token), "tokens signed with 'RS256' are not"
     )
 
 
 def test_an_authenticator_needs_a_key() -> None:
     with pytest.raises(ValueError, match="secret or a JWKS URL"):
-        Authenticator()
+        JwtAuthenticator()
 
 
 # JWKS: a real HTTP server on loopback -------------------------------------------------------
@@ -341,11 +337,17 @@ async def test_rs256_and_es256_tokens_from_the_providers_keys_are_accepted(
     ec_key: ec.EllipticCurvePrivateKey,
 ) -> None:
     jwks.publish(rsa_jwk(rsa_key, "rsa-1"), ec_jwk(ec_key, "ec-1"))
-    auth = Authenticator(jwks_url=jwks.url, issuer="https://idp", audience="shop")
+    auth = JwtAuthenticator(jwks_url=jwks.url, issuer="https://idp", audience="shop")
     good = {"iss": "https://idp", "aud": "shop"}
     by_rsa = await check(auth, signed(rsa_key, "RS256", "rsa-1", sub="c-rsa", **good))
-    assert (by_rsa.subject, by_rsa.roles, by_rsa.valid()) == ("c-rsa", frozenset({CUSTOMER}), True)
-    by_ec = await check(auth, signed(ec_key, "ES256", "ec-1", sub="ops", roles=[ADMIN], **good))
+    assert (by_rsa.subject, by_rsa.roles, by_rsa.valid()) == (
+        "c-rsa",
+        frozenset({CUSTOMER_ROLE}),
+        True,
+    )
+    by_ec = await check(
+        auth, signed(ec_key, "ES256", "ec-1", sub="ops", roles=[ADMIN_ROLE], **good)
+    )
     assert (by_ec.subject, by_ec.is_admin) == ("ops", True)
     assert jwks.requests == 1  # the keys are cached
 
@@ -364,7 +366,7 @@ async def test_a_token_without_a_kid_uses_the_providers_only_key(
     jwks: JwksServer, ec_key: ec.EllipticCurvePrivateKey
 ) -> None:
     jwks.publish(ec_jwk(ec_key, "only"))
-    auth = Authenticator(jwks_url=jwks.url)
+    auth = JwtAuthenticator(jwks_url=jwks.url)
     assert (await check(auth, signed(ec_key, "ES256", None, sub="c-9"))).subject == "c-9"
 
 
@@ -378,15 +380,15 @@ async def test_hs256_signed_with_the_public_key_is_refused(
     )
     header = {"alg": "HS256", "typ": "JWT", "kid": "rsa-1"}
     confused = handmade(
-        header, claims(roles=[ADMIN]), lambda m: hmac.digest(pem, m, hashlib.sha256)
+        header, claims(roles=[ADMIN_ROLE]), lambda m: hmac.digest(pem, m, hashlib.sha256)
     )
     for algorithms in (("RS256", "ES256"), ("RS256", "HS256")):
-        auth = Authenticator(jwks_url=jwks.url, algorithms=algorithms)
+        auth = JwtAuthenticator(jwks_url=jwks.url, algorithms=algorithms)
         assert (await check(auth, signed(rsa_key, "RS256", "rsa-1"))).valid()  # the control
         assert_refused(await check(auth, confused), "tokens signed with 'HS256' are not accepted")
         assert_refused(await check(auth, none_token()), "'none'")
     # With a secret as well, HS256 is checked against the secret, never the public key.
-    both = Authenticator(secret=SECRET, jwks_url=jwks.url)
+    both = JwtAuthenticator(secret=SECRET, jwks_url=jwks.url)
     assert (await check(both, hs256())).valid()
     assert (await check(both, signed(rsa_key, "RS256", "rsa-1"))).valid()
     assert_refused(await check(both, confused), "Signature verification failed")
@@ -400,7 +402,7 @@ async def test_a_new_key_id_is_fetched_once_the_refresh_window_allows(
     ec_key: ec.EllipticCurvePrivateKey,
 ) -> None:
     jwks.publish(rsa_jwk(rsa_key, "2024"))
-    auth = Authenticator(jwks_url=jwks.url)
+    auth = JwtAuthenticator(jwks_url=jwks.url)
     assert (await check(auth, signed(rsa_key, "RS256", "2024"))).valid()
     assert jwks.requests == 1
 
@@ -430,7 +432,7 @@ async def test_a_new_key_id_inside_the_refresh_window_is_refused_without_a_fetch
     jwks: JwksServer, clock: Clock, rsa_key: rsa.RSAPrivateKey, rsa_key_2: rsa.RSAPrivateKey
 ) -> None:
     jwks.publish(rsa_jwk(rsa_key, "old"))
-    auth = Authenticator(jwks_url=jwks.url)
+    auth = JwtAuthenticator(jwks_url=jwks.url)
     assert (await check(auth, signed(rsa_key, "RS256", "old"))).valid()
     jwks.publish(rsa_jwk(rsa_key, "old"), rsa_jwk(rsa_key_2, "new"))
     clock.advance(JWKS_MIN_REFRESH / 2)
@@ -445,7 +447,7 @@ async def test_made_up_key_ids_fetch_at_most_once_per_refresh_window(
     jwks: JwksServer, clock: Clock, rsa_key: rsa.RSAPrivateKey
 ) -> None:
     jwks.publish(rsa_jwk(rsa_key, "real"))
-    auth = Authenticator(jwks_url=jwks.url)
+    auth = JwtAuthenticator(jwks_url=jwks.url)
     assert (await check(auth, signed(rsa_key, "RS256", "real"))).valid()
     assert jwks.requests == 1
 
@@ -476,7 +478,7 @@ async def test_made_up_key_ids_fetch_at_most_once_per_refresh_window(
 async def test_the_providers_keys_unavailable_refuse_with_a_reason(
     clock: Clock, rsa_key: rsa.RSAPrivateKey
 ) -> None:
-    down = Authenticator(jwks_url=f"http://127.0.0.1:{free_port()}/jwks.json")
+    down = JwtAuthenticator(jwks_url=f"http://127.0.0.1:{free_port()}/jwks.json")
     principal = await check(down, signed(rsa_key, "RS256", "k"))
     assert_refused(principal, "the bearer token was refused", "signing keys are unavailable")
 
@@ -497,7 +499,7 @@ async def test_a_broken_jwks_answer_refuses_without_raising(
     jwks: JwksServer, clock: Clock, rsa_key: rsa.RSAPrivateKey, status: int, body: bytes
 ) -> None:
     jwks.status, jwks.body = status, body
-    auth = Authenticator(jwks_url=jwks.url)
+    auth = JwtAuthenticator(jwks_url=jwks.url)
     principal = await check(auth, signed(rsa_key, "RS256", "k"))
     assert_refused(principal, "the bearer token was refused")
     assert jwks.requests == 1
@@ -507,7 +509,7 @@ async def test_keys_already_fetched_survive_the_provider_going_down(
     jwks: JwksServer, clock: Clock, rsa_key: rsa.RSAPrivateKey
 ) -> None:
     jwks.publish(rsa_jwk(rsa_key, "k"))
-    auth = Authenticator(jwks_url=jwks.url)
+    auth = JwtAuthenticator(jwks_url=jwks.url)
     assert (await check(auth, signed(rsa_key, "RS256", "k"))).valid()
     jwks.status, jwks.body = 503, b"{}"
     clock.advance(JWKS_LIFETIME + 1)  # stale: fetched again, which fails
@@ -519,7 +521,7 @@ async def test_while_the_provider_is_down_made_up_key_ids_do_not_hammer_it(
     jwks: JwksServer, clock: Clock, rsa_key: rsa.RSAPrivateKey
 ) -> None:
     jwks.publish(rsa_jwk(rsa_key, "k"))
-    auth = Authenticator(jwks_url=jwks.url)
+    auth = JwtAuthenticator(jwks_url=jwks.url)
     assert (await check(auth, signed(rsa_key, "RS256", "k"))).valid()
     jwks.status, jwks.body = 503, b"{}"
     clock.advance(JWKS_MIN_REFRESH + 1)
@@ -532,7 +534,7 @@ async def test_while_the_provider_is_down_from_the_start_tokens_do_not_hammer_it
     jwks: JwksServer, clock: Clock, rsa_key: rsa.RSAPrivateKey
 ) -> None:
     jwks.status, jwks.body = 503, b"{}"
-    auth = Authenticator(jwks_url=jwks.url)
+    auth = JwtAuthenticator(jwks_url=jwks.url)
     for _ in range(20):
         assert_refused(await check(auth, signed(rsa_key, "RS256", "k")), "unavailable")
     assert jwks.requests == 1
@@ -629,14 +631,14 @@ def test_concurrent_creators_in_processes_all_read_the_same_secret(tmp_path: Pat
 
 def test_order_and_idempotency_scopes() -> None:
     later = time.time() + 600
-    admin = Principal("ops", frozenset({ADMIN}), later)
-    customer = Principal("c-1", frozenset({CUSTOMER}), later)
-    both = Principal("c-2", frozenset({ADMIN, CUSTOMER}), later)
+    admin = Principal("ops", frozenset({ADMIN_ROLE}), later)
+    customer = Principal("c-1", frozenset({CUSTOMER_ROLE}), later)
+    both = Principal("c-2", frozenset({ADMIN_ROLE, CUSTOMER_ROLE}), later)
     roleless = Principal("someone", frozenset(), later)
-    expired = Principal("c-1", frozenset({CUSTOMER}), time.time() - 1)
-    expired_admin = Principal("ops", frozenset({ADMIN}), time.time() - 1)
+    expired = Principal("c-1", frozenset({CUSTOMER_ROLE}), time.time() - 1)
+    expired_admin = Principal("ops", frozenset({ADMIN_ROLE}), time.time() - 1)
     refused = Principal(refused="the bearer token was refused: it has expired")
-    forever = Principal("c-3", frozenset({CUSTOMER}))
+    forever = Principal("c-3", frozenset({CUSTOMER_ROLE}))
 
     assert admin.order_scope is None  # every order
     assert customer.order_scope == "c-1"
@@ -657,7 +659,9 @@ def test_order_and_idempotency_scopes() -> None:
     assert admin.idempotency_scope == "sub:ops"
     assert customer.idempotency_scope == "sub:c-1"
     assert roleless.idempotency_scope == "sub:someone"
-    assert customer.idempotency_scope != Principal("c-9", frozenset({CUSTOMER})).idempotency_scope
+    assert (
+        customer.idempotency_scope != Principal("c-9", frozenset({CUSTOMER_ROLE})).idempotency_scope
+    )
     # Anonymous callers share a scope, but never the raw key space of internal callers.
     for anonymous in (expired, refused, ANONYMOUS):
         assert anonymous.idempotency_scope == "anonymous"
@@ -674,6 +678,6 @@ def test_no_caller_can_name_a_stored_key_of_another_scope() -> None:
     key (``scoped:<hash>``) names another key, not the customer's."""
     from domain.idempotency import scoped
 
-    stored = scoped("k1", Principal("alice", frozenset({CUSTOMER})).idempotency_scope)
+    stored = scoped("k1", Principal("alice", frozenset({CUSTOMER_ROLE})).idempotency_scope)
     assert scoped(stored, ANONYMOUS.idempotency_scope) != stored
     assert scoped("k1", ANONYMOUS.idempotency_scope) != scoped("k1", None)

@@ -171,8 +171,8 @@ def test_cancelling_a_shipped_order_without_a_reason_reports_both() -> None:
 
 
 def test_an_email_whose_case_folded_key_is_too_long_is_rejected() -> None:
-    """ "ß" folds to "ss": 251 characters became a 491-character key that PostgreSQL's
-    254-character column refused with a raw error."""
+    """ "ß" folds to "ss": 251 characters make a 491-character key, which PostgreSQL's
+    254-character column would refuse with a raw error."""
     with pytest.raises(ValidationFailed) as raised:
         register(email="ß" * 240 + "@example.de")
     assert raised.value.field == "email"

@@ -7,8 +7,8 @@ import logging
 import pytest
 from graphql import GraphQLError
 
-from app.auth import ANONYMOUS, Principal
 from domain.errors import CommitOutcomeUnknown
+from domain.identity import ANONYMOUS, Principal
 from schema.build import build_schema
 
 

@@ -76,7 +76,7 @@ async def test_a_missing_document_ends_every_follower_and_the_next_one_retries()
 
 
 async def test_a_failed_read_is_tried_again_and_ends_no_follower() -> None:
-    """One passing fault of the read store used to end every subscription of the
+    """One passing fault of the read store does not end every subscription of the
     document for good."""
     progress, store = Progress(), Store()
     failures = [AutoReconnect("read store unreachable")] * 2

@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.types.graphql import OperationType
 
-from app.auth import ANONYMOUS
+from domain.identity import ANONYMOUS
 from schema.build import build_schema
 from schema.tracing import GraphQLSpans
 

@@ -404,7 +404,7 @@ def test_introspection_nesting_through_fragments_is_refused_not_a_recursion_erro
 
 async def test_top_products_takes_no_more_than_a_page_as_the_cost_assumes() -> None:
     """The cost caps page sizes at SHOP_MAX_PAGE_SIZE; so must every list field."""
-    from app.auth import ANONYMOUS
+    from domain.identity import ANONYMOUS
 
     class Context:
         principal = ANONYMOUS

@@ -14,12 +14,11 @@ import pytest
 import strawberry
 from graphql import GraphQLSchema
 
-from app.auth import ADMIN as ADMIN_ROLE
-from app.auth import Principal
 from bench.server import BenchMutation, BenchQuery
+from domain.identity import ADMIN_ROLE, Principal
 from schema.build import ShopSchema, build_schema
 from schema.mutations import Mutation
-from schema.policy import ADMIN, ANYONE, FORBIDDEN, OWN_ORDER, OwnCustomer, Policy
+from schema.policy import ADMINS, ANYONE, FORBIDDEN, OWN_ORDER, OwnCustomer, Policy
 from schema.queries import Query
 from schema.types import CommandResult
 
@@ -96,7 +95,7 @@ def expected_policy(field: str) -> Policy:
         return OwnCustomer(OWN_CUSTOMER_ARGUMENT[field])
     if field in OWN_ORDERS:
         return OWN_ORDER
-    return ADMIN
+    return ADMINS
 
 
 @pytest.mark.parametrize("field", SERVED_FIELDS)
@@ -176,7 +175,7 @@ async def test_a_root_mutation_without_a_policy_is_refused_to_an_admin_in_its_re
 
 async def test_the_same_extra_fields_answer_once_they_have_a_policy() -> None:
     """The refusals above are about the missing policy, not about the extra fields."""
-    policies = {"Query.secret": ADMIN, "Mutation.wipe": ADMIN, "Mutation.flag": ADMIN}
+    policies = {"Query.secret": ADMINS, "Mutation.wipe": ADMINS, "Mutation.flag": ADMINS}
     schema = build_schema(ExtraQuery, ExtraMutation, policies=policies)
     assert unpoliced(schema) == []
     query = await execute(schema, "{ secret }", ADMIN_PRINCIPAL)
@@ -200,7 +199,7 @@ async def test_a_non_command_mutation_without_a_policy_is_refused_with_forbidden
 # bench/server.py's schema, built exactly as it builds it: its root types are subclasses
 # named BenchQuery and BenchMutation, and it gives policies for "Query.noop" and
 # "Mutation.noop".
-BENCH_POLICIES: Mapping[str, Policy] = {"Query.noop": ANYONE, "Mutation.noop": ADMIN}
+BENCH_POLICIES: Mapping[str, Policy] = {"Query.noop": ANYONE, "Mutation.noop": ADMINS}
 ANONYMOUS = Principal()
 
 

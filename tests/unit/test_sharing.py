@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from types import SimpleNamespace
 from typing import Any
 
 import strawberry
 
-from app import request_id
 from schema import sharing
 from schema.build import ShopSchema
 from schema.limits import DocumentCache, DocumentLimits, Limits
@@ -49,8 +49,9 @@ SCHEMA = ShopSchema(query=Query, subscription=Subscription,
 
 
 async def first_result(query: str, request: str) -> Any:
-    request_id._current.set(request)
-    async for result in await SCHEMA.subscribe(query):
+    async for result in await SCHEMA.subscribe(
+        query, context_value=SimpleNamespace(request_id=request)
+    ):
         return result
     raise AssertionError("no result")
 
