@@ -32,11 +32,20 @@ $(STAMP): pyproject.toml
 run: setup
 	$(BIN)/cqrs-shop serve $(ARGS)
 
+# The type check runs beside the tests (it needs one core for a minute on a cold cache);
+# the tests run in two worker processes, each test file on one of them (its module-wide
+# servers started once). TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: setup postgres browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy
-	$(BIN)/pytest $(PYTEST_ARGS)
+	@$(BIN)/mypy & types=$$!; \
+	  $(BIN)/pytest $(XDIST) $(PYTEST_ARGS); tests=$$?; \
+	  wait $$types; types_status=$$?; \
+	  [ $$types_status -eq 0 ] || echo "mypy failed (exit $$types_status)"; \
+	  exit $$(( tests != 0 ? tests : types_status ))
 
 # make test-model - a longer search of the read side's randomised model test
 test-model: setup
