@@ -158,6 +158,16 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         yield url
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh write store that nothing has migrated, on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'write.db'}"
+        return
+    async with fresh_database(request.getfixturevalue("postgres_url")) as url:
+        yield url
+
+
 @contextlib.asynccontextmanager
 async def fresh_database(server: str, template: str | None = None) -> AsyncIterator[str]:
     """A new PostgreSQL database on ``server`` for the block, empty or a copy of

@@ -42,6 +42,12 @@ from tests.conftest import fresh_database
 ROOT = Path(__file__).parents[2]
 
 
+@pytest.fixture
+def database_url(empty_database_url: str) -> str:
+    """These tests migrate stores themselves: each starts from an empty one."""
+    return empty_database_url
+
+
 @contextlib.asynccontextmanager
 async def store(url: str) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(url)
