@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from domain.aggregate import Aggregate
 from domain.customers import Address, Customer, email_key
 from domain.errors import VersionConflict
+from domain.events import OrderPlaced
 from domain.model import customers, order_lines, orders, outbox, products
 from domain.orders import Order, OrderLine, OrderStatus
 from domain.products import Product, ProductStatus
@@ -163,8 +164,9 @@ class OrderRepository(Repository[Order]):
             placed = sa.select(outbox.c.data).where(
                 outbox.c.aggregate_id == order_id, outbox.c.aggregate_version == 1
             )
-            data = (await self.conn.execute(placed)).scalar_one_or_none() or {}
-            order.number = data.get("customerOrderNumber")
+            data = (await self.conn.execute(placed)).scalar_one_or_none()
+            if data is not None:
+                order.number = OrderPlaced.from_data(data).customer_order_number
             stmt = (
                 sa.select(order_lines)
                 .where(order_lines.c.order_id == order_id)
