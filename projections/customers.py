@@ -13,11 +13,13 @@ from domain.events import RecordedEvent
 from projections import readdb
 from projections.projection import Write, dispatch, guarded, insert_once, on, projectors
 
+NAME = "customers"
+"""The projection's name: its checkpoint, and what ``minVersion`` waits on."""
 COLLECTION = "customers"
 
 
 class CustomersProjection:
-    name = "customers"
+    name = NAME
     indexes: dict[str, Sequence[IndexModel]] = {COLLECTION: []}
 
     def project(self, event: RecordedEvent) -> list[Write]:

@@ -19,6 +19,8 @@ from domain.events import RecordedEvent
 from projections import readdb
 from projections.projection import Write, guarded, insert_once
 
+NAME = "dashboard"
+"""The projection's name: its checkpoint, and what ``minVersion`` waits on."""
 COLLECTION = "dashboard"
 STOCK = "dashboard_stock"
 DASHBOARD_ID = "dashboard"
@@ -36,7 +38,7 @@ COUNTERS = (
 
 
 class DashboardProjection:
-    name = "dashboard"
+    name = NAME
     indexes: dict[str, Sequence[IndexModel]] = {
         STOCK: [IndexModel([("active", ASCENDING), ("available", ASCENDING)])]
     }

@@ -50,6 +50,8 @@ from projections import orders, paging, readdb
 from projections.paging import Page
 from projections.projection import Write, dispatch, guarded, insert_once, on, projectors
 
+NAME = "order_history_pages"
+"""The projection's name: its checkpoint, and what ``minVersion`` waits on."""
 COLLECTION = "order_history_pages"
 BUCKET = 16
 """Orders per bucket: small, since each order's update rewrites its bucket."""
@@ -63,7 +65,7 @@ _NOT_IN_SUMMARY = ("customerId", "customer")
 
 
 class OrderHistoryProjection:
-    name = "order_history_pages"
+    name = NAME
     indexes: dict[str, Sequence[IndexModel]] = {COLLECTION: []}
 
     def project(self, e: RecordedEvent) -> list[Write]:

@@ -18,12 +18,14 @@ from projections import paging, readdb
 from projections.paging import Page
 from projections.projection import Write, dispatch, guarded, insert_once, on, projectors
 
+NAME = "orders"
+"""The projection's name: its checkpoint, and what ``minVersion`` waits on."""
 COLLECTION = "orders"
 Db = AsyncDatabase[dict[str, Any]]
 
 
 class OrdersProjection:
-    name = "orders"
+    name = NAME
     indexes: dict[str, Sequence[IndexModel]] = {
         COLLECTION: [
             IndexModel([("customerId", ASCENDING), ("placedVersion", DESCENDING)]),

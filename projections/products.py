@@ -17,12 +17,14 @@ from projections import paging, readdb
 from projections.paging import InvalidCursor, Page
 from projections.projection import Write, dispatch, guarded, insert_once, on, projectors
 
+NAME = "products"
+"""The projection's name: its checkpoint, and what ``minVersion`` waits on."""
 COLLECTION = "products"
 Document = dict[str, Any]
 
 
 class ProductsProjection:
-    name = "products"
+    name = NAME
     indexes: dict[str, Sequence[IndexModel]] = {
         COLLECTION: [
             IndexModel([("sku", ASCENDING)]),

@@ -13,11 +13,13 @@ from domain.events import RecordedEvent
 from projections import readdb
 from projections.projection import Write, dispatch, guarded, insert_once, on, projectors
 
+NAME = "product_sales"
+"""The projection's name: its checkpoint, and what ``minVersion`` waits on."""
 COLLECTION = "product_sales"
 
 
 class ProductSalesProjection:
-    name = "product_sales"
+    name = NAME
     indexes: dict[str, Sequence[IndexModel]] = {
         COLLECTION: [IndexModel([("unitsSold", DESCENDING), ("_id", ASCENDING)])]
     }
