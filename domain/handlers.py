@@ -51,6 +51,12 @@ from domain.repositories import (
     Repository,
 )
 from domain.uow import UnitOfWork
+from domain.wishlists import (
+    AddToWishlist,
+    RemoveFromWishlist,
+    add_to_wishlist,
+    remove_from_wishlist,
+)
 
 Handler = Callable[[Any, UnitOfWork], Awaitable[Aggregate]]
 InputCheck = Callable[[Problems], object]
@@ -275,4 +281,6 @@ HANDLERS: dict[type[Command], Handler] = {
     PlaceOrder: place_order,
     CancelOrder: cancel_order,
     ShipOrder: ship_order,
+    AddToWishlist: add_to_wishlist,
+    RemoveFromWishlist: remove_from_wishlist,
 }

@@ -19,7 +19,15 @@ from app.auth import Principal
 from bench.server import BenchMutation, BenchQuery
 from schema.build import ShopSchema, build_schema
 from schema.mutations import Mutation
-from schema.policy import ADMIN, ANYONE, FORBIDDEN, OWN_ORDER, OwnCustomer, Policy
+from schema.policy import (
+    ADMIN,
+    ANYONE,
+    FORBIDDEN,
+    OWN_ORDER,
+    CustomerItself,
+    OwnCustomer,
+    Policy,
+)
 from schema.queries import Query
 from schema.types import CommandResult
 
@@ -85,6 +93,12 @@ OWN_CUSTOMER_ARGUMENT = {
     "Mutation.placeOrder": "input.customer_id",
     "Mutation.renameCustomer": "id",
     "Mutation.updateCustomerAddress": "id",
+    "Query.wishlist": "customer_id",
+}
+# A customer for its own id, admins not: a wish list is the customer's to change.
+CUSTOMER_ITSELF_ARGUMENT = {
+    "Mutation.addToWishlist": "customer_id",
+    "Mutation.removeFromWishlist": "customer_id",
 }
 OWN_ORDERS = {"Query.order", "Subscription.orderUpdated", "Mutation.cancelOrder"}
 
@@ -94,6 +108,8 @@ def expected_policy(field: str) -> Policy:
         return ANYONE
     if field in OWN_CUSTOMER_ARGUMENT:
         return OwnCustomer(OWN_CUSTOMER_ARGUMENT[field])
+    if field in CUSTOMER_ITSELF_ARGUMENT:
+        return CustomerItself(CUSTOMER_ITSELF_ARGUMENT[field])
     if field in OWN_ORDERS:
         return OWN_ORDER
     return ADMIN
