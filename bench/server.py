@@ -15,12 +15,13 @@ from app import logging as shop_logging
 from app.asgi import create_app, limits_of
 from app.cli import uvicorn_config
 from app.settings import Role, Settings
+from projections import products
 from schema.build import build_schema
 from schema.consistency import wait_for
 from schema.context import Info
 from schema.mutations import Mutation
 from schema.policy import ADMINS, ANYONE
-from schema.queries import PRODUCTS, Query
+from schema.queries import Query
 from schema.scalars import Version
 from schema.types import Product, given
 
@@ -35,8 +36,8 @@ class BenchQuery(Query):
     async def product_from_store(
         self, info: Info, id: strawberry.ID, min_version: Version | None = strawberry.UNSET
     ) -> Product | None:
-        await wait_for(info, PRODUCTS, given(min_version))
-        document = await info.context.db[PRODUCTS].find_one({"_id": id})
+        await wait_for(info, products.NAME, given(min_version))
+        document = await info.context.db[products.COLLECTION].find_one({"_id": id})
         return None if document is None else Product.from_document(document)
 
 

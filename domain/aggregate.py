@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from domain.errors import VersionConflict
-from domain.events import Event
+from domain.events import DomainEvent, Event
 
 
 @dataclass(kw_only=True)
@@ -19,9 +19,12 @@ class Aggregate:
     version: int = 0
     events: list[Event] = field(default_factory=list, repr=False, compare=False)
 
-    def raise_event(self, type_: str, **data: Any) -> None:
+    def raise_event(self, event: DomainEvent) -> None:
+        """Records ``event`` as this aggregate's next version, in its stored form."""
         self.version += 1
-        self.events.append(Event(type_, self.aggregate_type, self.id, self.version, data))
+        self.events.append(
+            Event(event.type_name(), self.aggregate_type, self.id, self.version, event.to_data())
+        )
 
     def version_conflict(self, expected: int | None) -> VersionConflict | None:
         if expected is None or expected == self.version:

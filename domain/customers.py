@@ -48,20 +48,28 @@ class Address:
         line2 = (data.line2 or "").strip() or None
         return cls(data.line1.strip(), line2, data.city.strip(), data.postal_code.strip(), country)
 
+    def to_payload(self) -> events.PostalAddress:
+        return events.PostalAddress(
+            line1=self.line1,
+            line2=self.line2,
+            city=self.city,
+            postal_code=self.postal_code,
+            country=self.country,
+        )
+
+    @classmethod
+    def from_payload(cls, address: events.PostalAddress) -> Address:
+        return cls(address.line1, address.line2, address.city, address.postal_code,
+                   address.country)  # fmt: skip
+
     def to_data(self) -> dict[str, Any]:
-        return {
-            "line1": self.line1,
-            "line2": self.line2,
-            "city": self.city,
-            "postalCode": self.postal_code,
-            "country": self.country,
-        }
+        """As the write model's rows keep it: the same form as in events."""
+        data: dict[str, Any] = events.to_data(self.to_payload())
+        return data
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> Address:
-        return cls(
-            data["line1"], data.get("line2"), data["city"], data["postalCode"], data["country"]
-        )
+        return cls.from_payload(events.from_data(events.PostalAddress, data))
 
 
 def email_key(email: str) -> str:
@@ -104,10 +112,9 @@ class Customer(Aggregate):
         problems.raise_if_any()
         customer = cls(id=id, email=email, name=name.strip(), address=parsed, registered_at=now)
         customer.raise_event(
-            events.CUSTOMER_REGISTERED,
-            email=customer.email,
-            name=customer.name,
-            address=parsed.to_data(),
+            events.CustomerRegistered(
+                email=customer.email, name=customer.name, address=parsed.to_payload()
+            )
         )
         return customer
 
@@ -123,8 +130,11 @@ class Customer(Aggregate):
         if name.strip() == self.name:
             return
         previous, self.name = self.name, name.strip()
-        placed = {} if orders_placed is None else {"ordersPlaced": orders_placed}
-        self.raise_event(events.CUSTOMER_RENAMED, name=self.name, previousName=previous, **placed)
+        self.raise_event(
+            events.CustomerRenamed(
+                name=self.name, previous_name=previous, orders_placed=orders_placed
+            )
+        )
 
     def update_address(self, address: AddressData, *, expected_version: int | None) -> None:
         """Giving the current address again is a no-op."""
@@ -135,4 +145,4 @@ class Customer(Aggregate):
         if parsed == self.address:
             return
         self.address = parsed
-        self.raise_event(events.CUSTOMER_ADDRESS_UPDATED, address=parsed.to_data())
+        self.raise_event(events.CustomerAddressUpdated(address=parsed.to_payload()))

@@ -43,8 +43,20 @@ from domain.products import (
     check_update,
     normalise_sku,
 )
-from domain.repositories import A, Repository
+from domain.repositories import (
+    A,
+    CustomerRepository,
+    OrderRepository,
+    ProductRepository,
+    Repository,
+)
 from domain.uow import UnitOfWork
+from domain.wishlists import (
+    AddToWishlist,
+    RemoveFromWishlist,
+    add_to_wishlist,
+    remove_from_wishlist,
+)
 
 Handler = Callable[[Any, UnitOfWork], Awaitable[Aggregate]]
 InputCheck = Callable[[Problems], object]
@@ -54,7 +66,7 @@ async def create_product(cmd: CreateProduct, uow: UnitOfWork) -> Aggregate:
     """Checks the SKU's uniqueness first, so a taken SKU is reported with the other problems."""
     problems = Problems()
     sku = normalise_sku(cmd.sku)
-    if await uow.products.sku_exists(sku):
+    if await uow[ProductRepository].sku_exists(sku):
         problems.add(Duplicate(f"a product with SKU {sku} exists already", "sku"))
     product = Product.create(
         id=str(uuid.uuid4()),
@@ -67,7 +79,7 @@ async def create_product(cmd: CreateProduct, uow: UnitOfWork) -> Aggregate:
         now=uow.now,
         problems=problems,
     )
-    uow.products.add(product)
+    uow[ProductRepository].add(product)
     return product
 
 
@@ -94,7 +106,7 @@ async def _existing(
 
 
 async def _product(uow: UnitOfWork, product_id: str, check_input: InputCheck) -> Product:
-    return await _existing(uow.products, product_id, "product", check_input)
+    return await _existing(uow[ProductRepository], product_id, "product", check_input)
 
 
 def _nothing_to_check(problems: Problems) -> None:
@@ -136,7 +148,7 @@ async def discontinue_product(cmd: DiscontinueProduct, uow: UnitOfWork) -> Aggre
 async def register_customer(cmd: RegisterCustomer, uow: UnitOfWork) -> Aggregate:
     """Checks the email's uniqueness first, so a taken email is reported with the rest."""
     problems = Problems()
-    if await uow.customers.email_exists(cmd.email):
+    if await uow[CustomerRepository].email_exists(cmd.email):
         problems.add(
             Duplicate(f"a customer with email {cmd.email.strip()} exists already", "email")
         )
@@ -148,12 +160,12 @@ async def register_customer(cmd: RegisterCustomer, uow: UnitOfWork) -> Aggregate
         now=uow.now,
         problems=problems,
     )
-    uow.customers.add(customer)
+    uow[CustomerRepository].add(customer)
     return customer
 
 
 async def _customer(uow: UnitOfWork, customer_id: str, check_input: InputCheck) -> Customer:
-    return await _existing(uow.customers, customer_id, "customer", check_input)
+    return await _existing(uow[CustomerRepository], customer_id, "customer", check_input)
 
 
 async def rename_customer(cmd: RenameCustomer, uow: UnitOfWork) -> Aggregate:
@@ -161,7 +173,7 @@ async def rename_customer(cmd: RenameCustomer, uow: UnitOfWork) -> Aggregate:
     customer.rename(
         cmd.name,
         expected_version=cmd.expected_version,
-        orders_placed=await uow.orders.count_for_customer(customer.id),
+        orders_placed=await uow[OrderRepository].count_for_customer(customer.id),
     )
     return customer
 
@@ -175,7 +187,7 @@ async def update_customer_address(cmd: UpdateCustomerAddress, uow: UnitOfWork) -
 async def place_order(cmd: PlaceOrder, uow: UnitOfWork) -> Aggregate:
     """Checks every line, then reserves stock for all lines or none, at the current prices."""
     problems = Problems()
-    customer = await uow.customers.get(cmd.customer_id)
+    customer = await uow[CustomerRepository].get(cmd.customer_id)
     if customer is None:
         problems.add(NotFound(f"no customer with id {cmd.customer_id}", "customerId"))
     valid_quantity = check_lines(problems, cmd.lines)
@@ -184,7 +196,7 @@ async def place_order(cmd: PlaceOrder, uow: UnitOfWork) -> Aggregate:
         if cmd.shipping_address is not None
         else None
     )
-    products = await uow.products.get_many({line.product_id for line in cmd.lines})
+    products = await uow[ProductRepository].get_many({line.product_id for line in cmd.lines})
     for i, line in enumerate(cmd.lines):
         product = products.get(line.product_id)
         if product is None:
@@ -216,12 +228,12 @@ async def place_order(cmd: PlaceOrder, uow: UnitOfWork) -> Aggregate:
         # Unique and in commit order: loading the customer locked its row (FOR UPDATE on
         # PostgreSQL, one writer on SQLite), so orders of one customer are placed one at
         # a time (projections.history files orders by it).
-        number=await uow.orders.count_for_customer(customer.id) + 1,
+        number=await uow[OrderRepository].count_for_customer(customer.id) + 1,
     )
     for i, ordered in _in_product_order(priced):
         if not await uow.stock.reserve(ordered.product_id, ordered.quantity):
             raise InsufficientStock(f"{ordered.sku} sold out meanwhile", f"lines.{i}.quantity")
-    uow.orders.add(order)
+    uow[OrderRepository].add(order)
     return order
 
 
@@ -232,14 +244,14 @@ def _in_product_order(lines: Sequence[OrderLine]) -> list[tuple[int, OrderLine]]
 
 
 async def _order(uow: UnitOfWork, order_id: str, check_input: InputCheck) -> Order:
-    return await _existing(uow.orders, order_id, "order", check_input)
+    return await _existing(uow[OrderRepository], order_id, "order", check_input)
 
 
 async def cancel_order(cmd: CancelOrder, uow: UnitOfWork) -> Aggregate:
     check = partial(check_reason, reason=cmd.reason)
     customer = cmd.customer_id
     order = await _existing(
-        uow.orders, cmd.order_id, "order", check,
+        uow[OrderRepository], cmd.order_id, "order", check,
         visible=lambda o: customer is None or o.customer_id == customer,
     )  # fmt: skip
     order.cancel(cmd.reason, expected_version=cmd.expected_version, now=uow.now)
@@ -269,4 +281,6 @@ HANDLERS: dict[type[Command], Handler] = {
     PlaceOrder: place_order,
     CancelOrder: cancel_order,
     ShipOrder: ship_order,
+    AddToWishlist: add_to_wishlist,
+    RemoveFromWishlist: remove_from_wishlist,
 }

@@ -116,6 +116,24 @@ order_lines = sa.Table(
     sa.Column("unit_price_cents", sa.Integer, nullable=False),
 )
 
+# A customer's wish list (domain.wishlists): its id is derived from the customer's.
+wishlists = sa.Table(
+    "wishlists",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("customer_id", sa.String(36), sa.ForeignKey("customers.id"), nullable=False,
+              unique=True),
+    sa.Column("version", sa.Integer, nullable=False),
+)  # fmt: skip
+
+wishlist_items = sa.Table(
+    "wishlist_items",
+    metadata,
+    sa.Column("wishlist_id", sa.String(36), sa.ForeignKey("wishlists.id"), primary_key=True),
+    sa.Column("product_id", sa.String(36), sa.ForeignKey("products.id"), primary_key=True),
+    sa.Column("added_at", UTCDateTime, nullable=False),
+)
+
 idempotency_keys = sa.Table(
     "idempotency_keys",
     metadata,

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
 
 from domain import events, validation
 from domain.aggregate import Aggregate
@@ -36,15 +35,15 @@ class OrderLine:
     def line_total_cents(self) -> int:
         return self.quantity * self.unit_price_cents
 
-    def to_data(self) -> dict[str, Any]:
-        return {
-            "productId": self.product_id,
-            "sku": self.sku,
-            "productName": self.product_name,
-            "quantity": self.quantity,
-            "unitPriceCents": self.unit_price_cents,
-            "lineTotalCents": self.line_total_cents,
-        }
+    def to_payload(self) -> events.OrderedLine:
+        return events.OrderedLine(
+            product_id=self.product_id,
+            sku=self.sku,
+            product_name=self.product_name,
+            quantity=self.quantity,
+            unit_price_cents=self.unit_price_cents,
+            line_total_cents=self.line_total_cents,
+        )
 
 
 def check_lines(problems: Problems, lines: Sequence[OrderLineRequest]) -> set[int]:
@@ -124,15 +123,16 @@ class Order(Aggregate):
             number=number,
         )
         order.raise_event(
-            events.ORDER_PLACED,
-            customerId=customer.id,
-            customerName=customer.name,
-            customerEmail=customer.email,
-            lines=[line.to_data() for line in lines],
-            itemCount=order.item_count,
-            totalCents=order.total_cents,
-            shippingAddress=shipping_address.to_data(),
-            **order._numbered(),
+            events.OrderPlaced(
+                customer_id=customer.id,
+                customer_name=customer.name,
+                customer_email=customer.email,
+                lines=tuple(line.to_payload() for line in lines),
+                item_count=order.item_count,
+                total_cents=order.total_cents,
+                shipping_address=shipping_address.to_payload(),
+                customer_order_number=number,
+            )
         )
         return order
 
@@ -142,18 +142,16 @@ class Order(Aggregate):
         check_reason(problems, reason)
         problems.add(self._not_placed("cancelled"))
         problems.raise_if_any()
-        self.status, self.cancelled_at, self.cancel_reason = (
-            OrderStatus.CANCELLED,
-            now,
-            reason.strip(),
-        )
+        reason = reason.strip()
+        self.status, self.cancelled_at, self.cancel_reason = OrderStatus.CANCELLED, now, reason
         self.raise_event(
-            events.ORDER_CANCELLED,
-            reason=self.cancel_reason,
-            customerId=self.customer_id,
-            totalCents=self.total_cents,
-            lines=self._line_movements(),
-            **self._numbered(),
+            events.OrderCancelled(
+                reason=reason,
+                customer_id=self.customer_id,
+                total_cents=self.total_cents,
+                lines=self._line_movements(),
+                customer_order_number=self.number,
+            )
         )
 
     def ship(self, tracking_number: str, *, expected_version: int | None, now: datetime) -> None:
@@ -165,27 +163,24 @@ class Order(Aggregate):
         self.status, self.shipped_at = OrderStatus.SHIPPED, now
         self.tracking_number = tracking_number.strip()
         self.raise_event(
-            events.ORDER_SHIPPED,
-            trackingNumber=self.tracking_number,
-            customerId=self.customer_id,
-            totalCents=self.total_cents,
-            lines=self._line_movements(),
-            **self._numbered(),
+            events.OrderShipped(
+                tracking_number=self.tracking_number,
+                customer_id=self.customer_id,
+                total_cents=self.total_cents,
+                lines=self._line_movements(),
+                customer_order_number=self.number,
+            )
         )
 
-    def _numbered(self) -> dict[str, int]:
-        return {} if self.number is None else {"customerOrderNumber": self.number}
-
-    def _line_movements(self) -> list[dict[str, Any]]:
-        """What cancelling or shipping moves, so projections need no other state."""
-        return [
-            {
-                "productId": line.product_id,
-                "quantity": line.quantity,
-                "lineTotalCents": line.line_total_cents,
-            }
+    def _line_movements(self) -> tuple[events.LineMovement, ...]:
+        return tuple(
+            events.LineMovement(
+                product_id=line.product_id,
+                quantity=line.quantity,
+                line_total_cents=line.line_total_cents,
+            )
             for line in self.lines
-        ]
+        )
 
     def _not_placed(self, action: str) -> InvalidState | None:
         if self.status is OrderStatus.PLACED:

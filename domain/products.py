@@ -118,13 +118,14 @@ class Product(Aggregate):
             updated_at=now,
         )
         product.raise_event(
-            events.PRODUCT_CREATED,
-            sku=product.sku,
-            name=product.name,
-            description=product.description,
-            category=product.category,
-            priceCents=price_cents,
-            initialStock=initial_stock,
+            events.ProductCreated(
+                sku=product.sku,
+                name=product.name,
+                description=product.description,
+                category=product.category,
+                price_cents=price_cents,
+                initial_stock=initial_stock,
+            )
         )
         return product
 
@@ -153,7 +154,7 @@ class Product(Aggregate):
         for key, value in changes.items():
             setattr(self, key, value)
         self.updated_at = now
-        self.raise_event(events.PRODUCT_DETAILS_UPDATED, **changes)
+        self.raise_event(events.ProductDetailsUpdated(**changes))
 
     def change_price(
         self, price_cents: int, *, expected_version: int | None, now: datetime
@@ -167,7 +168,7 @@ class Product(Aggregate):
             return
         previous, self.price_cents, self.updated_at = self.price_cents, price_cents, now
         self.raise_event(
-            events.PRODUCT_PRICE_CHANGED, priceCents=price_cents, previousPriceCents=previous
+            events.ProductPriceChanged(price_cents=price_cents, previous_price_cents=previous)
         )
 
     def restock(self, quantity: int, *, now: datetime) -> None:
@@ -183,7 +184,7 @@ class Product(Aggregate):
         self.stock_on_hand += quantity
         self.updated_at = now
         self.raise_event(
-            events.PRODUCT_RESTOCKED, quantity=quantity, stockOnHand=self.stock_on_hand
+            events.ProductRestocked(quantity=quantity, stock_on_hand=self.stock_on_hand)
         )
 
     def discontinue(self, *, expected_version: int | None, now: datetime) -> None:
@@ -193,7 +194,7 @@ class Product(Aggregate):
         problems.raise_if_any()
         self.status = ProductStatus.DISCONTINUED
         self.updated_at = now
-        self.raise_event(events.PRODUCT_DISCONTINUED)
+        self.raise_event(events.ProductDiscontinued())
 
     def inactive(self, action: str) -> InvalidState | None:
         if self.status is ProductStatus.ACTIVE:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -11,7 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from domain.aggregate import Aggregate
 from domain.customers import Address, Customer, email_key
 from domain.errors import VersionConflict
-from domain.model import customers, order_lines, orders, outbox, products
+from domain.events import OrderPlaced
+from domain.model import customers, metadata, order_lines, orders, outbox, products
 from domain.orders import Order, OrderLine, OrderStatus
 from domain.products import Product, ProductStatus
 
@@ -19,9 +20,20 @@ A = TypeVar("A", bound=Aggregate)
 
 
 class Repository(Generic[A]):
-    """Tracks the aggregates a unit of work touched and the version each was loaded at."""
+    """Tracks the aggregates a unit of work touched and the version each was loaded at.
 
-    table: sa.Table
+    Defining a subclass registers it: the unit of work gives every command one of each
+    (``uow[ProductRepository]``) and saves their aggregates in the order of their
+    tables' foreign keys (:func:`registered`), so a new repository is its class alone.
+    """
+
+    table: ClassVar[sa.Table]
+    _registered: ClassVar[list[type[Repository[Any]]]] = []
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "table" in cls.__dict__:
+            Repository._registered.append(cls)
 
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
@@ -70,6 +82,14 @@ class Repository(Generic[A]):
 
     def from_row(self, row: Any) -> A:
         raise NotImplementedError
+
+
+def registered() -> list[type[Repository[Any]]]:
+    """Every repository, referenced tables first (``metadata.sorted_tables``): customers
+    before orders, products before order lines, so saving in this order never inserts
+    a row before the row it refers to."""
+    place = {table: n for n, table in enumerate(metadata.sorted_tables)}
+    return sorted(Repository._registered, key=lambda cls: place[cls.table])
 
 
 class ProductRepository(Repository[Product]):
@@ -163,8 +183,9 @@ class OrderRepository(Repository[Order]):
             placed = sa.select(outbox.c.data).where(
                 outbox.c.aggregate_id == order_id, outbox.c.aggregate_version == 1
             )
-            data = (await self.conn.execute(placed)).scalar_one_or_none() or {}
-            order.number = data.get("customerOrderNumber")
+            data = (await self.conn.execute(placed)).scalar_one_or_none()
+            if data is not None:
+                order.number = OrderPlaced.from_data(data).customer_order_number
             stmt = (
                 sa.select(order_lines)
                 .where(order_lines.c.order_id == order_id)

@@ -7,20 +7,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar, cast
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
-from domain import outbox
-from domain.repositories import (
-    CustomerRepository,
-    OrderRepository,
-    ProductRepository,
-    Repository,
-    Stock,
-)
+from domain import outbox, repositories
+from domain.repositories import Repository, Stock
 
 log = logging.getLogger(__name__)
+R = TypeVar("R", bound=Repository[Any])
 
 
 def utcnow() -> datetime:
@@ -56,9 +51,6 @@ class UnitOfWork:
     """
 
     conn: AsyncConnection
-    products: ProductRepository
-    customers: CustomerRepository
-    orders: OrderRepository
     stock: Stock
 
     def __init__(self, engine: AsyncEngine, clock: Callable[[], datetime] = utcnow) -> None:
@@ -96,9 +88,11 @@ class UnitOfWork:
         """Starts the next command in this transaction: empty identity maps, a new ``now``."""
         self.now = self.clock()
         self.metadata = dict(metadata or {})
-        self.products = ProductRepository(self.conn)
-        self.customers = CustomerRepository(self.conn)
-        self.orders = OrderRepository(self.conn)
+        self.repositories: tuple[Repository[Any], ...] = tuple(
+            cls(self.conn) for cls in repositories.registered()
+        )
+        """One of each registered repository, in the foreign keys' order."""
+        self._by_class = {type(r): r for r in self.repositories}
         self.stock = Stock(self.conn, self.before_write)
         self._savepoint: AsyncTransaction | None = None
         self._events_before = len(self.events)
@@ -108,10 +102,9 @@ class UnitOfWork:
         if self._savepoint is None:
             self._savepoint = await self.conn.begin_nested()
 
-    @property
-    def repositories(self) -> tuple[Repository[Any], ...]:
-        # Customers before orders, products before order lines: the foreign keys' order.
-        return (self.products, self.customers, self.orders)
+    def __getitem__(self, cls: type[R]) -> R:
+        """The current command's repository of class ``cls``: ``uow[ProductRepository]``."""
+        return cast(R, self._by_class[cls])
 
     async def flush(self) -> int | None:
         """Saves the command's changed aggregates and keeps their events for the outbox;

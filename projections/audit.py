@@ -13,12 +13,14 @@ from projections import paging
 from projections.paging import Page
 from projections.projection import Write, insert_once
 
+NAME = "audit_trail"
+"""The projection's name: its checkpoint, and what ``minVersion`` waits on."""
 COLLECTION = "events"
 Db = AsyncDatabase[dict[str, Any]]
 
 
 class AuditTrailProjection:
-    name = "audit_trail"
+    name = NAME
     keeps_recent = True
     """The relay hands the documents it writes to ``Progress.recent_events``."""
     indexes: dict[str, Sequence[IndexModel]] = {

@@ -19,6 +19,8 @@ from domain.events import RecordedEvent
 from projections import readdb
 from projections.projection import Write, guarded, insert_once
 
+NAME = "dashboard"
+"""The projection's name: its checkpoint, and what ``minVersion`` waits on."""
 COLLECTION = "dashboard"
 STOCK = "dashboard_stock"
 DASHBOARD_ID = "dashboard"
@@ -36,7 +38,7 @@ COUNTERS = (
 
 
 class DashboardProjection:
-    name = "dashboard"
+    name = NAME
     indexes: dict[str, Sequence[IndexModel]] = {
         STOCK: [IndexModel([("active", ASCENDING), ("available", ASCENDING)])]
     }
@@ -51,40 +53,34 @@ class DashboardProjection:
 
 
 def _counter_changes(e: RecordedEvent) -> dict[str, int]:
-    match e.type:
-        case ev.PRODUCT_CREATED:
+    match e.payload:
+        case ev.ProductCreated():
             return {"productCount": 1}
-        case ev.CUSTOMER_REGISTERED:
+        case ev.CustomerRegistered():
             return {"customerCount": 1}
-        case ev.ORDER_PLACED:
-            return {"orderCount": 1, "openOrderCount": 1, "revenueCents": e.data["totalCents"]}
-        case ev.ORDER_CANCELLED:
-            return {
-                "openOrderCount": -1,
-                "cancelledOrderCount": 1,
-                "revenueCents": -e.data["totalCents"],
-            }
-        case ev.ORDER_SHIPPED:
+        case ev.OrderPlaced(total_cents=total):
+            return {"orderCount": 1, "openOrderCount": 1, "revenueCents": total}
+        case ev.OrderCancelled(total_cents=total):
+            return {"openOrderCount": -1, "cancelledOrderCount": 1, "revenueCents": -total}
+        case ev.OrderShipped():
             return {"openOrderCount": -1, "shippedOrderCount": 1}
     return {}
 
 
 def _stock_changes(e: RecordedEvent) -> list[Write]:
-    match e.type:
-        case ev.PRODUCT_CREATED:
-            document = {"available": e.data["initialStock"], "active": True, "version": e.position}
+    match e.payload:
+        case ev.ProductCreated(initial_stock=stock):
+            document = {"available": stock, "active": True, "version": e.position}
             return [insert_once(STOCK, e.aggregate_id, document)]
-        case ev.PRODUCT_RESTOCKED:
-            return [guarded(STOCK, e.aggregate_id, e, {"$inc": {"available": e.data["quantity"]}})]
-        case ev.PRODUCT_DISCONTINUED:
+        case ev.ProductRestocked(quantity=quantity):
+            return [guarded(STOCK, e.aggregate_id, e, {"$inc": {"available": quantity}})]
+        case ev.ProductDiscontinued():
             return [guarded(STOCK, e.aggregate_id, e, {"$set": {"active": False}})]
-        case ev.ORDER_PLACED | ev.ORDER_CANCELLED:
+        case ev.OrderPlaced(lines=lines) | ev.OrderCancelled(lines=lines):
             sign = -1 if e.type == ev.ORDER_PLACED else 1
             return [
-                guarded(
-                    STOCK, line["productId"], e, {"$inc": {"available": sign * line["quantity"]}}
-                )
-                for line in e.data["lines"]
+                guarded(STOCK, line.product_id, e, {"$inc": {"available": sign * line.quantity}})
+                for line in lines
             ]
     return []
 

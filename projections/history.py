@@ -48,8 +48,10 @@ from domain import events as ev
 from domain.events import RecordedEvent
 from projections import orders, paging, readdb
 from projections.paging import Page
-from projections.projection import Write, guarded, insert_once
+from projections.projection import Write, dispatch, guarded, insert_once, on, projectors
 
+NAME = "order_history_pages"
+"""The projection's name: its checkpoint, and what ``minVersion`` waits on."""
 COLLECTION = "order_history_pages"
 BUCKET = 16
 """Orders per bucket: small, since each order's update rewrites its bucket."""
@@ -63,19 +65,11 @@ _NOT_IN_SUMMARY = ("customerId", "customer")
 
 
 class OrderHistoryProjection:
-    name = "order_history_pages"
+    name = NAME
     indexes: dict[str, Sequence[IndexModel]] = {COLLECTION: []}
 
     def project(self, e: RecordedEvent) -> list[Write]:
-        if e.type == ev.CUSTOMER_REGISTERED:
-            return [insert_once(COLLECTION, e.aggregate_id, _head(e))]
-        if e.type == ev.ORDER_PLACED:
-            return _placed(e)
-        if e.type in (ev.ORDER_CANCELLED, ev.ORDER_SHIPPED):
-            return _changed(e)
-        if e.type == ev.CUSTOMER_RENAMED:
-            return _renamed(e)
-        return []
+        return dispatch(_HANDLERS, e)
 
 
 def bucket_id(customer_id: str, bucket: int | str) -> str:
@@ -86,10 +80,9 @@ def bucket_of(number: int) -> int:
     return (number - 1) // BUCKET
 
 
-def _head(e: RecordedEvent) -> Document:
-    d = e.data
-    return {
-        "customer": {"id": e.aggregate_id, "name": d.get("name"), "email": d.get("email")},
+def _registered(e: RecordedEvent, event: ev.CustomerRegistered) -> list[Write]:
+    head = {
+        "customer": {"id": e.aggregate_id, "name": event.name, "email": event.email},
         "nameVersion": 0,
         "count": 0,
         "top": -1,
@@ -97,19 +90,21 @@ def _head(e: RecordedEvent) -> Document:
         "legacy": False,
         "version": e.position,
     }
+    return [insert_once(COLLECTION, e.aggregate_id, head)]
 
 
-def _placed(e: RecordedEvent) -> list[Write]:
-    d, order_id = e.data, e.aggregate_id
-    customer_id = d["customerId"]
-    (document,) = [w.document for w in orders.OrdersProjection().project(e)]
-    assert document is not None
-    number = d.get("customerOrderNumber")
+def _bucket(number: int | None) -> int | str:
+    return LEGACY if number is None else bucket_of(number)
+
+
+def _placed(e: RecordedEvent, event: ev.OrderPlaced) -> list[Write]:
+    order_id, customer_id = e.aggregate_id, event.customer_id
+    document = {"_id": order_id, **orders.order_document(e, event)}
     summary = {k: v for k, v in document.items() if k not in _NOT_IN_SUMMARY}
-    summary["customerOrderNumber"] = number
-    bucket: int | str = LEGACY if number is None else bucket_of(number)
+    summary["customerOrderNumber"] = event.customer_order_number
+    bucket = _bucket(event.customer_order_number)
     shell = {
-        "customer": {"id": customer_id, "name": d["customerName"], "email": d["customerEmail"]},
+        "customer": document["customer"],
         "nameVersion": 0,
         "orders": {},
         "version": 0,
@@ -131,32 +126,47 @@ def _placed(e: RecordedEvent) -> list[Write]:
     return writes
 
 
-def _changes(e: RecordedEvent) -> dict[str, Any]:
-    if e.type == ev.ORDER_CANCELLED:
-        reason = e.data["reason"]
-        return {"status": "CANCELLED", "cancelledAt": e.occurred_at, "cancelReason": reason}
-    tracking = e.data["trackingNumber"]
-    return {"status": "SHIPPED", "shippedAt": e.occurred_at, "trackingNumber": tracking}
-
-
-def _changed(e: RecordedEvent) -> list[Write]:
-    d, order_id = e.data, e.aggregate_id
-    number = d.get("customerOrderNumber")
-    fields = {**_changes(e), "version": e.position}
-    bucket: int | str = LEGACY if number is None else bucket_of(number)
-    at = f"orders.{order_id}"
+def _changed(
+    e: RecordedEvent, event: ev.OrderCancelled | ev.OrderShipped, changes: dict[str, Any]
+) -> list[Write]:
+    fields = {**changes, "version": e.position}
+    bucket = _bucket(event.customer_order_number)
+    at = f"orders.{e.aggregate_id}"
     update = {"$set": {f"{at}.{name}": value for name, value in fields.items()}}
-    return [guarded(COLLECTION, bucket_id(d["customerId"], bucket), e, update)]
+    return [guarded(COLLECTION, bucket_id(event.customer_id, bucket), e, update)]
 
 
-def _renamed(e: RecordedEvent) -> list[Write]:
-    customer_id, placed = e.aggregate_id, e.data.get("ordersPlaced")
-    rename = {"$set": {"customer.name": e.data["name"], "nameVersion": e.position}}
+def _cancelled(e: RecordedEvent, event: ev.OrderCancelled) -> list[Write]:
+    changes = {"status": "CANCELLED", "cancelledAt": e.occurred_at, "cancelReason": event.reason}
+    return _changed(e, event, changes)
+
+
+def _shipped(e: RecordedEvent, event: ev.OrderShipped) -> list[Write]:
+    changes = {
+        "status": "SHIPPED",
+        "shippedAt": e.occurred_at,
+        "trackingNumber": event.tracking_number,
+    }
+    return _changed(e, event, changes)
+
+
+def _renamed(e: RecordedEvent, event: ev.CustomerRenamed) -> list[Write]:
+    customer_id, placed = e.aggregate_id, event.orders_placed
+    rename = {"$set": {"customer.name": event.name, "nameVersion": e.position}}
     keys: list[str] = [customer_id, bucket_id(customer_id, LEGACY)]
     if placed:
         keys += [bucket_id(customer_id, k) for k in range(bucket_of(placed) + 1)]
     # A document that does not exist is left alone: a guarded update matches nothing.
     return [guarded(COLLECTION, key, e, rename) for key in keys]
+
+
+_HANDLERS = projectors(
+    on(ev.CustomerRegistered, _registered),
+    on(ev.OrderPlaced, _placed),
+    on(ev.OrderCancelled, _cancelled),
+    on(ev.OrderShipped, _shipped),
+    on(ev.CustomerRenamed, _renamed),
+)
 
 
 # Reading

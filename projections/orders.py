@@ -16,14 +16,16 @@ from domain import events as ev
 from domain.events import RecordedEvent
 from projections import paging, readdb
 from projections.paging import Page
-from projections.projection import Projector, Write, dispatch, guarded, insert_once
+from projections.projection import Write, dispatch, guarded, insert_once, on, projectors
 
+NAME = "orders"
+"""The projection's name: its checkpoint, and what ``minVersion`` waits on."""
 COLLECTION = "orders"
 Db = AsyncDatabase[dict[str, Any]]
 
 
 class OrdersProjection:
-    name = "orders"
+    name = NAME
     indexes: dict[str, Sequence[IndexModel]] = {
         COLLECTION: [
             IndexModel([("customerId", ASCENDING), ("placedVersion", DESCENDING)]),
@@ -35,16 +37,21 @@ class OrdersProjection:
         return dispatch(_HANDLERS, event)
 
 
-def _placed(e: RecordedEvent) -> list[Write]:
-    d = e.data
-    document = {
-        "customerId": d["customerId"],
-        "customer": {"id": d["customerId"], "name": d["customerName"], "email": d["customerEmail"]},
+def order_document(e: RecordedEvent, event: ev.OrderPlaced) -> dict[str, Any]:
+    """A newly placed order as the orders read model keeps it (history shares it)."""
+    customer = {
+        "id": event.customer_id,
+        "name": event.customer_name,
+        "email": event.customer_email,
+    }
+    return {
+        "customerId": event.customer_id,
+        "customer": customer,
         "status": "PLACED",
-        "lines": d["lines"],
-        "itemCount": d["itemCount"],
-        "totalCents": d["totalCents"],
-        "shippingAddress": d["shippingAddress"],
+        "lines": ev.to_data(event.lines),
+        "itemCount": event.item_count,
+        "totalCents": event.total_cents,
+        "shippingAddress": ev.to_data(event.shipping_address),
         "placedAt": e.occurred_at,
         "placedVersion": e.position,
         "shippedAt": None,
@@ -53,38 +60,41 @@ def _placed(e: RecordedEvent) -> list[Write]:
         "cancelReason": None,
         "version": e.position,
     }
-    return [insert_once(COLLECTION, e.aggregate_id, document)]
 
 
-def _cancelled(e: RecordedEvent) -> list[Write]:
-    fields = {"status": "CANCELLED", "cancelledAt": e.occurred_at, "cancelReason": e.data["reason"]}
+def _placed(e: RecordedEvent, event: ev.OrderPlaced) -> list[Write]:
+    return [insert_once(COLLECTION, e.aggregate_id, order_document(e, event))]
+
+
+def _cancelled(e: RecordedEvent, event: ev.OrderCancelled) -> list[Write]:
+    fields = {"status": "CANCELLED", "cancelledAt": e.occurred_at, "cancelReason": event.reason}
     return [guarded(COLLECTION, e.aggregate_id, e, {"$set": fields})]
 
 
-def _shipped(e: RecordedEvent) -> list[Write]:
+def _shipped(e: RecordedEvent, event: ev.OrderShipped) -> list[Write]:
     fields = {
         "status": "SHIPPED",
         "shippedAt": e.occurred_at,
-        "trackingNumber": e.data["trackingNumber"],
+        "trackingNumber": event.tracking_number,
     }
     return [guarded(COLLECTION, e.aggregate_id, e, {"$set": fields})]
 
 
-def _customer_renamed(e: RecordedEvent) -> list[Write]:
+def _customer_renamed(e: RecordedEvent, event: ev.CustomerRenamed) -> list[Write]:
     """Every order of the customer placed before the rename takes the new name."""
     operation = UpdateMany(
         {"customerId": e.aggregate_id, "version": {"$lt": e.position}},
-        {"$set": {"customer.name": e.data["name"], "version": e.position}},
+        {"$set": {"customer.name": event.name, "version": e.position}},
     )
     return [Write(COLLECTION, operation, key=None)]
 
 
-_HANDLERS: dict[str, Projector] = {
-    ev.ORDER_PLACED: _placed,
-    ev.ORDER_CANCELLED: _cancelled,
-    ev.ORDER_SHIPPED: _shipped,
-    ev.CUSTOMER_RENAMED: _customer_renamed,
-}
+_HANDLERS = projectors(
+    on(ev.OrderPlaced, _placed),
+    on(ev.OrderCancelled, _cancelled),
+    on(ev.OrderShipped, _shipped),
+    on(ev.CustomerRenamed, _customer_renamed),
+)
 
 
 async def find_order(db: Db, order_id: str) -> dict[str, Any] | None:

@@ -15,14 +15,16 @@ from domain.events import RecordedEvent
 from domain.products import normalise_sku
 from projections import paging, readdb
 from projections.paging import InvalidCursor, Page
-from projections.projection import Projector, Write, dispatch, guarded, insert_once
+from projections.projection import Write, dispatch, guarded, insert_once, on, projectors
 
+NAME = "products"
+"""The projection's name: its checkpoint, and what ``minVersion`` waits on."""
 COLLECTION = "products"
 Document = dict[str, Any]
 
 
 class ProductsProjection:
-    name = "products"
+    name = NAME
     indexes: dict[str, Sequence[IndexModel]] = {
         COLLECTION: [
             IndexModel([("sku", ASCENDING)]),
@@ -38,19 +40,18 @@ class ProductsProjection:
         return dispatch(_HANDLERS, event)
 
 
-def _created(e: RecordedEvent) -> list[Write]:
-    d = e.data
+def _created(e: RecordedEvent, event: ev.ProductCreated) -> list[Write]:
     document = {
-        "sku": d["sku"],
-        "name": d["name"],
-        "nameKey": d["name"].casefold(),
-        "description": d["description"],
-        "category": d["category"],
-        "priceCents": d["priceCents"],
+        "sku": event.sku,
+        "name": event.name,
+        "nameKey": event.name.casefold(),
+        "description": event.description,
+        "category": event.category,
+        "priceCents": event.price_cents,
         "status": "ACTIVE",
-        "stockOnHand": d["initialStock"],
+        "stockOnHand": event.initial_stock,
         "stockReserved": 0,
-        "stockAvailable": d["initialStock"],
+        "stockAvailable": event.initial_stock,
         "unitsSold": 0,
         "createdAt": e.occurred_at,
         "updatedAt": e.occurred_at,
@@ -66,70 +67,77 @@ def _set(e: RecordedEvent, fields: dict[str, Any]) -> list[Write]:
     ]
 
 
-def _details_updated(e: RecordedEvent) -> list[Write]:
+def _details_updated(e: RecordedEvent, event: ev.ProductDetailsUpdated) -> list[Write]:
     fields: dict[str, Any] = {
-        k: e.data[k] for k in ("name", "description", "category") if k in e.data
+        name: value
+        for name, value in (
+            ("name", event.name),
+            ("description", event.description),
+            ("category", event.category),
+        )
+        if value is not None
     }
-    if "name" in fields:
-        fields["nameKey"] = fields["name"].casefold()
+    if event.name is not None:
+        fields["nameKey"] = event.name.casefold()
     return _set(e, fields)
 
 
-def _price_changed(e: RecordedEvent) -> list[Write]:
-    return _set(e, {"priceCents": e.data["priceCents"]})
+def _price_changed(e: RecordedEvent, event: ev.ProductPriceChanged) -> list[Write]:
+    return _set(e, {"priceCents": event.price_cents})
 
 
-def _restocked(e: RecordedEvent) -> list[Write]:
-    quantity = e.data["quantity"]
+def _restocked(e: RecordedEvent, event: ev.ProductRestocked) -> list[Write]:
     update = {
-        "$inc": {"stockOnHand": quantity, "stockAvailable": quantity},
+        "$inc": {"stockOnHand": event.quantity, "stockAvailable": event.quantity},
         "$set": {"updatedAt": e.occurred_at},
     }
     return [guarded(COLLECTION, e.aggregate_id, e, update)]
 
 
-def _discontinued(e: RecordedEvent) -> list[Write]:
+def _discontinued(e: RecordedEvent, event: ev.ProductDiscontinued) -> list[Write]:
     return _set(e, {"status": "DISCONTINUED"})
 
 
-def _stock_moves(e: RecordedEvent, **per_unit: int) -> list[Write]:
+def _stock_moves(
+    e: RecordedEvent, lines: Sequence[ev.OrderedLine | ev.LineMovement], **per_unit: int
+) -> list[Write]:
     """One guarded ``$inc`` per order line: each unit moves ``per_unit`` of each figure."""
     return [
         guarded(
             COLLECTION,
-            line["productId"],
+            line.product_id,
             e,
             {
-                "$inc": {field: sign * line["quantity"] for field, sign in per_unit.items()},
+                "$inc": {field: sign * line.quantity for field, sign in per_unit.items()},
                 "$set": {"updatedAt": e.occurred_at},
             },
         )
-        for line in e.data["lines"]
+        for line in lines
     ]
 
 
-def _order_placed(e: RecordedEvent) -> list[Write]:
-    return _stock_moves(e, stockReserved=1, stockAvailable=-1, unitsSold=1)
+def _order_placed(e: RecordedEvent, event: ev.OrderPlaced) -> list[Write]:
+    return _stock_moves(e, event.lines, stockReserved=1, stockAvailable=-1, unitsSold=1)
 
 
-def _order_cancelled(e: RecordedEvent) -> list[Write]:
-    return _stock_moves(e, stockReserved=-1, stockAvailable=1, unitsSold=-1)
+def _order_cancelled(e: RecordedEvent, event: ev.OrderCancelled) -> list[Write]:
+    return _stock_moves(e, event.lines, stockReserved=-1, stockAvailable=1, unitsSold=-1)
 
 
-def _order_shipped(e: RecordedEvent) -> list[Write]:
-    return _stock_moves(e, stockOnHand=-1, stockReserved=-1)
+def _order_shipped(e: RecordedEvent, event: ev.OrderShipped) -> list[Write]:
+    return _stock_moves(e, event.lines, stockOnHand=-1, stockReserved=-1)
 
 
-_HANDLERS: dict[str, Projector] = {
-    ev.PRODUCT_CREATED: _created,
-    ev.PRODUCT_DETAILS_UPDATED: _details_updated,
-    ev.PRODUCT_PRICE_CHANGED: _price_changed,
-    ev.PRODUCT_RESTOCKED: _restocked,
-    ev.PRODUCT_DISCONTINUED: _discontinued,
-    ev.ORDER_PLACED: _order_placed,
-    ev.ORDER_CANCELLED: _order_cancelled,
-    ev.ORDER_SHIPPED: _order_shipped,
-}
+_HANDLERS = projectors(
+    on(ev.ProductCreated, _created),
+    on(ev.ProductDetailsUpdated, _details_updated),
+    on(ev.ProductPriceChanged, _price_changed),
+    on(ev.ProductRestocked, _restocked),
+    on(ev.ProductDiscontinued, _discontinued),
+    on(ev.OrderPlaced, _order_placed),
+    on(ev.OrderCancelled, _order_cancelled),
+    on(ev.OrderShipped, _order_shipped),
+)
 
 
 # --- reads -------------------------------------------------------------------------------

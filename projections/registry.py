@@ -12,6 +12,7 @@ from projections.orders import OrdersProjection
 from projections.products import ProductsProjection
 from projections.projection import Projection
 from projections.sales import ProductSalesProjection
+from projections.wishlist import WishlistsProjection
 
 
 def all_projections() -> list[Projection]:
@@ -23,6 +24,7 @@ def all_projections() -> list[Projection]:
         ProductSalesProjection(),
         DashboardProjection(),
         AuditTrailProjection(),
+        WishlistsProjection(),
     ]
 
 

@@ -11,13 +11,15 @@ from pymongo.asynchronous.database import AsyncDatabase
 from domain import events as ev
 from domain.events import RecordedEvent
 from projections import readdb
-from projections.projection import Projector, Write, dispatch, guarded, insert_once
+from projections.projection import Write, dispatch, guarded, insert_once, on, projectors
 
+NAME = "product_sales"
+"""The projection's name: its checkpoint, and what ``minVersion`` waits on."""
 COLLECTION = "product_sales"
 
 
 class ProductSalesProjection:
-    name = "product_sales"
+    name = NAME
     indexes: dict[str, Sequence[IndexModel]] = {
         COLLECTION: [IndexModel([("unitsSold", DESCENDING), ("_id", ASCENDING)])]
     }
@@ -26,11 +28,11 @@ class ProductSalesProjection:
         return dispatch(_HANDLERS, event)
 
 
-def _created(e: RecordedEvent) -> list[Write]:
+def _created(e: RecordedEvent, event: ev.ProductCreated) -> list[Write]:
     # Created with the product, so sales updates never need an upsert.
     document = {
-        "sku": e.data["sku"],
-        "name": e.data["name"],
+        "sku": event.sku,
+        "name": event.name,
         "unitsSold": 0,
         "revenueCents": 0,
         "orderCount": 0,
@@ -39,39 +41,39 @@ def _created(e: RecordedEvent) -> list[Write]:
     return [insert_once(COLLECTION, e.aggregate_id, document)]
 
 
-def _renamed(e: RecordedEvent) -> list[Write]:
-    if "name" not in e.data:
+def _renamed(e: RecordedEvent, event: ev.ProductDetailsUpdated) -> list[Write]:
+    if event.name is None:
         return []
-    return [guarded(COLLECTION, e.aggregate_id, e, {"$set": {"name": e.data["name"]}})]
+    return [guarded(COLLECTION, e.aggregate_id, e, {"$set": {"name": event.name}})]
 
 
-def _sales(sign: int) -> Callable[[RecordedEvent], list[Write]]:
-    def handle(e: RecordedEvent) -> list[Write]:
+def _sales(sign: int) -> Callable[[RecordedEvent, ev.OrderPlaced | ev.OrderCancelled], list[Write]]:
+    def handle(e: RecordedEvent, event: ev.OrderPlaced | ev.OrderCancelled) -> list[Write]:
         return [
             guarded(
                 COLLECTION,
-                line["productId"],
+                line.product_id,
                 e,
                 {
                     "$inc": {
-                        "unitsSold": sign * line["quantity"],
-                        "revenueCents": sign * line["lineTotalCents"],
+                        "unitsSold": sign * line.quantity,
+                        "revenueCents": sign * line.line_total_cents,
                         "orderCount": sign,
                     }
                 },
             )
-            for line in e.data["lines"]
+            for line in event.lines
         ]
 
     return handle
 
 
-_HANDLERS: dict[str, Projector] = {
-    ev.PRODUCT_CREATED: _created,
-    ev.PRODUCT_DETAILS_UPDATED: _renamed,
-    ev.ORDER_PLACED: _sales(+1),
-    ev.ORDER_CANCELLED: _sales(-1),
-}
+_HANDLERS = projectors(
+    on(ev.ProductCreated, _created),
+    on(ev.ProductDetailsUpdated, _renamed),
+    on(ev.OrderPlaced, _sales(+1)),
+    on(ev.OrderCancelled, _sales(-1)),
+)
 
 
 async def top_products(db: AsyncDatabase[dict[str, Any]], limit: int) -> list[dict[str, Any]]:

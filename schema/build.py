@@ -20,13 +20,14 @@ from strawberry.types.graphql import OperationType
 from schema.errors import REQUEST_REFUSALS
 from schema.limits import DocumentCache, DocumentLimits, LimitExceeded, Limits
 from schema.metrics import OperationMetrics
-from schema.mutations import Mutation
+from schema.mutations import Mutation as ShopMutation
 from schema.policy import POLICIES, Authorize, Policy
-from schema.queries import Query
+from schema.queries import Query as ShopQuery
 from schema.scalars import SCALARS
 from schema.sharing import SharedEventExecutor
 from schema.subscriptions import Subscription
 from schema.tracing import GraphQLSpans
+from schema.wishlist import WishlistMutation, WishlistQuery
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,18 @@ EXPECTED_CODES = frozenset(
 INTERNAL_ERROR = "INTERNAL_SERVER_ERROR"
 AUTHORIZE = Authorize()
 
-__all__ = ["ShopSchema", "build_schema", "print_schema"]
+__all__ = ["Mutation", "Query", "ShopSchema", "build_schema", "print_schema"]
+
+
+# The served root types: the shop's fields and those of each feature's schema module.
+@strawberry.type(name="Query")
+class Query(WishlistQuery, ShopQuery):
+    pass
+
+
+@strawberry.type(name="Mutation")
+class Mutation(WishlistMutation, ShopMutation):
+    pass
 
 
 class ShopSchema(strawberry.Schema):

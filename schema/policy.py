@@ -101,6 +101,25 @@ class OwnCustomer(Policy):
         return Refusal(FORBIDDEN, "a customer may only do this for its own customer id")
 
 
+@dataclass(frozen=True)
+class CustomerItself(Policy):
+    """A customer whose id is the argument at ``path``; not admins: what only the customer
+    decides (their wish list), an admin may read but not change."""
+
+    path: str
+
+    @property
+    def description(self) -> str:  # type: ignore[override]
+        return f"a customer for its own id ({self.path}); not admins"
+
+    def refusal(self, principal: Principal, arguments: Mapping[str, Any]) -> Refusal | None:
+        if not principal.valid():
+            return _unauthenticated(principal)
+        if principal.customer_id is not None and principal.customer_id == _at(arguments, self.path):
+            return None
+        return Refusal(FORBIDDEN, "only the customer may do this, for its own customer id")
+
+
 class OwnOrder(Policy):
     """Admins, and customers; another customer's order answers like a missing one."""
 
@@ -142,6 +161,9 @@ POLICIES: Mapping[str, Policy] = {
     "Mutation.cancelOrder": OWN_ORDER,
     "Mutation.renameCustomer": OwnCustomer("id"),
     "Mutation.updateCustomerAddress": OwnCustomer("id"),
+    "Query.wishlist": OwnCustomer("customer_id"),
+    "Mutation.addToWishlist": CustomerItself("customer_id"),
+    "Mutation.removeFromWishlist": CustomerItself("customer_id"),
     # Running the shop.
     "Query.shippingQueue": ADMINS,
     "Query.dashboard": ADMINS,

@@ -36,13 +36,6 @@ from schema.types import (
     given,
 )
 
-PRODUCTS = "products"
-CUSTOMERS = "customers"
-ORDERS = "orders"
-ORDER_HISTORY = "order_history_pages"
-PRODUCT_SALES = "product_sales"
-DASHBOARD = "dashboard"
-AUDIT_TRAIL = "audit_trail"
 MAX_TOP_PRODUCTS = 100
 
 
@@ -139,7 +132,7 @@ class Query:
         self, info: Info, id: strawberry.ID, min_version: Version | None = strawberry.UNSET
     ) -> Product | None:
         key = keys.document_id(id)
-        await wait_for(info, PRODUCTS, given(min_version))
+        await wait_for(info, product_views.NAME, given(min_version))
         if key is None:
             return None
         document = await product_views.find_product(info.context.db, key)
@@ -150,7 +143,7 @@ class Query:
         self, info: Info, sku: str, min_version: Version | None = strawberry.UNSET
     ) -> Product | None:
         key = keys.sku(sku)
-        await wait_for(info, PRODUCTS, given(min_version))
+        await wait_for(info, product_views.NAME, given(min_version))
         if key is None:
             return None
         document = await product_views.find_product_by_sku(info.context.db, key)
@@ -169,7 +162,7 @@ class Query:
         order = product_views.ProductSort((sort or ProductSort.NAME_ASC).value)
         wanted = _filter(given(filter))
         page = await read_page(
-            info, PRODUCTS, first, min_version,
+            info, product_views.NAME, first, min_version,
             lambda size, count: product_views.list_products(
                 info.context.db, wanted, order, size, given(after), count
             ),
@@ -187,7 +180,7 @@ class Query:
         self, info: Info, id: strawberry.ID, min_version: Version | None = strawberry.UNSET
     ) -> Customer | None:
         key = keys.document_id(id)
-        await wait_for(info, CUSTOMERS, given(min_version))
+        await wait_for(info, customers.NAME, given(min_version))
         if key is None:
             return None
         document = await customers.find_customer(info.context.db, key)
@@ -198,7 +191,7 @@ class Query:
         self, info: Info, id: strawberry.ID, min_version: Version | None = strawberry.UNSET
     ) -> Order | None:
         key = keys.document_id(id)
-        await wait_for(info, ORDERS, given(min_version))
+        await wait_for(info, orders.NAME, given(min_version))
         if key is None:
             return None
         document = await orders.find_order(info.context.db, key)
@@ -217,7 +210,7 @@ class Query:
     ) -> OrderConnection:
         db, key = info.context.db, keys.document_id(customer_id, "customerId")
         page = await read_page(
-            info, ORDER_HISTORY, first, min_version,
+            info, history.NAME, first, min_version,
             lambda size, count: (
                 history.order_history(db, key, size, given(after), count)
                 if key is not None else no_page(count)
@@ -235,7 +228,7 @@ class Query:
     ) -> OrderConnection:
         db = info.context.db
         page = await read_page(
-            info, ORDERS, first, min_version,
+            info, orders.NAME, first, min_version,
             lambda size, count: orders.shipping_queue(db, size, given(after), count),
         )  # fmt: skip
         return order_connection(page)
@@ -251,7 +244,7 @@ class Query:
         most = min(MAX_TOP_PRODUCTS, info.context.max_page_size)
         if limit is None or not 0 <= limit <= most:
             raise bad_input(f"limit must be between 0 and {most}", argument="limit")
-        await wait_for(info, PRODUCT_SALES, given(min_version))
+        await wait_for(info, sales.NAME, given(min_version))
         if limit == 0:
             return []
         documents = await sales.top_products(info.context.db, limit)
@@ -261,7 +254,7 @@ class Query:
     async def dashboard(
         self, info: Info, min_version: Version | None = strawberry.UNSET
     ) -> Dashboard:
-        await wait_for(info, DASHBOARD, given(min_version))
+        await wait_for(info, dashboard.NAME, given(min_version))
         return Dashboard.from_document(await dashboard.read_dashboard(info.context.db))
 
     @strawberry.field(description="The audit trail: every event of one aggregate, oldest first.")  # type: ignore[untyped-decorator]
@@ -275,7 +268,7 @@ class Query:
     ) -> EventConnection:
         db, key = info.context.db, keys.document_id(aggregate_id, "aggregateId")
         page = await read_page(
-            info, AUDIT_TRAIL, first, min_version,
+            info, audit.NAME, first, min_version,
             lambda size, count: (
                 audit.audit_trail(db, key, size, given(after))
                 if key is not None else no_page(count)

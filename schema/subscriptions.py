@@ -22,7 +22,7 @@ from projections.progress import NotYetConsistent
 from schema import keys
 from schema.consistency import wait_for
 from schema.context import Info, bad_input
-from schema.queries import AUDIT_TRAIL, DASHBOARD, ORDERS, PRODUCTS, visible_order
+from schema.queries import visible_order
 from schema.scalars import Version
 from schema.sharing import shared_payload
 from schema.types import Dashboard, DomainEvent, Order, Product, given
@@ -74,11 +74,11 @@ class Subscription:
     async def product_updated(
         self, info: Info, id: strawberry.ID, min_version: Version | None = strawberry.UNSET
     ) -> AsyncGenerator[Product, None]:
-        key = followed_id(PRODUCTS, id)
-        await wait_for(info, PRODUCTS, given(min_version))
+        key = followed_id(product_views.NAME, id)
+        await wait_for(info, product_views.NAME, given(min_version))
         db = info.context.db
         async for document in follow(
-            info, PRODUCTS, key, lambda: product_views.find_product(db, key)
+            info, product_views.NAME, key, lambda: product_views.find_product(db, key)
         ):
             yield shared_payload(document, Product.from_document)
 
@@ -89,22 +89,24 @@ class Subscription:
     async def order_updated(
         self, info: Info, id: strawberry.ID, min_version: Version | None = strawberry.UNSET
     ) -> AsyncGenerator[Order, None]:
-        key = followed_id(ORDERS, id)
-        await wait_for(info, ORDERS, given(min_version))
+        key = followed_id(orders.NAME, id)
+        await wait_for(info, orders.NAME, given(min_version))
         db = info.context.db
-        async for document in follow(info, ORDERS, key, lambda: orders.find_order(db, key)):
+        async for document in follow(info, orders.NAME, key, lambda: orders.find_order(db, key)):
             if not visible_order(info, document):  # answered like a missing order
-                raise GraphQLError(f"no {ORDERS} document {id}", extensions={"code": "NOT_FOUND"})
+                raise GraphQLError(
+                    f"no {orders.NAME} document {id}", extensions={"code": "NOT_FOUND"}
+                )
             yield shared_payload(document, Order.from_document)
 
     @strawberry.subscription(description="The dashboard now, then after every change.")  # type: ignore[untyped-decorator]
     async def dashboard_updated(
         self, info: Info, min_version: Version | None = strawberry.UNSET
     ) -> AsyncGenerator[Dashboard, None]:
-        await wait_for(info, DASHBOARD, given(min_version))
+        await wait_for(info, dashboard.NAME, given(min_version))
         db = info.context.db
         load = lambda: dashboard.read_dashboard(db)  # noqa: E731
-        async for document in follow(info, DASHBOARD, dashboard.DASHBOARD_ID, load):
+        async for document in follow(info, dashboard.NAME, dashboard.DASHBOARD_ID, load):
             yield shared_payload(document, Dashboard.from_document)
 
     @strawberry.subscription(  # type: ignore[untyped-decorator]
@@ -138,7 +140,7 @@ async def _events(
 ) -> AsyncGenerator[DomainEvent, None]:
     progress, db = info.context.progress, info.context.db
     while True:
-        up_to = progress.position(AUDIT_TRAIL)
+        up_to = progress.position(audit.NAME)
         if up_to > last:
             batch = progress.recent_events.between(last, up_to, wanted, EVENT_BATCH)
             if batch is None:
@@ -148,6 +150,6 @@ async def _events(
             last = batch[-1]["_id"] if len(batch) == EVENT_BATCH else up_to
             continue
         try:
-            await progress.wait_for(AUDIT_TRAIL, last + 1, LIVE_WAIT)
+            await progress.wait_for(audit.NAME, last + 1, LIVE_WAIT)
         except NotYetConsistent:
             continue

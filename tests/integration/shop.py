@@ -26,7 +26,7 @@ from projections.relay import Relay
 Db = AsyncDatabase[dict[str, Any]]
 HOME = AddressData(line1="Main St 1", city="Berlin", postal_code="10115", country="DE")
 COLLECTIONS = ("products", "customers", "orders", "product_sales", "dashboard",
-               "dashboard_stock", "events", "order_history_pages")  # fmt: skip
+               "dashboard_stock", "events", "order_history_pages", "wishlists")  # fmt: skip
 
 
 class Shop:

@@ -108,6 +108,10 @@ def event(position: int, type_: str, aggregate: str, **data: Any) -> RecordedEve
                          datetime(2026, 1, 1, tzinfo=UTC))  # fmt: skip
 
 
+ADDRESS = {"line1": "a", "line2": None, "city": "b", "postalCode": "c", "country": "DE"}
+LINE_MOVED = {"productId": "p", "quantity": 1, "lineTotalCents": 5}
+
+
 def placed(position: int, order: str, customer: str, number: int | None) -> RecordedEvent:
     numbered = {} if number is None else {"customerOrderNumber": number}
     line = {"productId": "p", "sku": "P", "productName": "P", "quantity": 1,
@@ -129,16 +133,20 @@ async def test_orders_from_before_events_carried_numbers_come_after_the_numbered
     ada = "ada"
     old = [f"old{i}" for i in range(3)]
     new = [f"new{i}" for i in range(40)]
+    moved = {"customerId": ada, "totalCents": 5, "lines": [LINE_MOVED]}
     events = [
-        event(1, ev.CUSTOMER_REGISTERED, ada, name="Ada", email="ada@example.org"),
+        event(1, ev.CUSTOMER_REGISTERED, ada, name="Ada", email="ada@example.org",
+              address=ADDRESS),
         *(placed(2 + i, o, ada, None) for i, o in enumerate(old)),
-        event(5, ev.ORDER_SHIPPED, old[0], customerId=ada, trackingNumber="T1"),
-        event(6, ev.CUSTOMER_RENAMED, ada, name="Ada L."),  # no ordersPlaced: an old event
+        event(5, ev.ORDER_SHIPPED, old[0], trackingNumber="T1", **moved),
+        # no ordersPlaced: an old event
+        event(6, ev.CUSTOMER_RENAMED, ada, name="Ada L.", previousName="Ada"),
         *(placed(7 + i, o, ada, 4 + i) for i, o in enumerate(new)),  # counted from 4
-        event(50, ev.ORDER_CANCELLED, old[1], customerId=ada, reason="r"),
-        event(51, ev.ORDER_SHIPPED, new[0], customerId=ada, trackingNumber="T2",
-              customerOrderNumber=4),
-        event(52, ev.CUSTOMER_RENAMED, ada, name="Ada Lovelace", ordersPlaced=43),
+        event(50, ev.ORDER_CANCELLED, old[1], reason="r", **moved),
+        event(51, ev.ORDER_SHIPPED, new[0], trackingNumber="T2", customerOrderNumber=4,
+              **moved),
+        event(52, ev.CUSTOMER_RENAMED, ada, name="Ada Lovelace", previousName="Ada L.",
+              ordersPlaced=43),
     ]  # fmt: skip
     writes = [w for e in events for w in projection.project(e)]
     await apply_writes(db, coalesce(writes) if merged else writes, 16)

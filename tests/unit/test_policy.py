@@ -18,7 +18,15 @@ from bench.server import BenchMutation, BenchQuery
 from domain.identity import ADMIN_ROLE, Principal
 from schema.build import ShopSchema, build_schema
 from schema.mutations import Mutation
-from schema.policy import ADMINS, ANYONE, FORBIDDEN, OWN_ORDER, OwnCustomer, Policy
+from schema.policy import (
+    ADMINS,
+    ANYONE,
+    FORBIDDEN,
+    OWN_ORDER,
+    CustomerItself,
+    OwnCustomer,
+    Policy,
+)
 from schema.queries import Query
 from schema.types import CommandResult
 
@@ -84,6 +92,12 @@ OWN_CUSTOMER_ARGUMENT = {
     "Mutation.placeOrder": "input.customer_id",
     "Mutation.renameCustomer": "id",
     "Mutation.updateCustomerAddress": "id",
+    "Query.wishlist": "customer_id",
+}
+# A customer for its own id, admins not: a wish list is the customer's to change.
+CUSTOMER_ITSELF_ARGUMENT = {
+    "Mutation.addToWishlist": "customer_id",
+    "Mutation.removeFromWishlist": "customer_id",
 }
 OWN_ORDERS = {"Query.order", "Subscription.orderUpdated", "Mutation.cancelOrder"}
 
@@ -93,6 +107,8 @@ def expected_policy(field: str) -> Policy:
         return ANYONE
     if field in OWN_CUSTOMER_ARGUMENT:
         return OwnCustomer(OWN_CUSTOMER_ARGUMENT[field])
+    if field in CUSTOMER_ITSELF_ARGUMENT:
+        return CustomerItself(CUSTOMER_ITSELF_ARGUMENT[field])
     if field in OWN_ORDERS:
         return OWN_ORDER
     return ADMINS
