@@ -31,6 +31,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -100,6 +101,7 @@ class Lease:
         self.epoch: int | None = None
         """The epoch of this process's current (or last) tenure."""
         self._held_until = 0.0  # monotonic; conservative: counted from before the request
+        self.clock: Callable[[], float] = time.monotonic  # the holder's own (tests move it)
 
     @property
     def _seconds(self) -> float:
@@ -113,7 +115,7 @@ class Lease:
         lease, and a holder gives it up at once. A holder with more than half its
         lease left only checks for such a request.
         """
-        asked_at = time.monotonic()
+        asked_at = self.clock()
         async with self.engine.begin() as conn:
             row = await self._current(conn)
             mine = row.owner == self.owner and row.epoch == self.epoch
@@ -140,7 +142,7 @@ class Lease:
 
     async def renew(self) -> bool:
         """Renews this tenure; False (and no new tenure) if it has ended."""
-        asked_at = time.monotonic()
+        asked_at = self.clock()
         async with self.engine.begin() as conn:
             held = await self._renew(conn)
         self._held_until = asked_at + self._seconds if held else 0.0
@@ -150,7 +152,7 @@ class Lease:
 
     def held_for(self) -> float:
         """Seconds this process can still be sure it holds the lease (≤ 0: it cannot)."""
-        return self._held_until - time.monotonic()
+        return self._held_until - self.clock()
 
     async def release(self) -> None:
         """Gives the lease up (keeping its epoch); anyone may take it at once."""

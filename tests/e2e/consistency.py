@@ -84,20 +84,15 @@ async def write_model(database_url: str) -> dict[str, Any]:
     }
 
 
-async def assert_read_models_match(client: Client, database_url: str) -> dict[str, Any]:
-    """Reads every read model at the write model's head and compares; the expectation."""
-    expected = await write_model(database_url)
+async def read_models(client: Client, expected: dict[str, Any]) -> dict[str, Any]:
+    """The read models at the write model's head, in :func:`write_model`'s shape."""
     head = expected["head"]
     data = await client.data(READ, {"v": head, "first": 100})
-    assert data["dashboard"] == expected["dashboard"]
     nodes = (e["node"] for e in data["products"]["edges"])
-    stock = {n.pop("id"): n for n in nodes}
-    assert stock == expected["products"]
     sales = {
         s["productId"]: {f: v for f, v in s.items() if f != "productId"}
         for s in data["topProducts"]
     }
-    assert sales == expected["sales"]
     found: dict[str, Any] = {}
     for customer in expected["customers_with_orders"]:
         after = None
@@ -108,7 +103,22 @@ async def assert_read_models_match(client: Client, database_url: str) -> dict[st
             if not page["pageInfo"]["hasNextPage"]:
                 break
             after = page["pageInfo"]["endCursor"]
-    assert {
-        k: {"status": n["status"], "totalCents": n["totalCents"]} for k, n in found.items()
-    } == (expected["orders"])
+    return {
+        "dashboard": data["dashboard"],
+        "products": {n.pop("id"): n for n in nodes},
+        "sales": sales,
+        "orders": {
+            k: {"status": n["status"], "totalCents": n["totalCents"]} for k, n in found.items()
+        },
+    }
+
+
+async def assert_read_models_match(client: Client, database_url: str) -> dict[str, Any]:
+    """Reads every read model at the write model's head and compares; the expectation."""
+    expected = await write_model(database_url)
+    found = await read_models(client, expected)
+    assert found["dashboard"] == expected["dashboard"]
+    assert found["products"] == expected["products"]
+    assert found["sales"] == expected["sales"]
+    assert found["orders"] == expected["orders"]
     return expected

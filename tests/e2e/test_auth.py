@@ -383,7 +383,8 @@ async def test_a_customer_may_not_follow_the_dashboard(
 async def follow_until_expiry(
     server: Server, protocol: str, order: dict[str, Any], who: str, product_id: str
 ) -> None:
-    token = customer_token(who, ttl=3)  # expires in 2 to 3 s (exp is whole seconds)
+    # Expires in 9 to 10 s (exp is whole seconds): time to set up on a busy machine.
+    token = customer_token(who, ttl=10)
     expires_at = jwt.decode(token, SECRET, algorithms=["HS256"])["exp"]
     async with socket(server, protocol) as ws:
         await init(ws, bearer(token))

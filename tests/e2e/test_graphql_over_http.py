@@ -17,7 +17,10 @@ from tests.e2e.node import installed
 GRAPHQL_RESPONSE = "application/graphql-response+json"
 INVALID = "{ nosuchfield }"
 UNPARSABLE = "{ product("
+# Valid, and fails once executing: the resolver checks the X-Min-Version header it is
+# sent with (EXECUTION_ERROR_HEADERS) and raises a field error.
 FAILS_IN_EXECUTION = '{ order(id: "no-such-order") { id } }'
+EXECUTION_ERROR_HEADERS = {"X-Min-Version": "soon"}
 
 
 @pytest.fixture
@@ -45,8 +48,14 @@ def test_every_audit_of_graphql_http_passes(server: Server) -> None:
     assert not_ok == [], "\n".join(not_ok)
 
 
-async def post(server: Server, query: str, accept: str | None, **extra: Any) -> httpx.Response:
-    headers = bearer(admin_token())
+async def post(
+    server: Server,
+    query: str,
+    accept: str | None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> httpx.Response:
+    headers = {**bearer(admin_token()), **(headers or {})}
     if accept is not None:
         headers["accept"] = accept
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
@@ -97,11 +106,14 @@ async def test_bad_variables_and_refused_limits_are_request_errors(server: Serve
 
 
 async def test_an_error_once_executing_is_200_with_data(server: Server) -> None:
-    answer = await post(server, FAILS_IN_EXECUTION, GRAPHQL_RESPONSE)
+    answer = await post(server, FAILS_IN_EXECUTION, GRAPHQL_RESPONSE, EXECUTION_ERROR_HEADERS)
     assert answer.status_code == 200, answer.text
     assert media_type(answer) == GRAPHQL_RESPONSE
     body = answer.json()
-    assert "data" in body, body
+    assert body["data"] == {"order": None}, body
+    [error] = body["errors"]
+    assert error["path"] == ["order"], body
+    assert error["extensions"]["code"] == "BAD_USER_INPUT", body
 
 
 @pytest.mark.parametrize(

@@ -92,10 +92,15 @@ async def test_no_stale_answer_under_writes_reads_and_rebuilds(
         )["placeOrder"]
         stale: list[str] = []
         reads = 0
+        reads_at_switches: list[int] = []  # reads done when each rebuild had switched
+        rebuilt = asyncio.Event()
 
         async def write() -> None:
+            """WRITES pairs of writes at least, and on until both rebuilds have switched."""
             stock = 1_000_000
-            for i in range(1, WRITES + 1):
+            i = 0
+            while i < WRITES or not rebuilt.is_set():
+                i += 1
                 quantity = random.randint(1, 9)
                 restocked = await writer.data(
                     "mutation($p: ID!, $q: Int!) { restockProduct(id: $p, quantity: $q) "
@@ -159,8 +164,12 @@ async def test_no_stale_answer_under_writes_reads_and_rebuilds(
 
         async def rebuild() -> None:
             for _ in range(2):
-                await _rebuild(server.env)
+                await _rebuild(server.env)  # it has switched once it exits
+                reads_at_switches.append(reads)
+            rebuilt.set()
 
         await asyncio.gather(write(), rebuild(), *(read() for _ in range(READERS)))
         assert not stale, stale[:10]
-        assert reads > 20
+        # Reads ran before and after each switch: the switches happened under them.
+        assert len(reads_at_switches) == 2
+        assert 0 < reads_at_switches[0] < reads_at_switches[1] < reads, (reads_at_switches, reads)

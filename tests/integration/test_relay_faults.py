@@ -187,12 +187,25 @@ async def test_a_handover_asked_for_by_a_rebuild_that_died_expires(
 ) -> None:
     holder = Lease(engine, db)
     assert await holder.acquire()
-    dead = Lease(engine, db, ttl=0.3)
+    dead = Lease(engine, db, ttl=60)
     await dead.request_handover()  # and is never heard of again
     assert not await holder.acquire()  # gives the lease up for the handover
     relay = Lease(engine, db)
     assert not await relay.acquire()  # nobody but the requester may take it meanwhile
-    assert await eventually(relay.acquire, within=10)
+    await store_clock_passes(engine, 61)  # the request's ttl, by the store's clock
+    assert await relay.acquire()
+
+
+async def store_clock_passes(engine: AsyncEngine, seconds: float) -> None:
+    """As if the write store's clock moved on ``seconds``: every lease's expiry and
+    handover request are that much older."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            relay_leases.update().values(
+                expires_at=relay_leases.c.expires_at - seconds,
+                handover_until=relay_leases.c.handover_until - seconds,
+            )
+        )
 
 
 async def test_a_lease_expires_by_the_stores_clock_not_the_callers(
@@ -231,20 +244,14 @@ async def test_two_rebuilds_never_run_at_once_and_a_dead_ones_lease_frees_itself
 ) -> None:
     shop = Shop(engine, db)
     await shop.product("MUG")
-    other = Lease(engine, db, name=REBUILD_LEASE, ttl=0.5)
+    other = Lease(engine, db, name=REBUILD_LEASE, ttl=60)
     assert await other.acquire()
     with pytest.raises(RebuildRunning):
         await rebuild(engine, db, all_projections(), grace=0)
     # The other rebuild dies; its lease lapses and the next rebuild runs.
-    result = await eventually(lambda: _rebuild_unless_running(engine, db), within=15, interval=0.1)
+    await store_clock_passes(engine, 61)
+    result = await rebuild(engine, db, all_projections(), grace=0)
     assert result.position == 1
-
-
-async def _rebuild_unless_running(engine: AsyncEngine, db: Db) -> Any:
-    try:
-        return await rebuild(engine, db, all_projections(), grace=0)
-    except RebuildRunning:
-        return None
 
 
 async def test_readers_never_see_a_rebuilds_switch(
@@ -458,7 +465,7 @@ async def test_a_relay_whose_lease_cannot_be_renewed_stops_saying_it_runs(
     bus: CommandBus, engine: AsyncEngine, db: Db, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """/readyz asks the relay whether it runs; it says no once its lease lapses."""
-    relay = make_relay(engine, db, lease=Lease(engine, db, ttl=0.2), poll_interval=0.01)
+    relay = make_relay(engine, db, lease=Lease(engine, db, ttl=10), poll_interval=0.01)
     running = asyncio.create_task(relay.run())
     try:
         await eventually(lambda: _true(relay.running))
@@ -468,6 +475,7 @@ async def test_a_relay_whose_lease_cannot_be_renewed_stops_saying_it_runs(
             raise OperationalError("SELECT", {}, Exception("database is locked"))
 
         monkeypatch.setattr(relay.lease, "acquire", write_store_down)
+        monkeypatch.setattr(relay.lease, "clock", lambda: time.monotonic() + 11)  # ttl passed
         await eventually(lambda: _true(not relay.running))
         monkeypatch.setattr(relay.lease, "acquire", real_acquire)
     finally:

@@ -15,14 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from domain.bus import CommandBus
 from domain.commands import CreateProduct, RestockProduct
-from domain.store import create_engine
+from domain.store import create_engine, create_schema
 from projections import checkpoints
 from projections.products import ProductsProjection
 from projections.progress import Progress, ProgressFollower
 from projections.relay import Relay
 from projections.signals import Advance, ProgressFeed, WriteStoreSignals, request_resume
 from projections.tables import relay_progress
-from tests.conftest import eventually
+from tests.conftest import eventually, fresh_database
 
 Db = AsyncDatabase[dict[str, Any]]
 WITHIN = 10.0
@@ -104,23 +104,33 @@ async def test_keys_that_json_would_change_are_published_as_any(engine: AsyncEng
 
 
 async def test_a_listener_that_lost_its_connection_reconnects_and_signals_both(
-    postgres_url: str, engine: AsyncEngine, bus: CommandBus
+    postgres_url: str,
 ) -> None:
-    if engine.dialect.name != "postgresql":
-        return
-    async with listening(engine) as (outbox, progress):
-        reconnected = asyncio.gather(outbox.next(), progress.next())
-        async with engine.connect() as conn:
-            await conn.execute(
-                sa.text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()"
-                )
-            )
-        await reconnected
-        committed = asyncio.create_task(outbox.next())
-        await create(bus, "AFTER")
-        await committed
+    """Only PostgreSQL has a listening connection to lose (LISTEN/NOTIFY), so this runs
+    on a PostgreSQL database of its own whatever the write store under test."""
+    async with fresh_database(postgres_url) as url:
+        engine = create_engine(url)
+        await create_schema(engine)
+        bus = CommandBus(engine)
+        try:
+            async with listening(engine) as (outbox, progress):
+                reconnected = asyncio.gather(outbox.next(), progress.next())
+                async with engine.connect() as conn:
+                    ended = await conn.scalar(
+                        sa.text(
+                            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                            "WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid() "
+                            "AND datname = current_database()"
+                        )
+                    )
+                assert ended == 1
+                await reconnected
+                committed = asyncio.create_task(outbox.next())
+                await create(bus, "AFTER")
+                await committed
+        finally:
+            bus.close()
+            await engine.dispose()
 
 
 async def test_a_follower_applies_the_feed_positions_and_keys(

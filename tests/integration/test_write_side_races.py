@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from domain import migrations
 from domain.bus import CommandBus
 from domain.commands import (
     AddressData,
@@ -31,7 +32,7 @@ from domain.commands import (
 from domain.errors import DomainError
 from domain.idempotency import CommandOutcome
 from domain.model import order_lines, orders, products
-from domain.store import create_engine, create_schema
+from domain.store import create_engine, create_schema, schema_state
 from tests.conftest import fresh_database
 
 HOME = AddressData("1 Main Street", "Berlin", "10115", "DE")
@@ -183,11 +184,17 @@ async def test_orders_cancels_and_ships_in_two_processes_never_fail_with_a_deadl
 async def test_two_processes_create_the_schema_at_once_on_a_fresh_database(
     postgres_url: str,
 ) -> None:
+    """They take turns: one runs every revision, the other finds nothing left to do, and
+    the store ends at the newest revision (create_schema)."""
     for _ in range(5):
         async with fresh_database(postgres_url) as url:
             engines = [create_engine(url) for _ in range(2)]
             try:
-                await asyncio.gather(*(create_schema(engine) for engine in engines))
+                ran = await asyncio.gather(*(create_schema(engine) for engine in engines))
+                state = await schema_state(engines[0])
             finally:
                 for engine in engines:
                     await engine.dispose()
+            assert state.at_head, state
+            every = tuple(reversed([r.revision for r in migrations.scripts().walk_revisions()]))
+            assert sorted(ran, key=len) == [(), every], ran
