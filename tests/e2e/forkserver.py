@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib
 import json
 import os
 import select
@@ -182,9 +183,25 @@ def _run_child(request: dict[str, Any], reply: int) -> None:
         os._exit(code)
 
 
-def _serve() -> None:
-    import app.cli  # noqa: F401  (the import every forked server shares)
+# What a server imports: the CLI, and what it imports only when serving (the ASGI app,
+# uvicorn's loop and protocols, the database drivers).
+PRELOAD = (
+    "app.cli",
+    "app.asgi",
+    "uvloop",
+    "uvicorn.loops.uvloop",
+    "uvicorn.lifespan.on",
+    "uvicorn.protocols.http.httptools_impl",
+    "uvicorn.protocols.websockets.websockets_sansio_impl",
+    "aiosqlite",
+    "sqlalchemy.dialects.sqlite.aiosqlite",
+    "sqlalchemy.dialects.postgresql.asyncpg",
+)
 
+
+def _serve() -> None:
+    for module in PRELOAD:
+        importlib.import_module(module)
     assert threading.active_count() == 1, "a fork must not copy another thread's locks"
     reply = os.dup(1)
     children: set[int] = set()
