@@ -25,9 +25,11 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import traceback
 from pathlib import Path
+from subprocess import CompletedProcess
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,8 +85,13 @@ class ForkServer:
         self._send_lock = threading.Lock()
         threading.Thread(target=self._read, name="forkserver-reader", daemon=True).start()
 
-    def spawn(self, argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> ForkedProcess:
-        request = {"argv": argv, "env": env, "cwd": str(cwd), "log": str(log)}
+    def spawn(
+        self, argv: list[str], env: dict[str, str], cwd: Path, log: Path, stderr: Path | None = None
+    ) -> ForkedProcess:
+        """Starts ``cqrs-shop ARGV``, its output appended to ``log`` (its standard error
+        to ``stderr`` if given)."""
+        request = {"argv": argv, "env": env, "cwd": str(cwd), "log": str(log),
+                   "stderr": str(stderr or log)}  # fmt: skip
         with self._send_lock, self._changed:
             assert self._process.stdin is not None
             self._process.stdin.write(json.dumps(request) + "\n")
@@ -133,6 +140,19 @@ class ForkServer:
             self._changed.notify_all()
 
 
+def run(argv: list[str], env: dict[str, str], timeout: float = 300) -> CompletedProcess[str]:
+    """Runs ``cqrs-shop ARGV`` to its end, like :func:`subprocess.run` capturing its output."""
+    with tempfile.TemporaryDirectory(prefix="cqrs-shop-run-") as directory:
+        stdout, stderr = Path(directory, "stdout"), Path(directory, "stderr")
+        process = shared().spawn(argv, env, ROOT, stdout, stderr)
+        try:
+            code = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+        return CompletedProcess(argv, code, stdout.read_text(), stderr.read_text())
+
+
 _shared: ForkServer | None = None
 _shared_lock = threading.Lock()
 
@@ -155,13 +175,13 @@ def _run_child(request: dict[str, Any], reply: int) -> None:
     code = 1
     try:
         os.close(reply)
-        log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        os.close(log)
         os.close(null)
+        for fd, path in ((1, request["log"]), (2, request["stderr"])):
+            output = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(output, fd)
+            os.close(output)
         os.environ.clear()
         os.environ.update(request["env"])
         os.chdir(request["cwd"])

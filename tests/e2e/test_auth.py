@@ -6,7 +6,6 @@ import asyncio
 import json
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,8 +21,8 @@ from websockets.exceptions import ConnectionClosed
 
 from app.auth import SECRET_FILE
 from domain.identity import ADMIN_ROLE
+from tests.e2e import forkserver
 from tests.e2e.conftest import (
-    ROOT,
     SECRET,
     Client,
     Server,
@@ -64,10 +63,7 @@ def expired_token(subject: str = "admin", roles: tuple[str, ...] = (ADMIN_ROLE,)
 
 
 def token_command(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "app", "token", *args],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    return forkserver.run(["token", *args], env, timeout=60)
 
 
 def printed_token(result: subprocess.CompletedProcess[str]) -> str:

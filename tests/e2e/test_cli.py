@@ -6,7 +6,6 @@ import contextlib
 import re
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from pymongo import AsyncMongoClient
 from projections import checkpoints
 from projections.registry import projection_names
 from tests.conftest import eventually
+from tests.e2e import forkserver
 from tests.e2e.conftest import ROOT, Client, wait_until
 
 READ_EVERYTHING = """query($v: Version) {
@@ -28,10 +28,7 @@ READ_EVERYTHING = """query($v: Version) {
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "app", *args],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    return forkserver.run(list(args), env)
 
 
 async def test_seed_then_rebuild_while_serving_changes_no_answer(
@@ -81,11 +78,7 @@ def test_a_rebuild_refuses_beside_a_running_one_and_waits_out_a_killed_ones_leas
     seeded = cli(server_env, "seed", "--products", "5", "--customers", "3", "--orders", "10")
     assert seeded.returncode == 0, seeded.stderr
     log = tmp_path / "first-rebuild.log"
-    with log.open("wb") as output:
-        first = subprocess.Popen(
-            [sys.executable, "-m", "app", "rebuild", "--grace", "600"],
-            env=server_env, cwd=ROOT, stdout=output, stderr=output,
-        )  # fmt: skip
+    first = forkserver.shared().spawn(["rebuild", "--grace", "600"], server_env, ROOT, log)
     try:
         holder = wait_until_rebuild_lease_held(server_env, first, log)
         refused = cli(server_env, "rebuild")
@@ -106,7 +99,7 @@ def test_a_rebuild_refuses_beside_a_running_one_and_waits_out_a_killed_ones_leas
 
 
 def wait_until_rebuild_lease_held(
-    env: dict[str, str], process: subprocess.Popen[bytes], log: Path
+    env: dict[str, str], process: forkserver.ForkedProcess, log: Path
 ) -> str:
     """The holder of the rebuild lease, once ``process`` (a rebuild) has taken it."""
     holder = ""

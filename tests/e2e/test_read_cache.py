@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-import subprocess
-import sys
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import ROOT, Client, Server
+from tests.e2e import forkserver
+from tests.e2e.conftest import Client, Server
 
 WRITES = 60
 READERS = 4
@@ -41,11 +40,7 @@ class Written:
 
 
 async def _rebuild(env: dict[str, str]) -> None:
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "app", "rebuild", "--grace", "3"],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    result = await asyncio.to_thread(forkserver.run, ["rebuild", "--grace", "3"], env)
     assert result.returncode == 0, result.stderr
 
 

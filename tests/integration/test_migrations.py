@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from domain.model import order_lines, products
 from domain.store import check_schema, create_engine, create_schema, schema_state
 from projections.tables import WRITE_STORE
 from tests.conftest import fresh_database
+from tests.e2e import forkserver
 
 ROOT = Path(__file__).parents[2]
 
@@ -316,10 +316,7 @@ def test_the_migrate_command_says_what_ran_and_checks(tmp_path: Path) -> None:
     env = {**os.environ, "SHOP_DATA_DIR": str(tmp_path / "var"), "DATABASE_URL": ""}
 
     def migrate(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "app", "migrate", *args],
-            env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+        return forkserver.run(["migrate", *args], env, timeout=60)
 
     behind = migrate("--check")
     assert behind.returncode == 1
