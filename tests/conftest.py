@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.ferretdb import EmbeddedFerretDB, ensure_binary
@@ -154,8 +156,72 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         shutil.copyfile(request.getfixturevalue("migrated_sqlite"), path)
         yield f"sqlite+aiosqlite:///{path}"
         return
-    async with fresh_database(request.getfixturevalue("migrated_postgres"), TEMPLATE) as url:
+    databases: MigratedDatabases = request.getfixturevalue("migrated_databases")
+    url = await databases.take()
+    try:
         yield url
+    finally:
+        await databases.give_back(url)
+
+
+class MigratedDatabases:
+    """Migrated PostgreSQL databases for one test each, emptied and used again.
+
+    Copying the template takes a few tenths of a second, emptying every table a few
+    hundredths. A database handed back is emptied (``TRUNCATE … RESTART IDENTITY``, so
+    outbox positions start at 1 again) unless something still holds one of its tables
+    (a task the test left running), in which case it is dropped instead.
+    """
+
+    def __init__(self, server: str) -> None:
+        self.server = server
+        self.idle: list[str] = []
+
+    async def take(self) -> str:
+        if self.idle:
+            return self.idle.pop()
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        await create_database(self.server, name, TEMPLATE)
+        return f"{self.server}/{name}"
+
+    async def give_back(self, url: str) -> None:
+        engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
+        try:
+            async with engine.connect() as conn:
+                if await conn.scalar(sa.text(OTHER_SESSIONS)):
+                    raise InUse
+                await conn.exec_driver_sql("SET lock_timeout = '2s'")
+                tables = (await conn.exec_driver_sql(EVERY_TABLE)).scalars().all()
+                await conn.exec_driver_sql(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+            self.idle.append(url)
+        except (DBAPIError, InUse):
+            await _drop(self.server, url.rsplit("/", 1)[1])
+        finally:
+            await engine.dispose()
+
+
+class InUse(Exception):
+    """Another session is still connected to a database handed back."""
+
+
+OTHER_SESSIONS = """SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid()"""
+EVERY_TABLE = """SELECT quote_ident(tablename) FROM pg_tables
+WHERE schemaname = 'public' AND tablename <> 'alembic_version'"""
+
+
+@pytest.fixture(scope="session")
+def migrated_databases(migrated_postgres: str) -> MigratedDatabases:
+    return MigratedDatabases(migrated_postgres)
+
+
+async def _drop(server: str, name: str) -> None:
+    admin = create_async_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            await conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
+    finally:
+        await admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -174,13 +240,8 @@ async def fresh_database(server: str, template: str | None = None) -> AsyncItera
     ``template``; dropped after it."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     await create_database(server, name, template)
-    admin = create_async_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
-    try:
-        yield f"{server}/{name}"
-        async with admin.connect() as conn:
-            await conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
-    finally:
-        await admin.dispose()
+    yield f"{server}/{name}"
+    await _drop(server, name)
 
 
 @pytest.fixture

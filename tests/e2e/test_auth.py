@@ -379,8 +379,9 @@ async def test_a_customer_may_not_follow_the_dashboard(
 async def follow_until_expiry(
     server: Server, protocol: str, order: dict[str, Any], who: str, product_id: str
 ) -> None:
-    # Expires in 9 to 10 s (exp is whole seconds): time to set up on a busy machine.
-    token = customer_token(who, ttl=10)
+    # Expires in 4 to 5 s (exp is whole seconds), minted just before it is used: at least
+    # 3 s more than a socket takes to subscribe and hear back, even on a busy machine.
+    token = customer_token(who, ttl=5)
     expires_at = jwt.decode(token, SECRET, algorithms=["HS256"])["exp"]
     async with socket(server, protocol) as ws:
         await init(ws, bearer(token))
