@@ -114,11 +114,13 @@ class Server:
             process.kill()
             process.wait()
 
-    def stop(self) -> int:
+    def stop(self, signalled: bool = False) -> int:
+        """SIGTERM (unless ``signalled`` already) and its exit code; kill -9 after 20 s."""
         process, self.process = self.process, None
         if process is None:
             return 0
-        process.terminate()
+        if not signalled:
+            process.terminate()
         try:
             return process.wait(timeout=20)
         except subprocess.TimeoutExpired:
@@ -191,8 +193,13 @@ class Cluster:
         return [*self.relays, *self.apis]
 
     def stop(self) -> None:
-        for server in self.servers:
-            server.stop()
+        """Asks every process to stop at once, then waits for each."""
+        running = [server for server in self.servers if server.process is not None]
+        for server in running:
+            assert server.process is not None
+            server.process.terminate()
+        for server in running:
+            server.stop(signalled=True)
 
 
 @pytest.fixture
