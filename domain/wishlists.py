@@ -28,6 +28,7 @@ from domain.aggregate import Aggregate
 from domain.commands import Command
 from domain.errors import InvalidState, NotFound, Problems
 from domain.events import DomainEvent
+from domain.handlers import handles
 from domain.model import wishlist_items, wishlists
 from domain.products import Product, ProductStatus
 from domain.repositories import CustomerRepository, ProductRepository, Repository
@@ -165,7 +166,7 @@ class WishlistRepository(Repository[Wishlist]):
         return Wishlist(id=row["id"], customer_id=row["customer_id"], version=row["version"])
 
 
-# --- handlers (registered in domain.handlers.HANDLERS) ---------------------------------------
+# --- handlers ------------------------------------------------------------------------------
 
 
 async def _customer_exists(uow: UnitOfWork, customer_id: str, problems: Problems) -> None:
@@ -173,6 +174,7 @@ async def _customer_exists(uow: UnitOfWork, customer_id: str, problems: Problems
         problems.add(NotFound(f"no customer with id {customer_id}", "customerId"))
 
 
+@handles(AddToWishlist)
 async def add_to_wishlist(cmd: AddToWishlist, uow: UnitOfWork) -> Aggregate:
     """Locks the customer, then the product, then the list: the order placing an order
     locks rows in, so the two never wait for each other in a circle."""
@@ -188,6 +190,7 @@ async def add_to_wishlist(cmd: AddToWishlist, uow: UnitOfWork) -> Aggregate:
     return wishlist
 
 
+@handles(RemoveFromWishlist)
 async def remove_from_wishlist(cmd: RemoveFromWishlist, uow: UnitOfWork) -> Aggregate:
     problems = Problems()
     await _customer_exists(uow, cmd.customer_id, problems)
