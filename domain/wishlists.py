@@ -29,7 +29,7 @@ from domain.commands import Command
 from domain.errors import InvalidState, NotFound, Problems
 from domain.events import DomainEvent
 from domain.handlers import handles
-from domain.model import wishlist_items, wishlists
+from domain.model import UTCDateTime, metadata
 from domain.products import Product, ProductStatus
 from domain.repositories import CustomerRepository, ProductRepository, Repository
 
@@ -121,6 +121,24 @@ class Wishlist(Aggregate):
 
 
 # --- storage -----------------------------------------------------------------------------
+
+# One row per customer's list (its id derived from the customer's, see wishlist_id).
+wishlists = sa.Table(
+    "wishlists",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("customer_id", sa.String(36), sa.ForeignKey("customers.id"), nullable=False,
+              unique=True),
+    sa.Column("version", sa.Integer, nullable=False),
+)  # fmt: skip
+
+wishlist_items = sa.Table(
+    "wishlist_items",
+    metadata,
+    sa.Column("wishlist_id", sa.String(36), sa.ForeignKey("wishlists.id"), primary_key=True),
+    sa.Column("product_id", sa.String(36), sa.ForeignKey("products.id"), primary_key=True),
+    sa.Column("added_at", UTCDateTime, nullable=False),
+)
 
 
 class WishlistRepository(Repository[Wishlist]):

@@ -1,4 +1,5 @@
-"""Finding a command's handler: the core's are listed, a feature module registers its own."""
+"""A feature module of ``domain`` registers its own handlers and tables; what needs all of
+them (a bus, the whole write model) finds them though no one imported the module."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ async def bus() -> AsyncIterator[CommandBus]:
 
 
 async def test_a_command_without_a_handler_is_refused_by_name(bus: CommandBus) -> None:
-    with pytest.raises(UnhandledCommand, match=r"test_handlers\.Unhandled: decorate one"):
+    with pytest.raises(UnhandledCommand, match=r"test_feature_modules\.Unhandled: decorate one"):
         await bus.execute(Unhandled(note="hello"))
 
 
@@ -48,19 +49,33 @@ def test_a_second_handler_for_a_command_is_refused() -> None:
     assert HANDLERS[RestockProduct] is not restock_twice
 
 
+def in_a_fresh_process(program: str) -> str:
+    """What ``program`` prints, run where no feature module was imported before it."""
+    first = "import sys\nassert 'domain.wishlists' not in sys.modules\n"
+    ran = subprocess.run(
+        [sys.executable, "-c", first + program], cwd=ROOT, capture_output=True, text=True
+    )
+    assert ran.returncode == 0, ran.stderr
+    return ran.stdout
+
+
 def test_a_bus_has_every_feature_modules_handlers_though_none_was_imported() -> None:
     """A process that builds a bus before importing a feature (a CLI command, a worker)
     still handles the feature's commands."""
-    program = (
-        "import sys\n"
-        "from domain.bus import CommandBus\n"
+    printed = in_a_fresh_process(
         "from sqlalchemy.ext.asyncio import create_async_engine\n"
-        "assert 'domain.wishlists' not in sys.modules\n"
+        "from domain.bus import CommandBus\n"
         "bus = CommandBus(create_async_engine('sqlite+aiosqlite://'))\n"
         "print(sorted(t.__name__ for t in bus.handlers))\n"
     )
-    ran = subprocess.run(
-        [sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, check=True
+    assert "'AddToWishlist'" in printed
+    assert "'RemoveFromWishlist'" in printed
+
+
+def test_the_whole_write_model_has_every_feature_modules_tables() -> None:
+    """What migrations are compared with (``projections.tables.WRITE_STORE``)."""
+    printed = in_a_fresh_process(
+        "from domain.model import every_table\nprint(sorted(every_table().tables))\n"
     )
-    assert "'AddToWishlist'" in ran.stdout, ran.stderr
-    assert "'RemoveFromWishlist'" in ran.stdout
+    assert "'wishlist_items'" in printed
+    assert "'wishlists'" in printed
