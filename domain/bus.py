@@ -72,6 +72,26 @@ class _Unobserved:
 UNOBSERVED: BusObserver = _Unobserved()
 
 
+class _Guarded:
+    """An observer whose failures are logged, never raised: a command's answer and the
+    writer that answers every queued caller must not depend on what measures them."""
+
+    def __init__(self, observer: BusObserver) -> None:
+        self.observer = observer
+
+    def answered(self, command: str, outcome: str, seconds: float) -> None:
+        try:
+            self.observer.answered(command, outcome, seconds)
+        except Exception:
+            log.exception("the bus observer failed on an answer (%s, %s)", command, outcome)
+
+    def grouped(self, size: int) -> None:
+        try:
+            self.observer.grouped(size)
+        except Exception:
+            log.exception("the bus observer failed on a group of %d", size)
+
+
 def _transaction_span(group: list[_Request]) -> AbstractContextManager[trace.Span | None]:
     """The span of a group's transaction: a child of its first command's span, linking
     the others' (each command's trace shows where it was written)."""
@@ -214,7 +234,7 @@ class CommandBus:
         observer: BusObserver = UNOBSERVED,
     ) -> None:
         self.engine = engine
-        self.observer = observer
+        self.observer: BusObserver = _Guarded(observer)
         # Every command's handler unless told otherwise (tests swap one).
         self.handlers = every_handler() if handlers is None else handlers
         self.clock = clock

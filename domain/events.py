@@ -9,8 +9,10 @@ class name, which is the name stored in the outbox's ``type`` column.
 (``data``) whose keys are the fields' names in camelCase (``priceCents``), the
 contract's words, used from GraphQL through the outbox to the Mongo documents.
 :meth:`DomainEvent.to_data` writes that object and :meth:`DomainEvent.from_data`
-reads it back; ``from_data(d).to_data() == d`` for every event ever stored
-(``tests/unit/test_events.py`` pins each type's stored form). So the class and
+reads it back; ``from_data(d).to_data() == d`` for every event this release stores
+(``tests/unit/test_events.py`` pins each type's stored form), and keys that no field
+declares are ignored (``ordersPlaced``, which some older ``OrderCancelled`` and
+``OrderShipped`` events carry). So the class and
 field names *are* the storage schema: renaming one changes what new events are
 stored as, and old events no longer decode, which that test catches. A field that
 older events lack is declared with :func:`absent_before` (``None``, and left out of

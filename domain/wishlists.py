@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from domain.aggregate import Aggregate
 from domain.commands import Command
@@ -144,6 +145,11 @@ wishlist_items = sa.Table(
 class WishlistRepository(Repository[Wishlist]):
     table = wishlists
 
+    def __init__(self, conn: AsyncConnection) -> None:
+        super().__init__(conn)
+        # Each list's items as loaded, so that saving writes only what changed.
+        self._loaded: dict[str, frozenset[str]] = {}
+
     async def for_customer(self, customer_id: str) -> Wishlist:
         """The customer's list (locked), or a new empty one that is saved with its first item."""
         found = await self.get(wishlist_id(customer_id))
@@ -161,21 +167,36 @@ class WishlistRepository(Repository[Wishlist]):
             )
             rows = await self.conn.execute(stmt)
             wishlist.items = {row.product_id: row.added_at for row in rows}
+            self._loaded[aggregate_id] = frozenset(wishlist.items)
         return wishlist
 
     async def save(self, wishlist: Wishlist) -> None:
-        """Saves the list's row (version checked), then its items as they are now."""
+        """Saves the list's row (version checked), then only the items added or removed.
+
+        Rewriting every item would have PostgreSQL check each one's foreign key, locking
+        every product on the list (``FOR KEY SHARE``) while the command holds the added
+        product ``FOR UPDATE``: two lists sharing products, or a list and an order, would
+        then wait for each other in a circle.
+        """
         await super().save(wishlist)
         items = wishlist_items.c
-        await self.conn.execute(wishlist_items.delete().where(items.wishlist_id == wishlist.id))
-        if wishlist.items:
+        before = self._loaded.get(wishlist.id, frozenset())
+        if removed := before - wishlist.items.keys():
+            await self.conn.execute(
+                wishlist_items.delete().where(
+                    items.wishlist_id == wishlist.id, items.product_id.in_(sorted(removed))
+                )
+            )
+        if added := wishlist.items.keys() - before:
             await self.conn.execute(
                 wishlist_items.insert(),
                 [
-                    {"wishlist_id": wishlist.id, "product_id": product_id, "added_at": added}
-                    for product_id, added in wishlist.items.items()
+                    {"wishlist_id": wishlist.id, "product_id": product_id,
+                     "added_at": wishlist.items[product_id]}
+                    for product_id in sorted(added)
                 ],
-            )
+            )  # fmt: skip
+        self._loaded[wishlist.id] = frozenset(wishlist.items)
 
     def to_row(self, w: Wishlist) -> dict[str, Any]:
         return {"id": w.id, "customer_id": w.customer_id, "version": w.version}

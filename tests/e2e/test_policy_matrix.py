@@ -457,13 +457,21 @@ SOCKET_CALLERS = tuple(c for c in CALLERS if c not in (BAD_TOKEN, EXPIRED_ADMIN,
 
 
 async def test_every_subscription_for_every_caller_with_a_valid_or_no_token(world: World) -> None:
+    await check_every_subscription(world, first_message)
+
+
+async def check_every_subscription(
+    world: World, first: Callable[..., Awaitable[dict[str, Any]]]
+) -> None:
+    """Each subscription for each socket caller, its first message taken by ``first``
+    (one WebSocket protocol or the other)."""
     cells = Cells()
     missing = str(uuid.uuid4())
     for name, operation in SUBSCRIPTIONS.items():
         field_name = name.split(".")[1]
         for caller in SOCKET_CALLERS:
             async with cells.cell(name, caller):
-                message = await first_message(world, operation, caller)
+                message = await first(world, operation, caller)
                 outcome = expected(name, caller)
                 if outcome == OK:
                     assert (message["type"], message["id"]) == ("next", "1"), message
@@ -473,7 +481,7 @@ async def test_every_subscription_for_every_caller_with_a_valid_or_no_token(worl
                     assert message["type"] == "next", message
                     errors = message["payload"]["errors"]
                     assert [e["extensions"] for e in errors] == [{"code": "NOT_FOUND"}], message
-                    absent = await first_message(world, operation, caller, id=missing)
+                    absent = await first(world, operation, caller, id=missing)
                     assert substitute(message, world.order, missing) == absent, (message, absent)
                 else:
                     refused_subscription(message, field_name, outcome)

@@ -28,14 +28,11 @@ from tests.e2e.test_policy_matrix import (
     HIDDEN,
     OK,
     READS,
-    SOCKET_CALLERS,
-    SUBSCRIPTIONS,
     Cells,
     World,
     expected,
     no_internal_errors,
     refused_read,
-    refused_subscription,
     setup_world,
     substitute,
 )
@@ -166,28 +163,7 @@ async def first_legacy_message(
 
 
 async def test_every_subscription_for_every_caller_over_graphql_ws(world: World) -> None:
-    cells = Cells()
-    missing = str(uuid.uuid4())
-    for name, operation in SUBSCRIPTIONS.items():
-        field_name = name.split(".")[1]
-        for caller in SOCKET_CALLERS:
-            async with cells.cell(name, caller):
-                message = await first_legacy_message(world, operation, caller)
-                outcome = expected(name, caller)
-                if outcome == OK:
-                    assert (message["type"], message["id"]) == ("next", "1"), message
-                    assert "errors" not in message["payload"], message
-                    assert operation.check(message["payload"]["data"][field_name], world), message
-                elif outcome == HIDDEN:
-                    assert message["type"] == "next", message
-                    errors = message["payload"]["errors"]
-                    assert [e["extensions"] for e in errors] == [{"code": "NOT_FOUND"}], message
-                    absent = await first_legacy_message(world, operation, caller, id=missing)
-                    assert substitute(message, world.order, missing) == absent, (message, absent)
-                else:
-                    refused_subscription(message, field_name, outcome)
-    cells.verify(len(SUBSCRIPTIONS) * len(SOCKET_CALLERS))
-    no_internal_errors(world.server)
+    await matrix.check_every_subscription(world, first_legacy_message)
 
 
 # --------------------------------------------------------------------------- mutations

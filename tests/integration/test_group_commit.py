@@ -243,3 +243,26 @@ async def test_a_failing_commit_listener_does_not_turn_committed_commands_into_e
         CreateProduct(sku="L-1", name="Lamp", category="c", price_cents=100)
     )
     assert outcome.version == 1
+
+
+class FailingObserver:
+    def answered(self, command: str, outcome: str, seconds: float) -> None:
+        raise RuntimeError("the metrics backend is broken")
+
+    def grouped(self, size: int) -> None:
+        raise RuntimeError("the metrics backend is broken")
+
+
+@pytest.mark.parametrize("group_commit", [True, False])
+async def test_a_failing_observer_changes_no_answer(
+    engine: AsyncEngine, group_commit: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What measures the bus cannot fail a command, nor leave a group's callers waiting."""
+    bus = CommandBus(engine, observer=FailingObserver(), group_commit=group_commit)
+    try:
+        results = await asyncio.wait_for(run_together(bus, *map(customer, range(5))), 30)
+    finally:
+        bus.close()
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    assert sorted(r.version for r in results) == [1, 2, 3, 4, 5]
+    assert "the bus observer failed" in caplog.text

@@ -28,6 +28,7 @@ from projections.progress import Progress
 from projections.registry import all_projections
 from projections.relay import Relay
 from tests.conftest import eventually
+from tests.integration.test_relay_faults import lapse
 
 Db = AsyncDatabase[dict[str, Any]]
 
@@ -298,14 +299,15 @@ async def test_a_running_relay_stops_writing_once_another_took_its_lease(
     """Its lease ran out during a (long) batch and another relay took it: the next
     bulk write finds out, and nothing more is written."""
     await create(bus)
-    mine = Lease(engine, db, ttl=0.001)  # ends before the batch writes: each write must renew it
+    mine = Lease(engine, db, ttl=60)
     relay = Relay(engine, db, [ProductsProjection()], Progress(), write_chunk=32, lease=mine)
     await relay.setup()
     assert await mine.acquire()
     assert mine.epoch is not None
     await relay.begin_tenure(mine.epoch)  # as inside run(), which holds the lease
+    await lapse(mine)  # it stalls past its lease...
     other = Lease(engine, db)
-    assert await eventually(other.acquire)  # another relay takes it over
+    assert await other.acquire()  # ...and another relay takes it over
     with pytest.raises(relay_module.LeaseLost):
         await relay.run_once()
     assert await documents(db) == []

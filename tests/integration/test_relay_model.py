@@ -46,7 +46,6 @@ from hypothesis.stateful import (
 )
 from pymongo import AsyncMongoClient
 
-from app.auth import ADMIN, Principal
 from domain import outbox
 from domain.bus import CommandBus
 from domain.commands import (
@@ -65,6 +64,7 @@ from domain.commands import (
 )
 from domain.errors import DomainError
 from domain.events import RecordedEvent
+from domain.identity import ADMIN_ROLE, Principal
 from domain.store import create_engine, create_schema
 from projections import checkpoints
 from projections.progress import Progress, ProgressFollower
@@ -161,7 +161,7 @@ class Reader:
         self.context = Context(
             bus=None, db=self.db, progress=self.progress, feeds=None,  # type: ignore[arg-type]
             consistency_timeout=0.0, max_page_size=100,
-            principal=Principal("model", frozenset({ADMIN})),
+            principal=Principal("model", frozenset({ADMIN_ROLE})),
         )  # fmt: skip
         self.projectors = {p.name: p for p in all_projections() if p.name in QUERIED}
         self.expected: dict[str, dict[str, list[int]]] = {name: {} for name in QUERIED}
