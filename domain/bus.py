@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,7 +27,7 @@ from domain.errors import (
     ValidationFailed,
     unreachable,
 )
-from domain.handlers import HANDLERS, Handler
+from domain.handlers import Handler, UnhandledCommand, every_handler
 from domain.idempotency import Answer, CommandOutcome
 from domain.uow import UnitOfWork, utcnow
 from domain.writer import NotCommitted, Transactions
@@ -226,7 +226,7 @@ class CommandBus:
     def __init__(
         self,
         engine: AsyncEngine,
-        handlers: dict[type[Command], Handler] = HANDLERS,
+        handlers: Mapping[type[Command], Handler] | None = None,
         clock: Callable[[], datetime] = utcnow,
         *,
         group_commit: bool = True,
@@ -235,7 +235,8 @@ class CommandBus:
     ) -> None:
         self.engine = engine
         self.observer: BusObserver = _Guarded(observer)
-        self.handlers = handlers
+        # Every command's handler unless told otherwise (tests swap one).
+        self.handlers = every_handler() if handlers is None else handlers
         self.clock = clock
         self.group_commit = group_commit
         self.max_group = max_group
@@ -294,9 +295,10 @@ class CommandBus:
         idempotency_scope: str | None,
     ) -> CommandOutcome:
         _check_input(command, idempotency_key)
-        request = _Request(
-            command, self.handlers[type(command)], idempotency_key, metadata, idempotency_scope
-        )
+        handler = self.handlers.get(type(command))
+        if handler is None:
+            raise UnhandledCommand(type(command))
+        request = _Request(command, handler, idempotency_key, metadata, idempotency_scope)
         request.span = trace.get_current_span().get_span_context()
         if not self.group_commit:
             with _transaction_span([request]):

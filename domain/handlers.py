@@ -1,7 +1,9 @@
 """Command handlers: plain functions of (command, unit of work), registered in HANDLERS.
 
 Each returns the aggregate it created or changed; the bus turns that into the
-command's outcome.
+command's outcome. The core commands' handlers are listed here; a feature module
+registers its own with :func:`handles`, so building one of its commands (which
+imports it) registers the handler too, and :func:`every_handler` imports them all.
 """
 
 from __future__ import annotations
@@ -9,8 +11,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
+import domain
 from domain.aggregate import Aggregate
 from domain.commands import (
     CancelOrder,
@@ -51,14 +54,10 @@ from domain.repositories import (
     Repository,
 )
 from domain.uow import UnitOfWork
-from domain.wishlists import (
-    AddToWishlist,
-    RemoveFromWishlist,
-    add_to_wishlist,
-    remove_from_wishlist,
-)
 
 Handler = Callable[[Any, UnitOfWork], Awaitable[Aggregate]]
+C = TypeVar("C", bound=Command)
+CommandHandler = Callable[[C, UnitOfWork], Awaitable[Aggregate]]
 InputCheck = Callable[[Problems], object]
 
 
@@ -281,6 +280,42 @@ HANDLERS: dict[type[Command], Handler] = {
     PlaceOrder: place_order,
     CancelOrder: cancel_order,
     ShipOrder: ship_order,
-    AddToWishlist: add_to_wishlist,
-    RemoveFromWishlist: remove_from_wishlist,
 }
+
+
+class DuplicateHandler(RuntimeError):
+    """A command type was given a second handler."""
+
+
+class UnhandledCommand(LookupError):
+    """A command type has no handler: its module registers none, or was never imported."""
+
+    def __init__(self, command: type[Command]) -> None:
+        super().__init__(
+            f"no handler is registered for {command.__module__}.{command.__qualname__}: "
+            "decorate one with domain.handlers.handles in the command's module"
+        )
+
+
+def handles(command: type[C]) -> Callable[[CommandHandler[C]], CommandHandler[C]]:
+    """Registers the decorated function as ``command``'s handler in :data:`HANDLERS`;
+    a second handler for one command type raises :class:`DuplicateHandler`."""
+
+    def register(handler: CommandHandler[C]) -> CommandHandler[C]:
+        if (registered := HANDLERS.get(command)) is not None:
+            raise DuplicateHandler(
+                f"{command.__qualname__} is handled by {registered.__module__}."
+                f"{registered.__qualname__} already; {handler.__module__}."
+                f"{handler.__qualname__} cannot handle it too"
+            )
+        HANDLERS[command] = handler
+        return handler
+
+    return register
+
+
+def every_handler() -> dict[type[Command], Handler]:
+    """:data:`HANDLERS` with every feature module's handlers in it: what a bus serves
+    whichever modules its process imported first."""
+    domain.import_every_module()
+    return HANDLERS

@@ -1,6 +1,8 @@
 """The relational write model: normalised state rows, the outbox and idempotency keys.
 
-The relay's tables share the write store but are declared with the relay
+A feature module of ``domain`` declares its own tables on :data:`metadata`
+(``domain.wishlists``); :func:`every_table` is the metadata with all of them. The
+relay's tables share the write store but are declared with the relay
 (``projections.tables``)."""
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
+
+import domain
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
@@ -116,24 +120,6 @@ order_lines = sa.Table(
     sa.Column("unit_price_cents", sa.Integer, nullable=False),
 )
 
-# A customer's wish list (domain.wishlists): its id is derived from the customer's.
-wishlists = sa.Table(
-    "wishlists",
-    metadata,
-    sa.Column("id", sa.String(36), primary_key=True),
-    sa.Column("customer_id", sa.String(36), sa.ForeignKey("customers.id"), nullable=False,
-              unique=True),
-    sa.Column("version", sa.Integer, nullable=False),
-)  # fmt: skip
-
-wishlist_items = sa.Table(
-    "wishlist_items",
-    metadata,
-    sa.Column("wishlist_id", sa.String(36), sa.ForeignKey("wishlists.id"), primary_key=True),
-    sa.Column("product_id", sa.String(36), sa.ForeignKey("products.id"), primary_key=True),
-    sa.Column("added_at", UTCDateTime, nullable=False),
-)
-
 idempotency_keys = sa.Table(
     "idempotency_keys",
     metadata,
@@ -143,3 +129,11 @@ idempotency_keys = sa.Table(
     sa.Column("result", sa.JSON, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False, index=True),
 )
+
+
+def every_table() -> sa.MetaData:
+    """:data:`metadata` with every feature module's tables on it: for what needs the whole
+    write model (migrations compared with it, ``create_all`` in tests), whichever
+    modules its process imported first."""
+    domain.import_every_module()
+    return metadata

@@ -29,7 +29,8 @@ from domain.aggregate import Aggregate
 from domain.commands import Command
 from domain.errors import InvalidState, NotFound, Problems
 from domain.events import DomainEvent
-from domain.model import wishlist_items, wishlists
+from domain.handlers import handles
+from domain.model import UTCDateTime, metadata
 from domain.products import Product, ProductStatus
 from domain.repositories import CustomerRepository, ProductRepository, Repository
 
@@ -122,6 +123,24 @@ class Wishlist(Aggregate):
 
 # --- storage -----------------------------------------------------------------------------
 
+# One row per customer's list (its id derived from the customer's, see wishlist_id).
+wishlists = sa.Table(
+    "wishlists",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("customer_id", sa.String(36), sa.ForeignKey("customers.id"), nullable=False,
+              unique=True),
+    sa.Column("version", sa.Integer, nullable=False),
+)  # fmt: skip
+
+wishlist_items = sa.Table(
+    "wishlist_items",
+    metadata,
+    sa.Column("wishlist_id", sa.String(36), sa.ForeignKey("wishlists.id"), primary_key=True),
+    sa.Column("product_id", sa.String(36), sa.ForeignKey("products.id"), primary_key=True),
+    sa.Column("added_at", UTCDateTime, nullable=False),
+)
+
 
 class WishlistRepository(Repository[Wishlist]):
     table = wishlists
@@ -186,7 +205,7 @@ class WishlistRepository(Repository[Wishlist]):
         return Wishlist(id=row["id"], customer_id=row["customer_id"], version=row["version"])
 
 
-# --- handlers (registered in domain.handlers.HANDLERS) ---------------------------------------
+# --- handlers ------------------------------------------------------------------------------
 
 
 async def _customer_exists(uow: UnitOfWork, customer_id: str, problems: Problems) -> None:
@@ -194,6 +213,7 @@ async def _customer_exists(uow: UnitOfWork, customer_id: str, problems: Problems
         problems.add(NotFound(f"no customer with id {customer_id}", "customerId"))
 
 
+@handles(AddToWishlist)
 async def add_to_wishlist(cmd: AddToWishlist, uow: UnitOfWork) -> Aggregate:
     """Locks the customer, then the product, then the list: the order placing an order
     locks rows in, so the two never wait for each other in a circle."""
@@ -209,6 +229,7 @@ async def add_to_wishlist(cmd: AddToWishlist, uow: UnitOfWork) -> Aggregate:
     return wishlist
 
 
+@handles(RemoveFromWishlist)
 async def remove_from_wishlist(cmd: RemoveFromWishlist, uow: UnitOfWork) -> Aggregate:
     problems = Problems()
     await _customer_exists(uow, cmd.customer_id, problems)

@@ -40,4 +40,5 @@ relay_leases = sa.Table(
 
 # Every table of the write store: what ``alembic revision --autogenerate`` and the
 # migration tests compare the migrated store with ([tool.alembic] target_metadata).
-WRITE_STORE: tuple[sa.MetaData, ...] = (model.metadata, metadata)
+# The write model's includes each feature module's tables (``domain.model.every_table``).
+WRITE_STORE: tuple[sa.MetaData, ...] = (model.every_table(), metadata)

@@ -21,12 +21,14 @@ from schema.errors import REQUEST_REFUSALS
 from schema.limits import DocumentCache, DocumentLimits, LimitExceeded, Limits
 from schema.metrics import OperationMetrics
 from schema.mutations import Mutation as ShopMutation
-from schema.policy import POLICIES, Authorize, Policy
+from schema.policy import POLICIES as SHOP_POLICIES
+from schema.policy import Authorize, Policy, merged
 from schema.queries import Query as ShopQuery
 from schema.scalars import SCALARS
 from schema.sharing import SharedEventExecutor
 from schema.subscriptions import Subscription
 from schema.tracing import GraphQLSpans
+from schema.wishlist import POLICIES as WISHLIST_POLICIES
 from schema.wishlist import WishlistMutation, WishlistQuery
 
 log = logging.getLogger(__name__)
@@ -38,10 +40,11 @@ EXPECTED_CODES = frozenset(
 INTERNAL_ERROR = "INTERNAL_SERVER_ERROR"
 AUTHORIZE = Authorize()
 
-__all__ = ["Mutation", "Query", "ShopSchema", "build_schema", "print_schema"]
+__all__ = ["POLICIES", "Mutation", "Query", "ShopSchema", "build_schema", "print_schema"]
 
 
-# The served root types: the shop's fields and those of each feature's schema module.
+# The served root types and who may call their fields: the shop's, and those of each
+# feature's schema module.
 @strawberry.type(name="Query")
 class Query(WishlistQuery, ShopQuery):
     pass
@@ -50,6 +53,9 @@ class Query(WishlistQuery, ShopQuery):
 @strawberry.type(name="Mutation")
 class Mutation(WishlistMutation, ShopMutation):
     pass
+
+
+POLICIES = merged(SHOP_POLICIES, WISHLIST_POLICIES)
 
 
 class ShopSchema(strawberry.Schema):
@@ -159,7 +165,8 @@ def build_schema(
     traced: bool = False,
 ) -> ShopSchema:
     """The served schema; the benchmarks pass subclasses of the root types with no-op
-    fields, and policies for them."""
+    fields, and policies for them (a field that has one already raises
+    ``DuplicatePolicy``)."""
     _authorize_root_fields(query, mutation, Subscription)
     chosen = limits or Limits()
     documents = DocumentCache(chosen.document_cache_bytes)
@@ -179,7 +186,7 @@ def build_schema(
             *([GraphQLSpans] if traced else []),
         ],
     )
-    schema.policies = {**POLICIES, **(policies or {})}
+    schema.policies = merged(POLICIES, policies or {})
     schema.documents = documents
     return schema
 

@@ -1,8 +1,10 @@
 """Who may call what: one table, deny by default.
 
-Every root field (query, mutation, subscription) is looked up in :data:`POLICIES` by
-``"Type.field"``; a field missing from it is refused to everyone, admins included,
-and ``tests/unit/test_policy.py`` fails for it. The check runs before the field's
+Every root field (query, mutation, subscription) is looked up by ``"Type.field"`` in
+the served table: the shop's rows, :data:`POLICIES`, and each feature schema module's
+own (``schema.wishlist.POLICIES``), which ``schema.build`` joins with :func:`merged`.
+A field missing from it is refused to everyone, admins included, and
+``tests/unit/test_policy.py`` fails for it. The check runs before the field's
 resolver, so a refused command writes nothing and a refused read reads nothing.
 
 Refusals:
@@ -161,9 +163,6 @@ POLICIES: Mapping[str, Policy] = {
     "Mutation.cancelOrder": OWN_ORDER,
     "Mutation.renameCustomer": OwnCustomer("id"),
     "Mutation.updateCustomerAddress": OwnCustomer("id"),
-    "Query.wishlist": OwnCustomer("customer_id"),
-    "Mutation.addToWishlist": CustomerItself("customer_id"),
-    "Mutation.removeFromWishlist": CustomerItself("customer_id"),
     # Running the shop.
     "Query.shippingQueue": ADMINS,
     "Query.dashboard": ADMINS,
@@ -182,6 +181,21 @@ POLICIES: Mapping[str, Policy] = {
 }
 
 NO_POLICY = Refusal(FORBIDDEN, "no policy allows this field")
+
+
+class DuplicatePolicy(ValueError):
+    """Two tables give one root field a policy each."""
+
+
+def merged(*tables: Mapping[str, Policy]) -> dict[str, Policy]:
+    """One table of the rows of ``tables``; a field in two of them raises
+    :class:`DuplicatePolicy` rather than letting either silently win."""
+    table: dict[str, Policy] = {}
+    for rows in tables:
+        if twice := sorted(table.keys() & rows.keys()):
+            raise DuplicatePolicy(f"more than one policy for {', '.join(twice)}")
+        table.update(rows)
+    return table
 
 
 def decide(

@@ -1,12 +1,13 @@
 """Wish lists in GraphQL: the ``wishlist`` query and the two mutations that change one.
 
-Their root fields join the served ``Query`` and ``Mutation`` in ``schema.build``; who
-may call them is in the policy table (``schema.policy``): a customer its own list,
+Their root fields join the served ``Query`` and ``Mutation`` in ``schema.build``, and
+so do their rows of the policy table (:data:`POLICIES`): a customer its own list,
 admins read any.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +19,7 @@ from schema import keys
 from schema.consistency import wait_for
 from schema.context import Info
 from schema.mutations import execute
+from schema.policy import CustomerItself, OwnCustomer, Policy
 from schema.scalars import Version
 from schema.types import CommandResult, given
 
@@ -101,3 +103,11 @@ class WishlistMutation:
         """Removing a product that is not on the list changes nothing."""
         command = RemoveFromWishlist(customer_id=customer_id, product_id=product_id)
         return await execute(info, command, idempotency_key)
+
+
+# A wish list is the customer's to change; admins may read any.
+POLICIES: Mapping[str, Policy] = {
+    "Query.wishlist": OwnCustomer("customer_id"),
+    "Mutation.addToWishlist": CustomerItself("customer_id"),
+    "Mutation.removeFromWishlist": CustomerItself("customer_id"),
+}

@@ -12,8 +12,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from domain.commands import DiscontinueProduct
 from domain.errors import DomainError
-from domain.model import wishlist_items, wishlists
-from domain.wishlists import AddToWishlist, RemoveFromWishlist, wishlist_id
+from domain.wishlists import (
+    AddToWishlist,
+    RemoveFromWishlist,
+    wishlist_id,
+    wishlist_items,
+    wishlists,
+)
 from projections.wishlist import find_wishlist
 from tests.integration.shop import Shop, snapshot
 

@@ -24,8 +24,10 @@ from schema.policy import (
     FORBIDDEN,
     OWN_ORDER,
     CustomerItself,
+    DuplicatePolicy,
     OwnCustomer,
     Policy,
+    merged,
 )
 from schema.queries import Query
 from schema.types import CommandResult
@@ -71,7 +73,8 @@ def test_the_served_schema_has_the_roots_and_fields_the_table_is_about() -> None
 @pytest.mark.parametrize("field", SERVED_FIELDS)
 def test_every_root_field_of_the_served_schema_has_a_policy(field: str) -> None:
     assert field in SERVED.policies, (
-        f"{field} has no entry in schema.policy.POLICIES: it is refused to everyone, "
+        f"{field} has no entry in the served policy table (schema.policy.POLICIES or its "
+        "feature's schema module's POLICIES): it is refused to everyone, "
         "admins included; add the policy the issue gives it"
     )
 
@@ -79,6 +82,18 @@ def test_every_root_field_of_the_served_schema_has_a_policy(field: str) -> None:
 def test_no_policy_names_a_field_the_schema_does_not_have() -> None:
     stale = sorted(set(SERVED.policies) - set(SERVED_FIELDS))
     assert not stale, f"policies for fields the served schema does not have: {stale}"
+
+
+def test_a_field_given_a_policy_by_two_tables_is_refused_loudly() -> None:
+    """A feature's schema module cannot quietly change a row of the shop's table, nor
+    another feature's: joining them names every field given twice."""
+    shop = {"Query.product": ANYONE, "Query.order": OWN_ORDER}
+    feature = {"Query.product": ADMINS, "Query.order": ADMINS, "Query.wishlist": ADMINS}
+    with pytest.raises(DuplicatePolicy, match=r"for Query\.order, Query\.product$"):
+        merged(shop, feature)
+    with pytest.raises(DuplicatePolicy, match=r"for Query\.product$"):
+        build_schema(policies={"Query.product": ADMINS})
+    assert merged(shop, {"Query.wishlist": ADMINS}) == {**shop, "Query.wishlist": ADMINS}
 
 
 # The issue's policy, written out independently of schema.policy.
