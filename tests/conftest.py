@@ -26,6 +26,16 @@ from domain.bus import CommandBus
 from domain.store import create_engine, create_schema
 from projections.relay import Relay
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """End-to-end files first, then integration, then unit: with the files shared out
+    over workers (``make test``), the long ones start early and the short ones fill the
+    end, so no worker is left running one long file alone. Within a file, the order
+    stays as written."""
+    rank = {"e2e": 0, "integration": 1, "unit": 2}
+    items.sort(key=lambda item: rank.get(item.path.parent.name, 3))
+
+
 # Helpers whose asserts should explain themselves like a test's do.
 pytest.register_assert_rewrite("tests.e2e.consistency")
 
