@@ -22,13 +22,20 @@ from domain.commands import (
     ShipOrder,
 )
 from projections import checkpoints
-from projections.lease import Lease
+from projections.lease import Lease, Tenure
 from projections.progress import Progress
-from projections.rebuild import REBUILD_LEASE, RebuildRunning, rebuild, rebuild_running
+from projections.rebuild import (
+    REBUILD_LEASE,
+    REBUILD_TTL,
+    RebuildRunning,
+    rebuild,
+    rebuild_running,
+)
 from projections.registry import all_projections
 from projections.relay import Relay
 from tests.conftest import eventually
 from tests.integration.shop import Shop, snapshot
+from tests.integration.test_relay_faults import store_clock_passes
 
 Db = AsyncDatabase[dict[str, Any]]
 
@@ -123,37 +130,19 @@ async def test_projection_status_says_rebuilding_meanwhile(engine: AsyncEngine, 
     assert "orders" not in await checkpoints.rebuilding(db)
 
 
-# A shorter rebuild lease keeps these tests short: a running rebuild renews it every
-# 1.3 s; one that has not renewed it for 2 s has stopped answering.
-SHORT_TTL = 4.0
-
-
-@pytest.fixture
-def short_lease(monkeypatch: pytest.MonkeyPatch) -> float:
-    monkeypatch.setattr("projections.rebuild.REBUILD_TTL", SHORT_TTL)
-    return SHORT_TTL
+# These tests move the write store's clock (the lease's expiry is by that clock) rather
+# than wait for it: a rebuild stops answering once it has not renewed for half the ttl.
+TTL = REBUILD_TTL
 
 
 @contextlib.asynccontextmanager
 async def running_rebuild(engine: AsyncEngine, db: Db) -> AsyncIterator[Lease]:
-    """Another rebuild's lease, renewed as a running rebuild renews it, for the block."""
-    holder = Lease(engine, db, name=REBUILD_LEASE, ttl=SHORT_TTL)
+    """Another rebuild's lease, held for the block (the test renews it as it runs)."""
+    holder = Lease(engine, db, name=REBUILD_LEASE, ttl=TTL)
     assert await holder.acquire()
-
-    async def keep() -> None:
-        while True:
-            await asyncio.sleep(SHORT_TTL / 3)  # a running rebuild's cadence, not a wait
-            assert await holder.renew()
-
-    keeper = asyncio.create_task(keep())
-    try:
-        yield holder
-    finally:
-        keeper.cancel()
-        await asyncio.gather(keeper, return_exceptions=True)
+    yield holder
 
 
-@pytest.mark.usefixtures("short_lease")
 async def test_a_dead_rebuilds_lease_is_waited_out_and_the_next_rebuild_runs(
     engine: AsyncEngine, db: Db
 ) -> None:
@@ -161,8 +150,9 @@ async def test_a_dead_rebuilds_lease_is_waited_out_and_the_next_rebuild_runs(
     says whose it is and when it expires, waits until then and runs."""
     shop = Shop(engine, db)
     await shop.product("MUG")
-    dead = Lease(engine, db, name=REBUILD_LEASE, ttl=SHORT_TTL)
+    dead = Lease(engine, db, name=REBUILD_LEASE, ttl=TTL)
     assert await dead.acquire()  # and never renewed
+    await store_clock_passes(engine, TTL * 0.6)  # past the half-life of a renewal
     taken = await dead.tenure()
     said: list[str] = []
     started = asyncio.Event()
@@ -175,7 +165,7 @@ async def test_a_dead_rebuilds_lease_is_waited_out_and_the_next_rebuild_runs(
         assert not next_one.done(), next_one
         return [m for m in said if "stopped answering" in m]
 
-    [waiting] = await eventually(stopped_answering, within=SHORT_TTL)
+    [waiting] = await eventually(stopped_answering, within=30)
     assert f"holder {dead.owner}" in waiting
     assert f"expires at {taken.expires:%Y-%m-%d %H:%M:%S} UTC" in waiting
     assert "waiting for it to expire" in waiting
@@ -188,24 +178,36 @@ async def test_a_dead_rebuilds_lease_is_waited_out_and_the_next_rebuild_runs(
     assert "stopped answering" in str(refusal)
     assert not started.is_set()
 
-    result = await next_one
+    await store_clock_passes(engine, TTL * 0.5)  # the lease expires
+    result = await asyncio.wait_for(next_one, timeout=60)
     assert result.position == 1
     assert (await dead.tenure()).epoch == taken.epoch + 1  # the next rebuild's tenure
 
 
-@pytest.mark.usefixtures("short_lease")
 async def test_a_running_rebuilds_lease_still_refuses_the_next_rebuild(
     engine: AsyncEngine, db: Db
 ) -> None:
     shop = Shop(engine, db)
     await shop.product("MUG")
+    said: list[str] = []
     async with running_rebuild(engine, db) as holder:
+        next_one = asyncio.create_task(
+            rebuild(engine, db, all_projections(), grace=0, wait="stopped", say=said.append)
+        )
+
+        async def checking() -> bool:
+            assert not next_one.done(), next_one
+            return any("checking whether its rebuild still runs" in m for m in said)
+
+        await eventually(checking, within=30)
+        await store_clock_passes(engine, 1)
+        assert await holder.renew()  # the renewal it watches for: that rebuild runs
         with pytest.raises(RebuildRunning) as refused:
-            await rebuild(engine, db, all_projections(), grace=0, wait="stopped")
+            await asyncio.wait_for(next_one, timeout=30)
         running = refused.value
         assert running.answering
         assert running.holder == holder.owner
-        assert 0 < running.seconds_left <= SHORT_TTL
+        assert 0 < running.seconds_left <= TTL
         assert str(running).startswith(f"another rebuild is running (holder {holder.owner}")
         assert f"expires at {running.expires_at:%Y-%m-%d %H:%M:%S} UTC" in str(running)
         admin = await rebuild_running(engine, db)
@@ -214,10 +216,18 @@ async def test_a_running_rebuilds_lease_still_refuses_the_next_rebuild(
         assert admin.holder == holder.owner
 
 
-@pytest.mark.usefixtures("short_lease")
 async def test_a_waiting_rebuild_runs_once_the_running_one_finishes(
-    engine: AsyncEngine, db: Db
+    engine: AsyncEngine, db: Db, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    looks = 0
+    tenure = Lease.tenure
+
+    async def counted(lease: Lease) -> Tenure:
+        nonlocal looks
+        looks += 1
+        return await tenure(lease)
+
+    monkeypatch.setattr(Lease, "tenure", counted)
     shop = Shop(engine, db)
     await shop.product("MUG")
     said: list[str] = []
@@ -230,16 +240,22 @@ async def test_a_waiting_rebuild_runs_once_the_running_one_finishes(
             assert not waiting.done(), waiting
             return any("waiting for it to finish" in m for m in said)
 
-        await eventually(told, within=SHORT_TTL)
+        await eventually(told, within=30)
         assert f"another rebuild is running (holder {holder.owner}" in said[0]
-        # It waits on past the lease's first expiry, which the running rebuild renews.
+        # It waits on past the lease's first expiry (1.2 ttls pass by the store's clock),
+        # which the running rebuild renews, looking at the lease again after each move.
         first = await holder.tenure()
+        for _ in range(3):
+            await store_clock_passes(engine, TTL * 0.4)
+            assert await holder.renew()
+            seen = looks
 
-        async def first_expiry_passed() -> bool:
-            return (await holder.tenure()).now > first.expires_at
+            async def looked_again(seen: int = seen) -> bool:
+                assert not waiting.done(), waiting
+                return looks >= seen + 2
 
-        await eventually(first_expiry_passed, within=2 * SHORT_TTL)
-        assert not waiting.done(), waiting
+            await eventually(looked_again, within=30)
+        assert said == [said[0]]  # nothing new to say: the same holder, still running
     await holder.release()  # the running rebuild finishes
     result = await asyncio.wait_for(waiting, timeout=60)
     assert result.position == 1
