@@ -60,12 +60,14 @@ class TransportLimits:
             return
         received = 0
         started = False
+        ended = False  # the body's last part has arrived: nothing is left to drain
 
         async def counted() -> Message:
-            nonlocal received
+            nonlocal received, ended
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                ended = not message.get("more_body", False)
                 if received > limit:
                     raise _BodyTooLarge
             return message
@@ -79,7 +81,7 @@ class TransportLimits:
             await self.app(scope, counted, tracked)
         except _BodyTooLarge:
             if not started:
-                drained = await _drain(receive, already=received)
+                drained = ended or await _drain(receive, already=received)
                 await self._too_large(send, keep_alive=drained)
 
     async def _too_large(self, send: Send, keep_alive: bool) -> None:
