@@ -288,7 +288,9 @@ async def eventually(
 @pytest.fixture(params=["guard-in-filter", "guard-in-relay"])
 def guard_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
     """Runs a relay test with both ways of applying version guards (see Relay.check_versions):
-    in the update's filter (MongoDB) and decided by the relay (FerretDB)."""
+    in the update's filter (the way for MongoDB) and decided by the relay (the way for
+    FerretDB). Both run here on the read store the tests have: FerretDB unless
+    MONGODB_URL names a real MongoDB."""
     check = request.param == "guard-in-relay"
     defaults = dict(Relay.__init__.__kwdefaults__ or {})
     monkeypatch.setattr(Relay.__init__, "__kwdefaults__", {**defaults, "check_versions": check})

@@ -15,7 +15,8 @@ query at ``minVersion`` N either answers NOT_YET_CONSISTENT or with documents th
 hold every event up to N (versions from the outbox, projected). After each run the
 surviving relays catch up and every read-model document must equal a fresh replay's.
 
-Runs on SQLite and on PostgreSQL. Bounded for ``make test``; ``make test-model``
+Runs on the embedded stores (SQLite, FerretDB on SQLite) and on the production ones
+(PostgreSQL, FerretDB on PostgreSQL). Bounded for ``make test``; ``make test-model``
 (``MODEL_EXAMPLES``, ``MODEL_STEPS``) runs a longer search. Failing examples are kept
 in ``.cache/hypothesis`` and replayed first by the next run.
 """
@@ -534,7 +535,9 @@ def test_read_models_always_end_equal_to_a_replay(
     check_versions: bool,
 ) -> None:
     if write_store == "postgresql":
+        # The production topology's stores: PostgreSQL, and FerretDB on PostgreSQL.
         server = request.getfixturevalue("postgres_url")
+        mongo_url = request.getfixturevalue("ferretdb_on_postgres")
         url = lambda: server  # noqa: E731 - a fresh database per example (ReadSide._open)
     else:
         url = lambda: f"sqlite+aiosqlite:///{tmp_path / uuid.uuid4().hex}.db"  # noqa: E731
