@@ -135,34 +135,30 @@ def module_server(
     """A server configured like ``server_env``'s, with ``env`` over it, running for the
     block: for a module-scoped fixture."""
     directory: Path = tmp_path_factory.mktemp(name)
-    server = Server(
-        {
-            **os.environ,
-            "MONGODB_URL": mongo_url,
-            "MONGODB_DATABASE": f"e2e_{uuid.uuid4().hex[:12]}",
-            "SHOP_DATA_DIR": str(directory / "var"),
-            "LOG_LEVEL": "WARNING",
-            "SHOP_AUTH_SECRET": SECRET,
-            **env,
-        },
-        directory / "server.log",
-    ).start()
+    server = Server(environment(mongo_url, directory, **env), directory / "server.log").start()
     try:
         yield server
     finally:
         server.stop()
 
 
-@pytest.fixture
-def server_env(mongo_url: str, tmp_path: Path) -> dict[str, str]:
+def environment(mongo_url: str, directory: Path, **env: str) -> dict[str, str]:
+    """A test server's environment: its own read database and data directory (under
+    ``directory``), quiet logs, the tests' token secret; ``env`` over that."""
     return {
         **os.environ,
         "MONGODB_URL": mongo_url,
         "MONGODB_DATABASE": f"e2e_{uuid.uuid4().hex[:12]}",
-        "SHOP_DATA_DIR": str(tmp_path / "var"),
+        "SHOP_DATA_DIR": str(directory / "var"),
         "LOG_LEVEL": "WARNING",
         "SHOP_AUTH_SECRET": SECRET,
+        **env,
     }
+
+
+@pytest.fixture
+def server_env(mongo_url: str, tmp_path: Path) -> dict[str, str]:
+    return environment(mongo_url, tmp_path)
 
 
 @pytest.fixture

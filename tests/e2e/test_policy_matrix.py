@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -37,7 +36,15 @@ from websockets.exceptions import ConnectionClosed
 
 from app.auth import mint
 from schema.build import build_schema
-from tests.e2e.conftest import SECRET, Client, Server, admin_token, bearer, customer_token
+from tests.e2e.conftest import (
+    SECRET,
+    Client,
+    Server,
+    admin_token,
+    bearer,
+    customer_token,
+    environment,
+)
 
 OK = "OK"
 UNAUTHENTICATED = "UNAUTHENTICATED"
@@ -162,14 +169,7 @@ def setup_world(server: Server) -> World:
 def world(mongo_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """One server for the whole matrix (as tests.e2e.conftest's server_env configures it)."""
     directory: Path = tmp_path_factory.mktemp("policy-matrix")
-    env = {
-        **os.environ,
-        "MONGODB_URL": mongo_url,
-        "MONGODB_DATABASE": f"e2e_{uuid.uuid4().hex[:12]}",
-        "SHOP_DATA_DIR": str(directory / "var"),
-        "LOG_LEVEL": "WARNING",
-        "SHOP_AUTH_SECRET": SECRET,
-    }
+    env = environment(mongo_url, directory)
     server = Server(env, directory / "server.log").start()
     try:
         yield setup_world(server)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -22,7 +21,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.e2e import test_policy_matrix as matrix
-from tests.e2e.conftest import SECRET, Server, bearer
+from tests.e2e.conftest import Server, bearer, environment
 from tests.e2e.test_policy_matrix import (
     CALLERS,
     HIDDEN,
@@ -43,14 +42,7 @@ def world(mongo_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     """A relay process and an api process on the same stores; the world set up through
     the api process."""
     directory: Path = tmp_path_factory.mktemp("policy-transports")
-    env = {
-        **os.environ,
-        "MONGODB_URL": mongo_url,
-        "MONGODB_DATABASE": f"e2e_{uuid.uuid4().hex[:12]}",
-        "SHOP_DATA_DIR": str(directory / "var"),
-        "LOG_LEVEL": "WARNING",
-        "SHOP_AUTH_SECRET": SECRET,
-    }
+    env = environment(mongo_url, directory)
     relay = Server(env, directory / "relay.log", "relay").start()
     try:
         api = Server(env, directory / "api.log", "api").start()
