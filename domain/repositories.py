@@ -29,11 +29,13 @@ class Repository(Generic[A]):
 
     table: ClassVar[sa.Table]
     _registered: ClassVar[list[type[Repository[Any]]]] = []
+    _in_order: ClassVar[tuple[type[Repository[Any]], ...] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "table" in cls.__dict__:
             Repository._registered.append(cls)
+            Repository._in_order = None
 
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
@@ -84,12 +86,17 @@ class Repository(Generic[A]):
         raise NotImplementedError
 
 
-def registered() -> list[type[Repository[Any]]]:
+def registered() -> tuple[type[Repository[Any]], ...]:
     """Every repository, referenced tables first (``metadata.sorted_tables``): customers
     before orders, products before order lines, so saving in this order never inserts
-    a row before the row it refers to."""
-    place = {table: n for n, table in enumerate(metadata.sorted_tables)}
-    return sorted(Repository._registered, key=lambda cls: place[cls.table])
+    a row before the row it refers to. Sorted once per set of repositories: every
+    command asks."""
+    if Repository._in_order is None:
+        place = {table: n for n, table in enumerate(metadata.sorted_tables)}
+        Repository._in_order = tuple(
+            sorted(Repository._registered, key=lambda cls: place[cls.table])
+        )
+    return Repository._in_order
 
 
 class ProductRepository(Repository[Product]):

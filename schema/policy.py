@@ -85,40 +85,28 @@ class Admins(Policy):
 
 @dataclass(frozen=True)
 class OwnCustomer(Policy):
-    """Admins, and a customer whose id is the argument at ``path`` (dotted, Python names)."""
+    """A customer whose id is the argument at ``path`` (dotted, Python names), and admins
+    unless ``admins`` is false: what only the customer decides (its wish list), an admin
+    may read but not change."""
 
     path: str
+    admins: bool = True
 
     @property
     def description(self) -> str:  # type: ignore[override]
-        return f"admins; a customer for its own id ({self.path})"
-
-    def refusal(self, principal: Principal, arguments: Mapping[str, Any]) -> Refusal | None:
-        if not principal.valid():
-            return _unauthenticated(principal)
-        if principal.is_admin:
-            return None
-        if principal.customer_id is not None and principal.customer_id == _at(arguments, self.path):
-            return None
-        return Refusal(FORBIDDEN, "a customer may only do this for its own customer id")
-
-
-@dataclass(frozen=True)
-class CustomerItself(Policy):
-    """A customer whose id is the argument at ``path``; not admins: what only the customer
-    decides (their wish list), an admin may read but not change."""
-
-    path: str
-
-    @property
-    def description(self) -> str:  # type: ignore[override]
+        if self.admins:
+            return f"admins; a customer for its own id ({self.path})"
         return f"a customer for its own id ({self.path}); not admins"
 
     def refusal(self, principal: Principal, arguments: Mapping[str, Any]) -> Refusal | None:
         if not principal.valid():
             return _unauthenticated(principal)
+        if self.admins and principal.is_admin:
+            return None
         if principal.customer_id is not None and principal.customer_id == _at(arguments, self.path):
             return None
+        if self.admins:
+            return Refusal(FORBIDDEN, "a customer may only do this for its own customer id")
         return Refusal(FORBIDDEN, "only the customer may do this, for its own customer id")
 
 

@@ -19,7 +19,7 @@ from schema import keys
 from schema.consistency import wait_for
 from schema.context import Info
 from schema.mutations import execute
-from schema.policy import CustomerItself, OwnCustomer, Policy
+from schema.policy import OwnCustomer, Policy
 from schema.scalars import Version
 from schema.types import CommandResult, given
 
@@ -108,6 +108,6 @@ class WishlistMutation:
 # A wish list is the customer's to change; admins may read any.
 POLICIES: Mapping[str, Policy] = {
     "Query.wishlist": OwnCustomer("customer_id"),
-    "Mutation.addToWishlist": CustomerItself("customer_id"),
-    "Mutation.removeFromWishlist": CustomerItself("customer_id"),
+    "Mutation.addToWishlist": OwnCustomer("customer_id", admins=False),
+    "Mutation.removeFromWishlist": OwnCustomer("customer_id", admins=False),
 }

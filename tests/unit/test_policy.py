@@ -23,7 +23,6 @@ from schema.policy import (
     ANYONE,
     FORBIDDEN,
     OWN_ORDER,
-    CustomerItself,
     DuplicatePolicy,
     OwnCustomer,
     Policy,
@@ -123,7 +122,7 @@ def expected_policy(field: str) -> Policy:
     if field in OWN_CUSTOMER_ARGUMENT:
         return OwnCustomer(OWN_CUSTOMER_ARGUMENT[field])
     if field in CUSTOMER_ITSELF_ARGUMENT:
-        return CustomerItself(CUSTOMER_ITSELF_ARGUMENT[field])
+        return OwnCustomer(CUSTOMER_ITSELF_ARGUMENT[field], admins=False)
     if field in OWN_ORDERS:
         return OWN_ORDER
     return ADMINS
