@@ -254,6 +254,17 @@ async def fresh_database(server: str, template: str | None = None) -> AsyncItera
     await _drop(server, name)
 
 
+@contextlib.contextmanager
+def fresh_database_apart(server: str, template: str | None = None) -> Iterator[str]:
+    """:func:`fresh_database` for synchronous fixtures (a module's, say)."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    _run_apart(create_database(server, name, template))
+    try:
+        yield f"{server}/{name}"
+    finally:
+        _run_apart(_drop(server, name))
+
+
 @pytest.fixture
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(database_url)

@@ -198,17 +198,18 @@ class Cluster:
             server.stop(signalled=True)
 
 
-@pytest.fixture
-async def cluster(
-    migrated_postgres: str, ferretdb_on_postgres: str, server_env: dict[str, str], tmp_path: Path
-) -> AsyncIterator[Cluster]:
-    from tests.conftest import TEMPLATE, fresh_database
+@contextmanager
+def running_cluster(
+    postgres_server: str, read_store: str, env: dict[str, str], directory: Path
+) -> Iterator[Cluster]:
+    """A :class:`Cluster` on a fresh copy of the migrated write store, for the block."""
+    from tests.conftest import TEMPLATE, fresh_database_apart
 
-    async with fresh_database(migrated_postgres, TEMPLATE) as database_url:
-        env = {**server_env, "DATABASE_URL": database_url, "MONGODB_URL": ferretdb_on_postgres}
+    with fresh_database_apart(postgres_server, TEMPLATE) as database_url:
+        env = {**env, "DATABASE_URL": database_url, "MONGODB_URL": read_store}
         cluster = Cluster(
-            apis=[Server(env, tmp_path / f"api{n}.log", "api") for n in range(2)],
-            relays=[Server(env, tmp_path / f"relay{n}.log", "relay") for n in range(2)],
+            apis=[Server(env, directory / f"api{n}.log", "api") for n in range(2)],
+            relays=[Server(env, directory / f"relay{n}.log", "relay") for n in range(2)],
             database_url=database_url,
         )
         try:
@@ -221,21 +222,58 @@ async def cluster(
             cluster.stop()
 
 
-@pytest.fixture(params=["embedded", "production"])
+@pytest.fixture
+def cluster(
+    migrated_postgres: str, ferretdb_on_postgres: str, server_env: dict[str, str], tmp_path: Path
+) -> Iterator[Cluster]:
+    """A cluster of the test's own, for tests that kill, pause or count from position 1."""
+    with running_cluster(migrated_postgres, ferretdb_on_postgres, server_env, tmp_path) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def module_cluster(
+    migrated_postgres: str,
+    ferretdb_on_postgres: str,
+    mongo_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Cluster]:
+    """A cluster shared by a module's tests; each test makes data of its own."""
+    directory = tmp_path_factory.mktemp("cluster")
+    env = environment(mongo_url, directory)
+    with running_cluster(migrated_postgres, ferretdb_on_postgres, env, directory) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module", params=["embedded", "production"])
 def topology(request: pytest.FixtureRequest) -> str:
     """Contract tests run on the embedded default stores (SQLite, FerretDB on SQLite, one
     process) and on the production topology (see :class:`Cluster`)."""
     return str(request.param)
 
 
-@pytest.fixture
-def server(topology: str, request: pytest.FixtureRequest) -> Server:
-    """The server a test talks to: the only one, or the cluster's first api process."""
+@pytest.fixture(scope="module")
+def server(
+    topology: str,
+    request: pytest.FixtureRequest,
+    mongo_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Server]:
+    """The server a module's tests talk to: the only one, or the cluster's first api
+    process. Shared by the module's tests, so each test makes its own data (see
+    :func:`unique`) and counts from where it started, never from position 1."""
     if topology == "production":
-        cluster: Cluster = request.getfixturevalue("cluster")
-        return cluster.apis[0]
-    server: Server = request.getfixturevalue("start_server")()
-    return server
+        cluster: Cluster = request.getfixturevalue("module_cluster")
+        yield cluster.apis[0]
+        return
+    with module_server(tmp_path_factory, mongo_url, "embedded") as server:
+        yield server
+
+
+def unique(prefix: str) -> str:
+    """``prefix`` made unique, for data of one test on a shared server: SKUs, emails,
+    categories, idempotency keys."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 class Client:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import Server, admin_token, bearer
+from tests.e2e.conftest import Server, admin_token, bearer, module_server
 from tests.e2e.node import installed
 
 GRAPHQL_RESPONSE = "application/graphql-response+json"
@@ -23,10 +24,11 @@ FAILS_IN_EXECUTION = '{ order(id: "no-such-order") { id } }'
 EXECUTION_ERROR_HEADERS = {"X-Min-Version": "soon"}
 
 
-@pytest.fixture
-def server(start_server: Any) -> Server:
-    server: Server = start_server()
-    return server
+@pytest.fixture(scope="module")
+def server(mongo_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for the module: no test here writes."""
+    with module_server(tmp_path_factory, mongo_url, "graphql-over-http") as server:
+        yield server
 
 
 def test_every_audit_of_graphql_http_passes(server: Server) -> None:

@@ -1,4 +1,8 @@
-"""The product slice of the contract, black-box over HTTP and WebSocket against real servers."""
+"""The product slice of the contract, black-box over HTTP and WebSocket against real servers.
+
+The module's tests share their servers (see ``server``): each makes products of its own
+(unique SKUs and categories) and counts versions from where it started.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import httpx
 import pytest
 
 from projections.registry import projection_names
-from tests.e2e.conftest import Client, Server, subscription
+from tests.e2e.conftest import Client, Server, subscription, unique
 
 CREATE = """
 mutation($input: CreateProductInput!, $key: String) {
@@ -33,23 +37,31 @@ subscription($id: ID!, $v: Version) {
 }"""
 
 
-def mug(sku: str = "mug-1", **overrides: Any) -> dict[str, Any]:
-    return {"sku": sku, "name": "Blue Mug", "category": "kitchen", "priceCents": 1299,
-            "initialStock": 5, **overrides}  # fmt: skip
+def mug(sku: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """A product's input; its SKU unique unless given."""
+    return {"sku": sku or unique("mug"), "name": "Blue Mug", "category": "kitchen",
+            "priceCents": 1299, "initialStock": 5, **overrides}  # fmt: skip
 
 
 async def create(client: Client, **fields: Any) -> dict[str, Any]:
-    result: dict[str, Any] = (await client.data(CREATE, {"input": mug(**fields)}))["createProduct"]
+    """Creates a product; its answer, with the ``sku`` it was created with."""
+    product = mug(**fields)
+    result: dict[str, Any] = (await client.data(CREATE, {"input": product}))["createProduct"]
     assert result["success"], result
-    return result
+    return {**result, "sku": product["sku"]}
+
+
+IN_CATEGORY = """query($c: String!, $v: Version) {
+  products(filter: {category: $c}, minVersion: $v) { totalCount edges { node { id } } } }"""
 
 
 async def test_a_write_is_readable_at_its_version_at_once(client: Client) -> None:
-    created = await create(client)
+    category = unique("kitchen")
+    created = await create(client, category=category)
     product = await client.data(PRODUCT, {"id": created["id"], "v": created["version"]})
     assert product["product"] == {
         "id": created["id"],
-        "sku": "MUG-1",
+        "sku": created["sku"].upper(),
         "name": "Blue Mug",
         "priceCents": 1299,
         "stockOnHand": 5,
@@ -57,27 +69,27 @@ async def test_a_write_is_readable_at_its_version_at_once(client: Client) -> Non
         "status": "ACTIVE",
         "version": created["version"],
     }
-    listed = await client.data(
-        "query($v: Version) { products(minVersion: $v) { totalCount edges { node { id } } } }",
-        {"v": created["version"]},
-    )
-    assert listed["products"]["totalCount"] == 1
+    listed = await client.data(IN_CATEGORY, {"c": category, "v": created["version"]})
+    assert listed["products"] == {"totalCount": 1, "edges": [{"node": {"id": created["id"]}}]}
     # totalCount is counted only when selected, found through fragments too
     through_fragments = await client.data(
-        "query($v: Version) { products(minVersion: $v) { ...Counted } "
-        'orderHistory(customerId: "nobody") { ... on OrderConnection { totalCount } } } '
+        "query($c: String!, $v: Version) { products(filter: {category: $c}, minVersion: $v) "
+        '{ ...Counted } orderHistory(customerId: "nobody") '
+        "{ ... on OrderConnection { totalCount } } } "
         "fragment Counted on ProductConnection { pageInfo { hasNextPage } totalCount }",
-        {"v": created["version"]},
+        {"c": category, "v": created["version"]},
     )
     assert through_fragments["products"]["totalCount"] == 1
     assert through_fragments["orderHistory"] == {"totalCount": 0}
 
 
 async def test_the_min_version_header_applies_to_every_field(client: Client) -> None:
-    created = await create(client)
+    category = unique("kitchen")
+    created = await create(client, category=category)
     body = await client.post(
-        "query($sku: String!) { productBySku(sku: $sku) { id } products { totalCount } }",
-        {"sku": "mug-1"},
+        "query($sku: String!, $c: String!) { productBySku(sku: $sku) { id } "
+        "products(filter: {category: $c}) { totalCount } }",
+        {"sku": created["sku"], "c": category},
         **{"X-Min-Version": str(created["version"])},
     )
     assert body["data"]["productBySku"]["id"] == created["id"]
@@ -99,18 +111,20 @@ async def test_a_version_never_reached_answers_not_yet_consistent(start_server: 
 
 
 async def test_repeating_a_mutation_with_its_key_returns_the_first_result(client: Client) -> None:
-    variables = {"input": mug(), "key": "create-mug-1"}
+    key = unique("create-mug")
+    variables = {"input": mug(), "key": key}
     first = (await client.data(CREATE, variables))["createProduct"]
     again = (await client.data(CREATE, variables))["createProduct"]
     assert again == first
-    reused = await client.data(CREATE, {"input": mug("other"), "key": "create-mug-1"})
+    reused = await client.data(CREATE, {"input": mug(), "key": key})
     [error] = reused["createProduct"]["errors"]
     assert (error["code"], error["field"]) == ("IDEMPOTENCY_KEY_REUSED", "idempotencyKey")
-    second = await create(client, sku="mug-2")
+    second = await create(client)
     assert second["version"] == first["version"] + 1  # the repeats wrote nothing
 
 
 async def test_invalid_input_reports_every_problem_and_writes_nothing(client: Client) -> None:
+    before = await create(client)
     refused = await client.data(CREATE, {"input": mug(sku="no spaces", name="", priceCents=-1)})
     result = refused["createProduct"]
     assert result["success"] is False
@@ -121,12 +135,12 @@ async def test_invalid_input_reports_every_problem_and_writes_nothing(client: Cl
         ("VALIDATION_FAILED", "priceCents"),
     }
     created = await create(client)
-    assert created["version"] == 1  # the refused command left nothing in the outbox
+    assert created["version"] == before["version"] + 1  # the refused one wrote nothing
 
 
 async def test_contract_error_codes_over_http(client: Client) -> None:
     created = await create(client)
-    duplicate = (await client.data(CREATE, {"input": mug("MUG-1")}))["createProduct"]
+    duplicate = (await client.data(CREATE, {"input": mug(created["sku"].upper())}))["createProduct"]
     assert [(e["code"], e["field"]) for e in duplicate["errors"]] == [("DUPLICATE", "sku")]
     conflict = await client.data(
         "mutation($id: ID!) { changeProductPrice(id: $id, priceCents: 5, expectedVersion: 9) "
@@ -183,7 +197,7 @@ async def test_subscription_over_the_legacy_graphql_ws_protocol(
 
 async def test_a_restart_on_the_same_data_keeps_data_and_idempotency(start_server: Any) -> None:
     first_server: Server = start_server()
-    variables = {"input": mug(), "key": "survives-restarts"}
+    variables = {"input": mug("mug-1"), "key": "survives-restarts"}
     async with httpx.AsyncClient(base_url=first_server.url) as http:
         created = (await Client(http).data(CREATE, variables))["createProduct"]
     # uvicorn shuts down gracefully, then re-raises SIGTERM as its exit status.
@@ -228,7 +242,7 @@ async def test_probes_graphiql_and_projection_status(
         assert ready.json()["checks"] == {"writeStore": True, "readStore": True, "relay": True}
         page = await http.get("/graphql", headers={"accept": "text/html"})
         assert "graphiql" in page.text.lower()
-    relays = [server] if server.role == "all" else request.getfixturevalue("cluster").relays
+    relays = [server] if server.role == "all" else request.getfixturevalue("module_cluster").relays
     async with httpx.AsyncClient() as http:
         running = [
             "shop_relay_running 1.0" in (await http.get(f"{relay.url}/metrics")).text
@@ -236,22 +250,24 @@ async def test_probes_graphiql_and_projection_status(
         ]
     assert running.count(True) == 1, running
     created = await create(client)
-    await client.data(PRODUCT, {"id": created["id"], "v": created["version"]})
-    every_read_model_at_1 = """{
-      dashboard(minVersion: 1) { version }
-      auditTrail(aggregateId: "x", minVersion: 1) { pageInfo { hasNextPage } }
-      customer(id: "x", minVersion: 1) { id }
-      order(id: "x", minVersion: 1) { id }
-      topProducts(minVersion: 1) { sku }
+    at = created["version"]  # the last write: every projection reaches it
+    every_read_model_at_it = """query($v: Version) {
+      product(id: "x", minVersion: $v) { id }
+      dashboard(minVersion: $v) { version }
+      auditTrail(aggregateId: "x", minVersion: $v) { pageInfo { hasNextPage } }
+      customer(id: "x", minVersion: $v) { id }
+      order(id: "x", minVersion: $v) { id }
+      topProducts(minVersion: $v) { sku }
+      wishlist(customerId: "x", minVersion: $v) { itemCount }
     }"""
-    await client.data(every_read_model_at_1)
+    await client.data(every_read_model_at_it, {"v": at})
     async with httpx.AsyncClient(base_url=server.url) as http:
         scraped = (await http.get("/metrics")).text
-    assert all(f'shop_projection_checkpoint{{projection="{n}"}} 1.0' in scraped
+    assert all(f'shop_projection_checkpoint{{projection="{n}"}} {at}.0' in scraped
                for n in projection_names()), scraped  # fmt: skip
     status = await client.data("{ projections { name checkpoint headVersion lag state } }")
     assert status["projections"] == [
-        {"name": name, "checkpoint": 1, "headVersion": 1, "lag": 0, "state": "RUNNING"}
+        {"name": name, "checkpoint": at, "headVersion": at, "lag": 0, "state": "RUNNING"}
         for name in projection_names()
     ]
 

@@ -50,7 +50,7 @@ async def test_no_stale_answer_under_writes_reads_and_rebuilds(
 ) -> None:
     reader_server = server
     if topology == "production":
-        reader_server = request.getfixturevalue("cluster").apis[1]
+        reader_server = request.getfixturevalue("module_cluster").apis[1]
     async with (
         httpx.AsyncClient(base_url=server.url, timeout=60) as write_http,
         httpx.AsyncClient(base_url=reader_server.url, timeout=60) as read_http,
