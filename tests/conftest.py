@@ -27,13 +27,34 @@ from domain.store import create_engine, create_schema
 from projections.relay import Relay
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """End-to-end files first, then integration, then unit: with the files shared out
     over workers (``make test``), the long ones start early and the short ones fill the
     end, so no worker is left running one long file alone. Within a file, the order
-    stays as written."""
+    stays as written.
+
+    Relay tests run each way of applying version guards (``guard_mode``) on SQLite and
+    the FerretDB way on PostgreSQL as well, not every pair: the write store and the
+    guard are apart (the outbox is read the same way whatever the read store does, the
+    guard the same way whatever the write store is), and the production pair is FerretDB
+    beside PostgreSQL."""
     rank = {"e2e": 0, "integration": 1, "unit": 2}
-    items.sort(key=lambda item: rank.get(item.path.parent.name, 3))
+    dropped = [item for item in items if _guard_in_filter_on_postgresql(item)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+    kept = [item for item in items if not _guard_in_filter_on_postgresql(item)]
+    items[:] = sorted(kept, key=lambda item: rank.get(item.path.parent.name, 3))
+
+
+def _guard_in_filter_on_postgresql(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return False
+    params = callspec.params
+    in_filter = (
+        params.get("guard_mode") == "guard-in-filter" or params.get("check_versions") is False
+    )
+    return in_filter and "postgresql" in (params.get("database_url"), params.get("write_store"))
 
 
 # Helpers whose asserts should explain themselves like a test's do.
@@ -301,7 +322,8 @@ def guard_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     """Runs a relay test with both ways of applying version guards (see Relay.check_versions):
     in the update's filter (the way for MongoDB) and decided by the relay (the way for
     FerretDB). Both run here on the read store the tests have: FerretDB unless
-    MONGODB_URL names a real MongoDB."""
+    MONGODB_URL names a real MongoDB. With ``database_url``, the filter's way runs on
+    SQLite only (see ``pytest_collection_modifyitems``)."""
     check = request.param == "guard-in-relay"
     defaults = dict(Relay.__init__.__kwdefaults__ or {})
     monkeypatch.setattr(Relay.__init__, "__kwdefaults__", {**defaults, "check_versions": check})

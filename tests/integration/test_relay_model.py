@@ -15,8 +15,9 @@ query at ``minVersion`` N either answers NOT_YET_CONSISTENT or with documents th
 hold every event up to N (versions from the outbox, projected). After each run the
 surviving relays catch up and every read-model document must equal a fresh replay's.
 
-Runs on the embedded stores (SQLite, FerretDB on SQLite) and on the production ones
-(PostgreSQL, FerretDB on PostgreSQL). Bounded for ``make test``; ``make test-model``
+Runs on the embedded stores (SQLite, FerretDB on SQLite) with both ways of applying
+version guards, and on the production ones (PostgreSQL, FerretDB on PostgreSQL) with the
+production's (the relay decides; see ``tests/conftest.py``). Bounded for ``make test``; ``make test-model``
 (``MODEL_EXAMPLES``, ``MODEL_STEPS``) runs a longer search. Failing examples are kept
 in ``.cache/hypothesis`` and replayed first by the next run.
 """
