@@ -255,12 +255,16 @@ async def test_verify_beside_a_running_relay_and_live_writes_finds_no_difference
     results: list[Verification] = []
 
     async def more_business() -> None:
-        for n in range(30):
+        """Twelve rounds of writes, and on until verify has finished twice meanwhile."""
+        n = 0
+        while n < 12 or len(results) < 2:
             customer = await shop.customer(f"C{n}")
             await shop.order(customer, (ids["mug"], 1), (ids["tee"], 1))
             await shop.order(ids["ada"], (ids["mug"], 1))
             await shop.do(RenameCustomer(ids["ada"], f"Ada {n}"))
             await shop.do(RestockProduct(ids["tee"], 2))
+            await shop.do(RestockProduct(ids["mug"], 2))
+            n += 1
 
     try:
         writes = asyncio.create_task(more_business())
