@@ -13,6 +13,7 @@ import httpx
 from pymongo import AsyncMongoClient
 
 from projections import checkpoints
+from projections.rebuild import REBUILD_TTL
 from projections.registry import projection_names
 from tests.conftest import eventually
 from tests.e2e import forkserver
@@ -47,7 +48,8 @@ async def test_seed_then_rebuild_while_serving_changes_no_answer(
         assert before["dashboard"]["productCount"] == 20
         assert before["dashboard"]["customerCount"] == 10
 
-        rebuilt = cli(server_env, "rebuild")
+        # A grace of 3 s (10 by default): the server learns of the switch within 1 s.
+        rebuilt = cli(server_env, "rebuild", "--grace", "3")
         assert rebuilt.returncode == 0, rebuilt.stderr
         assert f"up to version {seeded_version}" in rebuilt.stdout
 
@@ -74,7 +76,8 @@ def test_a_rebuild_refuses_beside_a_running_one_and_waits_out_a_killed_ones_leas
     server_env: dict[str, str], tmp_path: Path
 ) -> None:
     """A rebuild killed by the OOM killer (kill -9) leaves its lease to expire: the next
-    one says whose it is and when it expires, waits for it and runs."""
+    one says whose it is and when it expires, waits for it and runs. The write store's
+    clock is moved on past the expiry (the lease's 10 s are not waited out)."""
     seeded = cli(server_env, "seed", "--products", "5", "--customers", "3", "--orders", "10")
     assert seeded.returncode == 0, seeded.stderr
     log = tmp_path / "first-rebuild.log"
@@ -90,12 +93,38 @@ def test_a_rebuild_refuses_beside_a_running_one_and_waits_out_a_killed_ones_leas
         first.kill()
         first.wait()
 
-    rebuilt = cli(server_env, "rebuild", "--grace", "0")
-    assert rebuilt.returncode == 0, (rebuilt.stdout, rebuilt.stderr)
-    said = " ".join(rebuilt.stdout.split())
-    assert f"a rebuild that stopped answering holds the lease (holder {holder}," in said, said
-    assert re.search(f"expires at {MOMENT}; waiting for it to expire", said), said
-    assert "rebuilt products, customers," in said
+    out, err = tmp_path / "second-rebuild.out", tmp_path / "second-rebuild.err"
+    second = forkserver.shared().spawn(["rebuild", "--grace", "0"], server_env, ROOT, out, err)
+
+    def printed() -> str:
+        return " ".join(text(out).split())
+
+    try:
+        checking = "checking whether its rebuild still runs"
+        waiting = f"a rebuild that stopped answering holds the lease (holder {holder},"
+        wait_until(lambda: checking in printed() or waiting in printed(), 60, lambda: text(err))
+        store_clock_passes(server_env, REBUILD_TTL / 2 + 1)  # unrenewed for over half its ttl
+        wait_until(lambda: waiting in printed(), 60, lambda: text(err))
+        store_clock_passes(server_env, REBUILD_TTL)
+        assert second.wait(timeout=60) == 0, (out.read_text(), err.read_text())
+    finally:
+        second.kill()
+        second.wait()
+    assert re.search(f"expires at {MOMENT}; waiting for it to expire", printed()), printed()
+    assert "rebuilt products, customers," in printed()
+
+
+def text(path: Path) -> str:
+    """What a process wrote to ``path`` so far."""
+    return path.read_text() if path.exists() else ""
+
+
+def store_clock_passes(env: dict[str, str], seconds: float) -> None:
+    """As if the write store's clock moved on ``seconds``: every lease expires that much
+    sooner."""
+    with contextlib.closing(sqlite3.connect(Path(env["SHOP_DATA_DIR"]) / "write.db")) as conn:
+        conn.execute("UPDATE relay_leases SET expires_at = expires_at - ?", (seconds,))
+        conn.commit()
 
 
 def wait_until_rebuild_lease_held(
