@@ -4,15 +4,17 @@ and open WebSockets per process (pure ASGI, so nothing is buffered past a limit)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 from prometheus_client import Gauge
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # Close codes: 1009 "message too big" (RFC 6455), 1013 "try again later".
-# A refused body is read and dropped (never kept) up to this much, so that a client,
-# which sends its whole body before reading the answer, gets the 413 rather than a
-# connection reset; past it (or after DRAIN_SECONDS) the connection is simply closed.
+# A refused body is answered at once, then the rest of it is read and dropped (never
+# kept) up to this much, so that a client, which sends its whole body before reading
+# the answer, gets the 413 rather than a connection reset; past it (or after
+# DRAIN_SECONDS) the connection is simply closed.
 DRAIN_BYTES = 32 * 1024 * 1024
 DRAIN_SECONDS = 10.0
 MESSAGE_TOO_BIG = 1009
@@ -54,9 +56,8 @@ class TransportLimits:
         limit = self.max_body_bytes
         declared = dict(scope.get("headers") or ()).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            # Refused before a byte of it reaches the app: read and dropped, then answered.
-            drained = await _drain(receive, already=0)
-            await self._too_large(send, keep_alive=drained)
+            # Refused before a byte of it reaches the app: answered, then read and dropped.
+            await self._too_large(send, receive, received=0, ended=False)
             return
         received = 0
         started = False
@@ -81,10 +82,13 @@ class TransportLimits:
             await self.app(scope, counted, tracked)
         except _BodyTooLarge:
             if not started:
-                drained = ended or await _drain(receive, already=received)
-                await self._too_large(send, keep_alive=drained)
+                await self._too_large(send, receive, received=received, ended=ended)
 
-    async def _too_large(self, send: Send, keep_alive: bool) -> None:
+    async def _too_large(self, send: Send, receive: Receive, received: int, ended: bool) -> None:
+        """Answers 413 at once. Unless the body has ended, the answer is sent whole but
+        left open (``more_body``) while the rest of the body is drained: its client
+        reads it meanwhile, and the connection closes after (it is never kept alive
+        with part of a body unread)."""
         body = _limit_error(
             f"the request body is over the limit of {self.max_body_bytes} bytes "
             "(SHOP_MAX_BODY_BYTES)",
@@ -93,10 +97,13 @@ class TransportLimits:
         )
         headers = [(b"content-type", b"application/json")]
         headers.append((b"content-length", str(len(body)).encode()))
-        if not keep_alive:
+        if not ended:
             headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": body, "more_body": not ended})
+        if not ended:
+            await _drain(receive, already=received)
+            await send({"type": "http.response.body", "body": b""})
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.open_sockets >= self.max_sockets:
@@ -138,21 +145,19 @@ class TransportLimits:
             OPEN_SOCKETS.dec()
 
 
-async def _drain(receive: Receive, already: int) -> bool:
-    """Reads the rest of a refused body, dropping it; whether it ended within bounds."""
+async def _drain(receive: Receive, already: int) -> None:
+    """Reads the rest of a refused body and drops it, until it ends, its client goes
+    away, or DRAIN_BYTES or DRAIN_SECONDS are passed."""
     received = already
-    try:
+    with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(DRAIN_SECONDS):
             while received <= DRAIN_BYTES:
                 message = await receive()
                 if message["type"] != "http.request":
-                    return False  # the client went away
+                    return  # the client went away
                 received += len(message.get("body", b""))
                 if not message.get("more_body", False):
-                    return True
-    except TimeoutError:
-        pass
-    return False
+                    return
 
 
 def _size(message: Message) -> int:
