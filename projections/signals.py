@@ -23,8 +23,9 @@ What wakes a process to look (:class:`WriteStoreSignals`):
   after a reconnect both are signalled, since notifications were lost meanwhile.
 - **SQLite** (processes sharing one file, on one machine): no notifications exist,
   so one loop per process reads ``PRAGMA data_version``, which changes when any
-  other connection commits (a read of shared memory, no I/O), every few ms, and
-  signals both.
+  other connection commits (a read of shared memory, no I/O), and signals both:
+  every 5 ms while commits come, slowing to every 50 ms after 0.2 s without one
+  (an idle server spent 7.5 % of a core with 5 ms polls, 4 % with these).
 
 Nothing here depends on the read store, so the same feed works with FerretDB (which
 has no tailable cursors that wait) and with MongoDB.
@@ -60,6 +61,8 @@ KEEP_ROWS = 10_000
 PRUNE_EVERY = 500
 FEED_PAGE = 1000
 SQLITE_INTERVAL = 0.005
+SQLITE_IDLE_INTERVAL = 0.05
+SQLITE_IDLE_AFTER = 0.2
 MAX_BACKOFF = 5.0
 _row = relay_progress.c
 
@@ -176,12 +179,14 @@ class WriteStoreSignals:
         *,
         on_resume: Callable[[], None] | None = None,
         sqlite_interval: float = SQLITE_INTERVAL,
+        sqlite_idle_interval: float = SQLITE_IDLE_INTERVAL,
     ) -> None:
         self.engine = engine
         self.on_outbox = on_outbox
         self.on_progress = on_progress
         self.on_resume = on_resume
         self.sqlite_interval = sqlite_interval
+        self.sqlite_idle_interval = max(sqlite_idle_interval, sqlite_interval)
         self.connected = asyncio.Event()
         """Set while signals arrive (for tests and readiness)."""
 
@@ -237,18 +242,21 @@ class WriteStoreSignals:
         if not database or database == ":memory:":
             return
         connection = sqlite3.connect(database, check_same_thread=False)
+        loop = asyncio.get_running_loop()
         try:
             version = connection.execute("PRAGMA data_version").fetchone()[0]
             self.connected.set()
+            changed = loop.time()
             while True:
-                await asyncio.sleep(self.sqlite_interval)
+                idle = loop.time() - changed > SQLITE_IDLE_AFTER
+                await asyncio.sleep(self.sqlite_idle_interval if idle else self.sqlite_interval)
                 try:
                     current = connection.execute("PRAGMA data_version").fetchone()[0]
                 except sqlite3.Error:
                     log.warning("watching the write store failed", exc_info=True)
                     continue
                 if current != version:
-                    version = current
+                    version, changed = current, loop.time()
                     self._both()
         finally:
             self.connected.clear()
