@@ -17,9 +17,9 @@ surviving relays catch up and every read-model document must equal a fresh repla
 
 Runs on the embedded stores (SQLite, FerretDB on SQLite) with both ways of applying
 version guards, and on the production ones (PostgreSQL, FerretDB on PostgreSQL) with the
-production's (the relay decides; see ``tests/conftest.py``). Bounded for ``make test``; ``make test-model``
-(``MODEL_EXAMPLES``, ``MODEL_STEPS``) runs a longer search. Failing examples are kept
-in ``.cache/hypothesis`` and replayed first by the next run.
+production's (the relay decides; see ``tests/conftest.py``). Bounded for ``make test``;
+``make test-model`` (``MODEL_EXAMPLES``, ``MODEL_STEPS``) runs a longer search. Failing
+examples are kept in ``.cache/hypothesis`` and replayed first by the next run.
 """
 
 from __future__ import annotations

@@ -336,7 +336,7 @@ def test_a_100_kb_document_is_refused_after_counting_only_the_limit(
         raise AssertionError("the parser ran on a document over the token limit")
 
     monkeypatch.setattr(limits_module, "_TOKEN", Counting())
-    monkeypatch.setattr(limits_module, "parse", no_parse)
+    monkeypatch.setattr(limits_module, "_parse", no_parse)
     with pytest.raises(LimitExceeded) as refused:
         parse_within(huge + " ", DEFAULTS.max_tokens)  # a text not in parse_within's cache
     assert refused.value.extensions is not None

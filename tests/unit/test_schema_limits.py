@@ -6,11 +6,13 @@ import gc
 import tracemalloc
 
 import pytest
-from graphql import parse
+from graphql import GraphQLSyntaxError, Lexer, Source, TokenKind, parse, print_ast
+from hypothesis import given
+from hypothesis import strategies as st
 
 import schema.limits as limits_module
 from schema.build import build_schema
-from schema.limits import DocumentCache, Limits, count_tokens, document_bytes
+from schema.limits import CommentLexer, DocumentCache, Limits, count_tokens, document_bytes
 
 SHAPES = {
     "small": '{ product(id: "x") { id name priceCents } }',
@@ -42,7 +44,7 @@ async def test_a_repeated_document_is_parsed_and_validated_once(
 
         return call
 
-    monkeypatch.setattr(limits_module, "parse", counted("parse", limits_module.parse))
+    monkeypatch.setattr(limits_module, "_parse", counted("parse", limits_module._parse))
     monkeypatch.setattr(
         limits_module, "validate_document", counted("validate", limits_module.validate_document)
     )
@@ -98,3 +100,39 @@ def test_a_document_bigger_than_a_sixteenth_of_the_cache_is_not_kept() -> None:
     assert len(cache) == 0
     cache.parse("{ __typename }", Limits())
     assert len(cache) == 1
+
+
+def _tokens(lexer: Lexer) -> list[tuple[str, int, int, str | None]] | str:
+    """Every token ``lexer`` reads, comments included, or the syntax error it ends with."""
+    read: list[tuple[str, int, int, str | None]] = []
+    try:
+        token = lexer.token
+        while token.kind != TokenKind.EOF:
+            token = lexer.read_next_token(token.end)
+            read.append((token.kind.value, token.start, token.end, token.value))
+    except GraphQLSyntaxError as error:
+        return f"{read} then {error.message}"
+    return read
+
+
+COMMENT_TEXT = st.text(
+    alphabet=st.sampled_from(["#", "\n", "\r", " ", "a", "{", "}", "é", "😀", "\ud83d", "\ude00"]),
+    max_size=40,
+)
+
+
+@given(text=COMMENT_TEXT)
+def test_the_comment_lexer_reads_the_tokens_graphql_core_reads(text: str) -> None:
+    """Comments that end at a line end (\\n, \\r) or the end, that hold characters beyond
+    the BMP, surrogate pairs and lone surrogates (a syntax error in either)."""
+    assert _tokens(CommentLexer(Source(text))) == _tokens(Lexer(Source(text)))
+
+
+def test_a_comment_padded_document_parses_to_what_graphql_core_parses() -> None:
+    padding = ("# " + "x" * 998 + "\n") * 60 + "#\ud83d\ude00 a pair\r\n# 😀 one"
+    document = f"{padding}\n{{ __typename }}"
+    parsed = limits_module.parse_within(document, 2000)
+    assert print_ast(parsed) == print_ast(parse(document))
+    assert parsed.loc is not None
+    assert parsed.loc.start_token.next is not None
+    assert parsed.loc.start_token.next.kind == TokenKind.COMMENT
