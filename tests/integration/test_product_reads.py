@@ -1,7 +1,14 @@
-"""Product read functions against the real read store: filters, orders, cursor pages."""
+"""Product read functions against the real read store: filters, orders, cursor pages.
+
+They read documents and nothing else: the write store they were written from and the
+way the relay applied them (``guard_mode``) are tested elsewhere, so these run on
+SQLite once, not on every pair.
+"""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +34,12 @@ CATALOGUE = [
     ("CAP-1", "Cap", "clothing", 500, 0),
 ]
 
-pytestmark = pytest.mark.usefixtures("guard_mode")
+
+@pytest.fixture
+def database_url(migrated_sqlite: Path, tmp_path: Path) -> str:
+    path = tmp_path / "write.db"
+    shutil.copyfile(migrated_sqlite, path)
+    return f"sqlite+aiosqlite:///{path}"
 
 
 @pytest.fixture
