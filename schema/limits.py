@@ -62,7 +62,7 @@ from graphql import (
     get_named_type,
 )
 from graphql.language.lexer import Lexer
-from graphql.language.parser import Parser
+from graphql.language.parser import Parser, nested_too_deeply_error
 from graphql.type.introspection import SchemaMetaFieldDef, TypeMetaFieldDef
 from graphql.validation import ASTValidationRule
 from strawberry.extensions import SchemaExtension
@@ -171,9 +171,16 @@ def _parse_counted(query: str, max_tokens: int, max_aliases: int) -> tuple[Docum
 
 
 def _parse(query: str, max_tokens: int) -> DocumentNode:
+    """graphql-core's ``parse`` with :class:`CommentLexer`: a document nested past the
+    interpreter's recursion limit is a syntax error ("nested too deeply"), as there."""
     source = Source(query)
+    parser = Parser(source, max_tokens=max_tokens, lexer=CommentLexer(source))
     try:
-        return Parser(source, max_tokens=max_tokens, lexer=CommentLexer(source)).parse_document()
+        try:
+            return parser.parse_document()
+        except RecursionError:
+            pass
+        raise nested_too_deeply_error(parser)
     except GraphQLSyntaxError as error:
         if "tokens" in error.message and "Parsing aborted" in error.message:
             raise _too_many_tokens(max_tokens) from None
@@ -193,6 +200,8 @@ class CommentLexer(Lexer):
     request. It makes the same tokens (``tests/unit/test_schema_limits.py`` compares)."""
 
     def read_comment(self, start: int) -> Token:
+        if self._max_comments is not None:  # counted there; never set by this module
+            return super().read_comment(start)
         body = self.source.body
         end = _run_end(body, start + 1)
         while (pair := _SURROGATE_PAIR.match(body, end)) is not None:

@@ -7,6 +7,7 @@ import tracemalloc
 
 import pytest
 from graphql import GraphQLSyntaxError, Lexer, Source, TokenKind, parse, print_ast
+from graphql.language.parser import Parser
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -136,3 +137,27 @@ def test_a_comment_padded_document_parses_to_what_graphql_core_parses() -> None:
     assert parsed.loc is not None
     assert parsed.loc.start_token.next is not None
     assert parsed.loc.start_token.next.kind == TokenKind.COMMENT
+
+
+async def test_a_document_nested_past_the_parsers_recursion_is_a_syntax_error() -> None:
+    """250 levels are 750 tokens, under the token limit: graphql-core's parse answers
+    "nested too deeply", and so must the parse with the comment lexer, not an internal
+    error from the RecursionError."""
+    document = "{" + "a{" * 250 + "b" + "}" * 251
+    with pytest.raises(GraphQLSyntaxError, match="nested too deeply"):
+        parse(document)
+    with pytest.raises(GraphQLSyntaxError, match="nested too deeply"):
+        limits_module.parse_within(document, 2000)
+    result = await build_schema().execute(document)
+    assert result.errors is not None
+    [error] = result.errors
+    assert "nested too deeply" in error.message, error
+    assert (error.extensions or {}).get("code") != "INTERNAL_SERVER_ERROR", error
+
+
+def test_a_comment_limit_given_to_the_parser_still_counts_comments() -> None:
+    text = "#a\n#b\n#c\n{ a }"
+    for lexer in (Lexer, CommentLexer):
+        source = Source(text)
+        with pytest.raises(GraphQLSyntaxError, match="more than 1 comments"):
+            Parser(source, max_comments=1, lexer=lexer(source)).parse_document()
