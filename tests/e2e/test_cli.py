@@ -76,8 +76,9 @@ def test_a_rebuild_refuses_beside_a_running_one_and_waits_out_a_killed_ones_leas
     server_env: dict[str, str], tmp_path: Path
 ) -> None:
     """A rebuild killed by the OOM killer (kill -9) leaves its lease to expire: the next
-    one says whose it is and when it expires, waits for it and runs. The write store's
-    clock is moved on past the expiry (the lease's 10 s are not waited out)."""
+    one says whose it is and when it expires, waits for it and runs. The lease's expiry
+    is moved instead of waited for: to a few seconds away (renewed over half its ttl
+    ago, so its rebuild stopped answering), then past."""
     seeded = cli(server_env, "seed", "--products", "5", "--customers", "3", "--orders", "10")
     assert seeded.returncode == 0, seeded.stderr
     log = tmp_path / "first-rebuild.log"
@@ -103,9 +104,10 @@ def test_a_rebuild_refuses_beside_a_running_one_and_waits_out_a_killed_ones_leas
         checking = "checking whether its rebuild still runs"
         waiting = f"a rebuild that stopped answering holds the lease (holder {holder},"
         wait_until(lambda: checking in printed() or waiting in printed(), 60, lambda: text(err))
-        store_clock_passes(server_env, REBUILD_TTL / 2 + 1)  # unrenewed for over half its ttl
+        # Unrenewed for over half its ttl by the store's clock, with a few seconds left.
+        lease_expires_in(server_env, REBUILD_TTL / 2 - 1)
         wait_until(lambda: waiting in printed(), 60, lambda: text(err))
-        store_clock_passes(server_env, REBUILD_TTL)
+        lease_expires_in(server_env, -1)
         assert second.wait(timeout=60) == 0, (out.read_text(), err.read_text())
     finally:
         second.kill()
@@ -119,11 +121,14 @@ def text(path: Path) -> str:
     return path.read_text() if path.exists() else ""
 
 
-def store_clock_passes(env: dict[str, str], seconds: float) -> None:
-    """As if the write store's clock moved on ``seconds``: every lease expires that much
-    sooner."""
+def lease_expires_in(env: dict[str, str], seconds: float) -> None:
+    """Moves the rebuild lease's expiry to ``seconds`` from now by the write store's
+    clock (as if that much of its ttl were left)."""
+    now = "(julianday('now') - 2440587.5) * 86400.0"  # the lease's clock (lease._now)
     with contextlib.closing(sqlite3.connect(Path(env["SHOP_DATA_DIR"]) / "write.db")) as conn:
-        conn.execute("UPDATE relay_leases SET expires_at = expires_at - ?", (seconds,))
+        conn.execute(
+            f"UPDATE relay_leases SET expires_at = {now} + ? WHERE name = 'rebuild'", (seconds,)
+        )
         conn.commit()
 
 

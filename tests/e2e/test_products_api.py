@@ -259,6 +259,7 @@ async def test_probes_graphiql_and_projection_status(
       order(id: "x", minVersion: $v) { id }
       topProducts(minVersion: $v) { sku }
       wishlist(customerId: "x", minVersion: $v) { itemCount }
+      orderHistory(customerId: "x", minVersion: $v) { totalCount }
     }"""
     await client.data(every_read_model_at_it, {"v": at})
     async with httpx.AsyncClient(base_url=server.url) as http:
