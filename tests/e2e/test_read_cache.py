@@ -15,7 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
+from pymongo import AsyncMongoClient
 
+from projections import checkpoints
+from projections.readdb import ReadDatabase
+from tests.conftest import eventually
 from tests.e2e import forkserver
 from tests.e2e.conftest import Client, Server
 
@@ -168,3 +172,47 @@ async def test_no_stale_answer_under_writes_reads_and_rebuilds(
         # Reads ran before and after each switch: the switches happened under them.
         assert len(reads_at_switches) == 2
         assert 0 < reads_at_switches[0] < reads_at_switches[1] < reads, (reads_at_switches, reads)
+
+
+async def test_a_document_a_rebuild_changes_is_never_read_from_before_the_switch(
+    start_server: Any,
+) -> None:
+    """A rebuild after a projector fix changes documents. Entries read from the replaced
+    collection until the switch must not be served after it: the cache forgets what it
+    read from a switched collection. Here the live document is made wrong by hand, and
+    read all along the rebuild."""
+    server: Server = start_server()
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
+        client = Client(http)
+        created = (
+            await client.data(
+                'mutation { createProduct(input: {sku: "FIXED-1", name: "Right", '
+                'category: "c", priceCents: 100}) { id version } }'
+            )
+        )["createProduct"]
+        query = "query($id: ID!, $v: Version) { product(id: $id, minVersion: $v) { name } }"
+        variables = {"id": created["id"], "v": created["version"]}
+        mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(server.env["MONGODB_URL"])
+        try:  # made wrong in the store, before any read could cache it
+            db = mongo[server.env["MONGODB_DATABASE"]]
+            served = ReadDatabase(db)
+            served.switch((await checkpoints.load_all(db)).values())
+            product = {"_id": created["id"]}
+            await eventually(lambda: served["products"].find_one(product))
+            await served["products"].update_one(product, {"$set": {"name": "Wrong"}})
+        finally:
+            await mongo.close()
+        rebuilt = asyncio.Event()
+        names: set[str] = set()
+
+        async def read() -> None:
+            while not rebuilt.is_set():
+                names.add((await client.data(query, variables))["product"]["name"])
+
+        async def rebuild() -> None:
+            await _rebuild(server.env)
+            rebuilt.set()
+
+        await asyncio.gather(read(), rebuild())
+        assert "Wrong" in names  # the wrong document was read, and cached, before the switch
+        assert (await client.data(query, variables))["product"] == {"name": "Right"}
