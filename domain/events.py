@@ -51,15 +51,28 @@ def camel(name: str) -> str:
 def to_data(value: Any) -> Any:
     """A payload (or a value in one) as JSON-ready data: dataclasses become camelCase
     objects, tuples become lists."""
-    if is_dataclass(value) and not isinstance(value, type):
+    if type(value) in _AS_THEY_ARE:
+        return value
+    keys = _KEYS.get(type(value))
+    if keys is None and is_dataclass(value) and not isinstance(value, type):
+        keys = _KEYS[type(value)] = [
+            (f.name, camel(f.name), bool(f.metadata.get(_ABSENT_WHEN_NONE))) for f in fields(value)
+        ]
+    if keys is not None:
         return {
-            camel(f.name): to_data(item)
-            for f in fields(value)
-            if (item := getattr(value, f.name)) is not None or not f.metadata.get(_ABSENT_WHEN_NONE)
+            key: to_data(item)
+            for name, key, absent_when_none in keys
+            if (item := getattr(value, name)) is not None or not absent_when_none
         }
     if isinstance(value, tuple | list):
         return [to_data(item) for item in value]
     return value
+
+
+# Each dataclass's fields as (name, stored key, left out when None), found once: every
+# command encodes its events, and looking them up each time was most of the work.
+_KEYS: dict[type, list[tuple[str, str, bool]]] = {}
+_AS_THEY_ARE = frozenset({str, int, bool, float, NoneType})
 
 
 class PayloadError(ValueError):
