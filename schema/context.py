@@ -12,6 +12,7 @@ from domain.bus import CommandBus
 from domain.identity import ANONYMOUS, Authenticator, Principal
 from projections.feeds import Feeds
 from projections.progress import Progress
+from schema.scalars import INT64
 from schema.throttle import Throttles
 
 MIN_VERSION_HEADER = "x-min-version"
@@ -70,13 +71,13 @@ def parse_min_version_header(value: str | None) -> tuple[int | None, str | None]
     """The header's version, or the reason it is unusable."""
     if value is None or value.strip() == "":
         return None, None
-    try:
-        version = int(value.strip())
-    except ValueError:
-        return None, f"X-Min-Version must be a whole number, got {value!r}"
-    if version < 0:
+    text = value.strip()
+    if text.startswith("-") and text[1:].isascii() and text[1:].isdigit():
         return None, "X-Min-Version must not be negative"
-    return version, None
+    # ASCII digits only: int() would also take "1_000", "+5" and other scripts' digits.
+    if not (text.isascii() and text.isdigit()) or int(text) > INT64:
+        return None, f"X-Min-Version must be a whole number up to {INT64}, got {value!r}"
+    return int(text), None
 
 
 def bad_input(message: str, **extensions: Any) -> GraphQLError:

@@ -55,7 +55,7 @@ async def new_product(client: Client) -> dict[str, Any]:
 # --------------------------------------------------------------------------- X-Min-Version
 
 
-@pytest.mark.parametrize("header", ["abc", "1.5", "-1", "0x10"])
+@pytest.mark.parametrize("header", ["abc", "1.5", "-1", "0x10", "1_000", "+5", str(2**63)])
 async def test_a_bad_min_version_header_fails_each_field_it_applies_to_with_bad_user_input(
     client: Client, header: str
 ) -> None:

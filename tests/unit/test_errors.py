@@ -14,6 +14,7 @@ from domain.errors import (
     Rejected,
     ValidationFailed,
 )
+from schema.context import parse_min_version_header
 
 
 @pytest.mark.parametrize(
@@ -31,3 +32,29 @@ def test_a_refusal_survives_a_round_trip_through_json(error: DomainError) -> Non
     assert [(p.code, p.message, p.field) for p in again.problems] == [
         (p.code, p.message, p.field) for p in error.problems
     ]
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, (None, None)),
+        ("  ", (None, None)),
+        ("0", (0, None)),
+        (" 42 ", (42, None)),
+        (str(2**63 - 1), (2**63 - 1, None)),
+    ],
+)
+def test_a_min_version_header_of_ascii_digits_is_read(
+    header: str | None, expected: tuple[int | None, str | None]
+) -> None:
+    assert parse_min_version_header(header) == expected
+
+
+@pytest.mark.parametrize(
+    "header", ["1_000", "+5", "\uff11\uff12", "\u0661\u0662", str(2**63), "5 5", "-1"]
+)
+def test_a_min_version_header_int_would_take_is_refused(header: str) -> None:
+    version, reason = parse_min_version_header(header)
+    assert version is None
+    assert reason is not None
+    assert "X-Min-Version" in reason
