@@ -16,11 +16,14 @@ async def wait_for(info: Info, projection: str, min_version: int | None) -> None
     """Waits until ``projection`` has applied ``min_version`` (or the X-Min-Version header).
 
     Raises the contract's NOT_YET_CONSISTENT error if the server's bounded wait ends first.
+    Its errors carry the field's path themselves: a subscription's wait runs in its
+    event stream, where nothing adds one.
     """
     context = info.context
     if min_version is None:
         if context.header_error is not None:
-            raise bad_input(context.header_error)
+            error = bad_input(context.header_error)
+            raise GraphQLError(error.message, path=info.path.as_list(), extensions=error.extensions)
         min_version = context.header_min_version
     if not min_version or context.progress.position(projection) >= min_version:
         return
@@ -33,6 +36,7 @@ async def wait_for(info: Info, projection: str, min_version: int | None) -> None
         raise GraphQLError(
             f"this client has {refused.maximum:.0f} minVersion waits open already; "
             f"retry once one has answered (limit: {refused.setting})",
+            path=info.path.as_list(),
             extensions={
                 "code": "LIMIT_EXCEEDED",
                 "limit": refused.setting,
@@ -43,6 +47,7 @@ async def wait_for(info: Info, projection: str, min_version: int | None) -> None
         NOT_YET_CONSISTENT.labels(error.projection).inc()
         raise GraphQLError(
             str(error),
+            path=info.path.as_list(),
             extensions={
                 "code": "NOT_YET_CONSISTENT",
                 "minVersion": error.min_version,

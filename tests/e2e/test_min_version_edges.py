@@ -142,6 +142,7 @@ async def test_a_subscription_whose_min_version_is_never_reached_ends_not_yet_co
     assert (answer["type"], end["type"]) == (result, "complete"), messages
     assert answer["payload"]["data"] is None, messages
     [error] = answer["payload"]["errors"]
+    assert error["path"] == ["productUpdated"], error
     assert error["extensions"] == {
         "code": "NOT_YET_CONSISTENT",
         "minVersion": far,
