@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 
-from graphql import GraphQLError
+from graphql import GraphQLError, OperationType
 
 from projections.progress import NotYetConsistent
 from schema.context import Info, bad_input
@@ -16,14 +16,15 @@ async def wait_for(info: Info, projection: str, min_version: int | None) -> None
     """Waits until ``projection`` has applied ``min_version`` (or the X-Min-Version header).
 
     Raises the contract's NOT_YET_CONSISTENT error if the server's bounded wait ends first.
-    Its errors carry the field's path themselves: a subscription's wait runs in its
-    event stream, where nothing adds one.
+    A subscription's errors carry the field's path themselves: its wait runs in its
+    event stream, where graphql-core adds none (a query's errors get their path and
+    locations from graphql-core).
     """
     context = info.context
     if min_version is None:
         if context.header_error is not None:
             error = bad_input(context.header_error)
-            raise GraphQLError(error.message, path=info.path.as_list(), extensions=error.extensions)
+            raise GraphQLError(error.message, path=_path(info), extensions=error.extensions)
         min_version = context.header_min_version
     if not min_version or context.progress.position(projection) >= min_version:
         return
@@ -36,7 +37,7 @@ async def wait_for(info: Info, projection: str, min_version: int | None) -> None
         raise GraphQLError(
             f"this client has {refused.maximum:.0f} minVersion waits open already; "
             f"retry once one has answered (limit: {refused.setting})",
-            path=info.path.as_list(),
+            path=_path(info),
             extensions={
                 "code": "LIMIT_EXCEEDED",
                 "limit": refused.setting,
@@ -47,7 +48,7 @@ async def wait_for(info: Info, projection: str, min_version: int | None) -> None
         NOT_YET_CONSISTENT.labels(error.projection).inc()
         raise GraphQLError(
             str(error),
-            path=info.path.as_list(),
+            path=_path(info),
             extensions={
                 "code": "NOT_YET_CONSISTENT",
                 "minVersion": error.min_version,
@@ -55,3 +56,11 @@ async def wait_for(info: Info, projection: str, min_version: int | None) -> None
                 "projection": error.projection,
             },
         ) from error
+
+
+def _path(info: Info) -> list[str | int] | None:
+    """The field's path for a subscription's error; None for a query's (graphql-core
+    adds it with the locations, which an error with a path would go without)."""
+    if info.operation.operation == OperationType.SUBSCRIPTION:
+        return info.path.as_list()
+    return None

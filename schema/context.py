@@ -74,10 +74,12 @@ def parse_min_version_header(value: str | None) -> tuple[int | None, str | None]
     text = value.strip()
     if text.startswith("-") and text[1:].isascii() and text[1:].isdigit():
         return None, "X-Min-Version must not be negative"
-    # ASCII digits only: int() would also take "1_000", "+5" and other scripts' digits.
-    if not (text.isascii() and text.isdigit()) or int(text) > INT64:
+    # ASCII digits only: int() would also take "1_000", "+5" and other scripts' digits
+    # (and refuse more than 4,300 digits with an error of its own).
+    digits = text.lstrip("0") or "0"
+    if not (text.isascii() and text.isdigit()) or len(digits) > 19 or int(digits) > INT64:
         return None, f"X-Min-Version must be a whole number up to {INT64}, got {value!r}"
-    return int(text), None
+    return int(digits), None
 
 
 def bad_input(message: str, **extensions: Any) -> GraphQLError:

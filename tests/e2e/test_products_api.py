@@ -102,6 +102,7 @@ async def test_a_version_never_reached_answers_not_yet_consistent(start_server: 
         body = await Client(http).post(PRODUCT, {"id": "any", "v": 10**12})
     [error] = body["errors"]
     assert error["path"] == ["product"]
+    assert error["locations"] == [{"line": 3, "column": 3}]
     assert error["extensions"] == {
         "code": "NOT_YET_CONSISTENT",
         "minVersion": 10**12,

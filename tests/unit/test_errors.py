@@ -42,6 +42,7 @@ def test_a_refusal_survives_a_round_trip_through_json(error: DomainError) -> Non
         ("0", (0, None)),
         (" 42 ", (42, None)),
         (str(2**63 - 1), (2**63 - 1, None)),
+        ("0" * 5000 + "7", (7, None)),
     ],
 )
 def test_a_min_version_header_of_ascii_digits_is_read(
@@ -51,7 +52,7 @@ def test_a_min_version_header_of_ascii_digits_is_read(
 
 
 @pytest.mark.parametrize(
-    "header", ["1_000", "+5", "\uff11\uff12", "\u0661\u0662", str(2**63), "5 5", "-1"]
+    "header", ["1_000", "+5", "\uff11\uff12", "\u0661\u0662", str(2**63), "5 5", "-1", "9" * 5000]
 )
 def test_a_min_version_header_int_would_take_is_refused(header: str) -> None:
     version, reason = parse_min_version_header(header)
