@@ -73,3 +73,14 @@ async def create_database(server: str, name: str, template: str | None = None) -
             await conn.exec_driver_sql(f"CREATE DATABASE {name}{copy}")
     finally:
         await admin.dispose()
+
+
+async def drop_database(server: str, name: str) -> None:
+    """Drops database ``name`` on the PostgreSQL server at ``server``, ending any
+    session still connected to it."""
+    admin = create_async_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            await conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
+    finally:
+        await admin.dispose()

@@ -23,8 +23,7 @@ async def wait_for(info: Info, projection: str, min_version: int | None) -> None
     context = info.context
     if min_version is None:
         if context.header_error is not None:
-            error = bad_input(context.header_error)
-            raise GraphQLError(error.message, path=_path(info), extensions=error.extensions)
+            raise bad_input(context.header_error, path=_path(info))
         min_version = context.header_min_version
     if not min_version or context.progress.position(projection) >= min_version:
         return

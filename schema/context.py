@@ -72,15 +72,20 @@ def parse_min_version_header(value: str | None) -> tuple[int | None, str | None]
     if value is None or value.strip() == "":
         return None, None
     text = value.strip()
-    if text.startswith("-") and text[1:].isascii() and text[1:].isdigit():
-        return None, "X-Min-Version must not be negative"
+    number = text.removeprefix("-")
     # ASCII digits only: int() would also take "1_000", "+5" and other scripts' digits
     # (and refuse more than 4,300 digits with an error of its own).
-    digits = text.lstrip("0") or "0"
-    if not (text.isascii() and text.isdigit()) or len(digits) > 19 or int(digits) > INT64:
+    whole = number.isascii() and number.isdigit()
+    if whole and number != text:
+        return None, "X-Min-Version must not be negative"
+    digits = number.lstrip("0") or "0"
+    if not whole or len(digits) > 19 or int(digits) > INT64:
         return None, f"X-Min-Version must be a whole number up to {INT64}, got {value!r}"
     return int(digits), None
 
 
-def bad_input(message: str, **extensions: Any) -> GraphQLError:
-    return GraphQLError(message, extensions={"code": "BAD_USER_INPUT", **extensions})
+def bad_input(
+    message: str, *, path: list[str | int] | None = None, **extensions: Any
+) -> GraphQLError:
+    """A BAD_USER_INPUT error; ``path`` only where graphql-core adds none."""
+    return GraphQLError(message, path=path, extensions={"code": "BAD_USER_INPUT", **extensions})

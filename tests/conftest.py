@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.ferretdb import EmbeddedFerretDB, ensure_binary
 from app.settings import Settings
-from bench.postgres import Postgres, create_database
+from bench.postgres import Postgres, create_database, drop_database
 from domain.bus import CommandBus
 from domain.store import create_engine, create_schema
 from projections.relay import Relay
@@ -226,7 +226,7 @@ class MigratedDatabases:
                 await conn.exec_driver_sql(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
             self.idle.append(url)
         except (DBAPIError, InUse):
-            await _drop(self.server, url.rsplit("/", 1)[1])
+            await drop_database(self.server, url.rsplit("/", 1)[1])
         finally:
             await engine.dispose()
 
@@ -246,15 +246,6 @@ def migrated_databases(migrated_postgres: str) -> MigratedDatabases:
     return MigratedDatabases(migrated_postgres)
 
 
-async def _drop(server: str, name: str) -> None:
-    admin = create_async_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
-    finally:
-        await admin.dispose()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """A fresh write store that nothing has migrated, on SQLite and on PostgreSQL."""
@@ -272,7 +263,7 @@ async def fresh_database(server: str, template: str | None = None) -> AsyncItera
     name = f"t_{uuid.uuid4().hex[:12]}"
     await create_database(server, name, template)
     yield f"{server}/{name}"
-    await _drop(server, name)
+    await drop_database(server, name)
 
 
 @contextlib.contextmanager
@@ -283,7 +274,7 @@ def fresh_database_apart(server: str, template: str | None = None) -> Iterator[s
     try:
         yield f"{server}/{name}"
     finally:
-        _run_apart(_drop(server, name))
+        _run_apart(drop_database(server, name))
 
 
 @pytest.fixture

@@ -125,8 +125,13 @@ def text(path: Path) -> str:
     return path.read_text() if path.exists() else ""
 
 
+def write_store(env: dict[str, str]) -> contextlib.closing[sqlite3.Connection]:
+    """A connection to the SQLite write store of the servers and commands run with ``env``."""
+    return contextlib.closing(sqlite3.connect(Path(env["SHOP_DATA_DIR"]) / "write.db"))
+
+
 def rebuild_lease_owner(env: dict[str, str]) -> str | None:
-    with contextlib.closing(sqlite3.connect(Path(env["SHOP_DATA_DIR"]) / "write.db")) as conn:
+    with write_store(env) as conn:
         row = conn.execute("SELECT owner FROM relay_leases WHERE name = 'rebuild'").fetchone()
     return row[0] if row else None
 
@@ -135,7 +140,7 @@ def lease_expires_in(env: dict[str, str], seconds: float) -> None:
     """Moves the rebuild lease's expiry to ``seconds`` from now by the write store's
     clock (as if that much of its ttl were left)."""
     now = "(julianday('now') - 2440587.5) * 86400.0"  # the lease's clock (lease._now)
-    with contextlib.closing(sqlite3.connect(Path(env["SHOP_DATA_DIR"]) / "write.db")) as conn:
+    with write_store(env) as conn:
         conn.execute(
             f"UPDATE relay_leases SET expires_at = {now} + ? WHERE name = 'rebuild'", (seconds,)
         )
@@ -151,9 +156,7 @@ def wait_until_rebuild_lease_held(
     def held() -> bool:
         nonlocal holder
         assert process.poll() is None, log.read_text()
-        with contextlib.closing(sqlite3.connect(Path(env["SHOP_DATA_DIR"]) / "write.db")) as conn:
-            row = conn.execute("SELECT owner FROM relay_leases WHERE name = 'rebuild'").fetchone()
-        holder = row[0] if row and row[0] else ""
+        holder = rebuild_lease_owner(env) or ""
         return bool(holder)
 
     wait_until(held, within=60, explain=log.read_text)
@@ -263,6 +266,6 @@ def test_status_and_verify_read_and_never_migrate(server_env: dict[str, str]) ->
     assert "cqrs-shop migrate" in status.stderr
     verify = cli(env, "verify")
     assert verify.returncode == 3, (verify.stdout, verify.stderr)
-    with sqlite3.connect(Path(env["SHOP_DATA_DIR"]) / "write.db") as conn:
+    with write_store(env) as conn:
         tables = conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
     assert tables == [], tables

@@ -17,11 +17,10 @@ import httpx
 import pytest
 from pymongo import AsyncMongoClient
 
-from projections import checkpoints
-from projections.readdb import ReadDatabase
 from tests.conftest import eventually
 from tests.e2e import forkserver
 from tests.e2e.conftest import Client, Server
+from tests.integration.shop import serving
 
 WRITES = 60
 READERS = 4
@@ -195,8 +194,7 @@ async def test_a_document_a_rebuild_changes_is_never_read_from_before_the_switch
         mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(server.env["MONGODB_URL"])
         try:  # made wrong in the store, before any read could cache it
             db = mongo[server.env["MONGODB_DATABASE"]]
-            served = ReadDatabase(db)
-            served.switch((await checkpoints.load_all(db)).values())
+            served = await serving(db)
             product = {"_id": created["id"]}
             await eventually(lambda: served["products"].find_one(product))
             await served["products"].update_one(product, {"$set": {"name": "Wrong"}})

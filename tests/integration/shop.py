@@ -64,8 +64,15 @@ class Shop:
         )
 
 
-async def snapshot(db: Db) -> dict[str, list[dict[str, Any]]]:
-    """Every read-model document, by collection and id, from the collections serving now."""
+async def serving(db: Db) -> ReadDatabase:
+    """``db`` as a reader sees it now: each read model in the collection its checkpoint
+    names (a rebuild's generation, say)."""
     served = ReadDatabase(db)
     served.switch((await checkpoints.load_all(db)).values())
+    return served
+
+
+async def snapshot(db: Db) -> dict[str, list[dict[str, Any]]]:
+    """Every read-model document, by collection and id, from the collections serving now."""
+    served = await serving(db)
     return {name: await served[name].find({}).sort("_id").to_list() for name in COLLECTIONS}

@@ -29,13 +29,12 @@ from projections.lease import Lease
 from projections.products import ProductsProjection, find_product
 from projections.progress import Progress
 from projections.projection import Write
-from projections.readdb import ReadDatabase
 from projections.rebuild import REBUILD_LEASE, RebuildRunning, rebuild
 from projections.registry import all_projections
 from projections.relay import LeaseLost, ProjectionsFailed, Relay
 from projections.tables import relay_leases
 from tests.conftest import eventually
-from tests.integration.shop import Shop, snapshot
+from tests.integration.shop import Shop, serving, snapshot
 
 Db = AsyncDatabase[dict[str, Any]]
 
@@ -319,8 +318,7 @@ async def test_a_rebuild_that_dies_while_switching_leaves_every_projection_whole
     await rebuild(engine, db, all_projections(), grace=0)
     assert await snapshot(db) == live
     names = set(await db.list_collection_names())
-    served = ReadDatabase(db)
-    served.switch((await checkpoints.load_all(db)).values())
+    served = await serving(db)
     generations = {n for n in names if rebuild_module.GENERATION in n}
     assert generations == {served[c].name for c in live}  # the dead rebuild's are gone
     assert not names & set(live)  # and so are those it replaced but did not drop
