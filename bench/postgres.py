@@ -67,20 +67,21 @@ async def create_database(server: str, name: str, template: str | None = None) -
     """Creates database ``name`` on the PostgreSQL server at ``server`` (a URL without
     one), empty or as a copy of database ``template``."""
     copy = f" TEMPLATE {template}" if template else ""
-    admin = create_async_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.exec_driver_sql(f"CREATE DATABASE {name}{copy}")
-    finally:
-        await admin.dispose()
+    await _run_as_admin(server, f"CREATE DATABASE {name}{copy}")
 
 
 async def drop_database(server: str, name: str) -> None:
     """Drops database ``name`` on the PostgreSQL server at ``server``, ending any
     session still connected to it."""
+    await _run_as_admin(server, f"DROP DATABASE {name} WITH (FORCE)")
+
+
+async def _run_as_admin(server: str, statement: str) -> None:
+    """Runs ``statement`` outside a transaction, connected to the server's ``postgres``
+    database (neither statement may run inside one, nor on the database it names)."""
     admin = create_async_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
     try:
         async with admin.connect() as conn:
-            await conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
+            await conn.exec_driver_sql(statement)
     finally:
         await admin.dispose()
