@@ -739,7 +739,8 @@ async def p5_order_history(
     await prepare_collections(db, history_projection)
     registered = [
         RecordedEvent(0, str(uuid.uuid4()), CUSTOMER_REGISTERED, "Customer", c, 1,
-                      {"name": "Customer", "email": f"{c}@example.com"}, base)
+                      {"name": "Customer", "email": f"{c}@example.com", "address": address},
+                      base)
         for c in customers
     ]  # fmt: skip
     await apply_writes(db, [w for e in registered for w in history_projection.project(e)], 1000)
